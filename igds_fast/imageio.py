@@ -1,0 +1,53 @@
+"""Image files: grids/contact sheets and atomic PNG/JPEG writes."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .models.vae import to_uint8
+
+
+def grid(images: torch.Tensor, rows: int, pad: int = 2) -> Image.Image:
+    """[-1, 1] NCHW images -> one picture with ``rows`` rows."""
+    arr = to_uint8(images).numpy()
+    n, h, w, c = arr.shape
+    cols = max(1, -(-n // rows))
+    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for k in range(n):
+        r, q = divmod(k, cols)
+        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = arr[k]
+    return Image.fromarray(out.squeeze(-1) if c == 1 else out)
+
+
+def encode_image(img: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "png":
+        # compress_level 1: PNG is lossless either way, and writing must keep up with the sampler
+        Image.fromarray(img).save(buf, format="PNG", compress_level=1)
+    else:
+        Image.fromarray(img).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name, flush to disk, rename: a file is whole or absent."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_picture(img: Image.Image, path: str | Path) -> Path:
+    path = Path(path)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    write_atomic(path, buf.getvalue())
+    return path

@@ -1,0 +1,156 @@
+"""The noise-conditional critic: q_phi(y | x_t, t) and features f_psi(x_t, t) in one small network.
+
+A ViT built for exporting its input-gradient: linear patchify (a reshape and a matmul, no conv),
+explicit softmax attention, LayerNorm and GELU only; labels enter through one-hot products
+(no gather whose backward would need ScatterElements).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import UserError
+from .dit import timestep_embedding
+
+CRITIC_FORMAT = "igds-fast/critic-v1"
+
+
+@dataclass
+class CriticConfig:
+    in_channels: int = 3
+    input_size: int = 32
+    patch_size: int = 4
+    width: int = 192
+    depth: int = 4
+    heads: int = 3
+    feat_dim: int = 64
+    num_t_buckets: int = 10
+    num_train_steps: int = 1000
+    # Critic class k is the denoiser's label class_ids[k] (an ImageNet-1k index for ImageNet models).
+    class_ids: list[int] = field(default_factory=list)
+    wnids: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_ids)
+
+
+class _Block(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False)
+        self.fc1 = nn.Linear(width, 4 * width)
+        self.fc2 = nn.Linear(4 * width, width)
+        self.ada = nn.Linear(width, 4 * width)  # shift/scale of both norms from the time embedding
+
+    def forward(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        b, n, c = h.shape
+        s1, c1, s2, c2 = self.ada(temb)[:, None].chunk(4, dim=-1)
+        a = self.norm1(h) * (1 + c1) + s1
+        q, k, v = self.qkv(a).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        att = ((q * (q.shape[-1] ** -0.5)) @ k.transpose(-2, -1)).softmax(-1)
+        h = h + self.proj((att @ v).transpose(1, 2).reshape(b, n, c))
+        m = self.norm2(h) * (1 + c2) + s2
+        return h + self.fc2(F.gelu(self.fc1(m)))
+
+
+class NoiseCritic(nn.Module):
+    def __init__(self, cfg: CriticConfig):
+        super().__init__()
+        self.config = cfg
+        p, g = cfg.patch_size, cfg.input_size // cfg.patch_size
+        if g * p != cfg.input_size:
+            raise ValueError(f"critic input {cfg.input_size} is not a multiple of patch {p}")
+        if cfg.num_classes < 2:
+            raise ValueError("a critic needs at least two classes")
+        self.patch_in = nn.Linear(cfg.in_channels * p * p, cfg.width)
+        self.pos = nn.Parameter(torch.randn(1, g * g, cfg.width) * 0.02)
+        self.t_mlp = nn.Sequential(nn.Linear(256, cfg.width), nn.SiLU(), nn.Linear(cfg.width, cfg.width))
+        self.blocks = nn.ModuleList([_Block(cfg.width, cfg.heads) for _ in range(cfg.depth)])
+        self.norm = nn.LayerNorm(cfg.width)
+        self.class_head = nn.Linear(cfg.width, cfg.num_classes)
+        self.feat_head = nn.Linear(cfg.width, cfg.feat_dim)
+        # Kernel width of the collision-entropy bound per (t bucket, class), fitted on real data.
+        self.register_buffer("kernel_sigma", torch.ones(cfg.num_t_buckets, cfg.num_classes))
+        for blk in self.blocks:
+            nn.init.zeros_(blk.ada.weight)
+            nn.init.zeros_(blk.ada.bias)
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        p = self.config.patch_size
+        x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+        return x.reshape(b, (h // p) * (w // p), c * p * p)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, K), L2-normalised features (B, feat_dim)) of noisy inputs x_t at timesteps t."""
+        temb = self.t_mlp(timestep_embedding(t, 256))
+        h = self.patch_in(self.patchify(x)) + self.pos + temb[:, None]
+        for blk in self.blocks:
+            h = blk(h, temb)
+        pooled = self.norm(h.mean(1))
+        feats = self.feat_head(pooled)
+        feats = feats / torch.sqrt((feats * feats).sum(-1, keepdim=True) + 1e-12)
+        return self.class_head(pooled), feats
+
+    def t_bucket(self, t: torch.Tensor) -> torch.Tensor:
+        n = self.config.num_t_buckets
+        return (t.float() * n / self.config.num_train_steps).floor().clamp(0, n - 1).long()
+
+    def sigma_for(self, t: torch.Tensor, class_index: torch.Tensor) -> torch.Tensor:
+        """Kernel width for each sample's (t bucket, class), via one-hot products (export-friendly)."""
+        n, k = self.kernel_sigma.shape
+        tb = (torch.arange(n, device=t.device)[None] == self.t_bucket(t)[:, None]).to(self.kernel_sigma.dtype)
+        cb = (torch.arange(k, device=t.device)[None] == class_index[:, None]).to(self.kernel_sigma.dtype)
+        return ((tb @ self.kernel_sigma) * cb).sum(-1).clamp_min(1e-3)
+
+    def flops_per_image(self) -> int:
+        """Forward FLOPs (2 per multiply-add) for one image, matmuls and attention only."""
+        c = self.config
+        n = (c.input_size // c.patch_size) ** 2
+        w = c.width
+        per_block = n * (3 * w * w + w * w + 8 * w * w) + 2 * n * n * w + c.width * 4 * w
+        total = n * c.in_channels * c.patch_size**2 * w + c.depth * per_block
+        total += 256 * w + w * w + w * (c.num_classes + c.feat_dim)
+        return 2 * total
+
+
+def save_critic(critic: NoiseCritic, path: str | Path, metrics: dict | None = None) -> Path:
+    path = Path(path)
+    meta = {"format": CRITIC_FORMAT, "config": json.dumps(asdict(critic.config)), "metrics": json.dumps(metrics or {})}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in critic.state_dict().items()}, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def load_critic(path: str | Path) -> NoiseCritic:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "critic.safetensors"
+    if not path.exists():
+        raise UserError(f"critics '{path}' do not exist; train them with `igds-fast train-critics`")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        sd = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}: not a readable critic file ({e})") from None
+    if meta.get("format") != CRITIC_FORMAT:
+        raise UserError(f"{path}: not an igds-fast critic file (format '{meta.get('format')}')")
+    critic = NoiseCritic(CriticConfig(**json.loads(meta["config"])))
+    critic.load_state_dict({k: v.float() for k, v in sd.items()})
+    critic.metrics = json.loads(meta.get("metrics", "{}"))
+    return critic.eval()

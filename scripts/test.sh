@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The README's test command: set up, lint, run the test suite (exit 5 = no tests counts as failure).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+ruff check igds_fast tests benchmarks
+set +e
+python -m pytest tests "$@"
+rc=$?
+set -e
+if [ "$rc" = 5 ]; then echo "no tests were collected" >&2; exit 1; fi
+exit "$rc"
