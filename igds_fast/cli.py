@@ -133,7 +133,7 @@ def _register_optional_commands() -> None:
     """Command groups that live in their own modules register themselves here."""
     import importlib
 
-    for name in ("igds_fast.cli_eval",):
+    for name in ("igds_fast.cli_eval", "igds_fast.cli_export"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:

@@ -96,7 +96,7 @@ class NoiseCritic(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (B, K), L2-normalised features (B, feat_dim)) of noisy inputs x_t at timesteps t."""
-        temb = self.t_mlp(timestep_embedding(t, 256))
+        temb = self.t_mlp(timestep_embedding(t, 256).to(self.patch_in.weight.dtype))
         h = self.patch_in(self.patchify(x)) + self.pos + temb[:, None]
         for blk in self.blocks:
             h = blk(h, temb)
