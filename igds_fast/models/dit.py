@@ -9,7 +9,7 @@ diffusers' ``DiTTransformer2DModel``: its timestep frequencies divide by ``half 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,9 @@ class DiTConfig:
     time_freq_shift: int = 0
     mlp_norm_eps: float = 1e-6
     freq_dim: int = 256
+    # Class names of our own checkpoints: label k is wnids[k]. Empty for ImageNet-1k models,
+    # whose labels are ImageNet-1k indices.
+    wnids: list[str] = field(default_factory=list)
 
     @property
     def out_channels(self) -> int:
@@ -55,6 +58,8 @@ class DiTConfig:
         try:
             size, patch = name.split("/")
             depth, hidden, heads = DIT_VARIANTS[size]
+            if patch not in ("2", "4", "8"):
+                raise ValueError(patch)
             return cls(patch_size=int(patch), depth=depth, hidden_size=hidden, num_heads=heads, **kw)
         except (KeyError, ValueError):
             raise ValueError(
@@ -69,8 +74,10 @@ def timestep_embedding(t: torch.Tensor, dim: int, freq_shift: int = 0, max_perio
     embedding is computed in fp32 whatever the model's dtype.
     """
     half = dim // 2
-    exponent = torch.arange(half, dtype=torch.float32, device=t.device) / (half - freq_shift)
-    freqs = torch.exp(-math.log(max_period) * exponent)
+    # Same operation order as the official DiT and diffusers (-log(P) * k, then / (half - shift)):
+    # at t ~ 1000 one ulp in a frequency moves the embedding by ~6e-5.
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - freq_shift)
+    freqs = torch.exp(exponent)
     args = t.to(torch.float32)[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:

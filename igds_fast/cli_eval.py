@@ -1,0 +1,85 @@
+"""``igds-fast evaluate``, ``igds-fast baseline random-real`` and ``igds-fast report``.
+
+Heavy imports (torch, matplotlib) stay inside the commands so that ``igds-fast --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from .errors import UserError
+
+baseline_app = typer.Typer(help="Baseline sets laid out like a distilled set.", no_args_is_help=True)
+
+
+def evaluate(
+    train: Path = typer.Option(..., help="Distilled set (ImageFolder: <wnid>/<index>.png, run.json)."),
+    val: Path = typer.Option(..., help="Real val ImageFolder (<wnid>/<image>)."),
+    subset: str | None = typer.Option(
+        None, help="Class order for labels (imagenette, imagewoof, ...); default: run.json's classes."
+    ),
+    net: str = typer.Option("convnet6", help="convnet3, convnet6, resnetap10 or resnet18."),
+    resolution: int = typer.Option(224, help="Train and test image side in px (the protocol: 224)."),
+    seeds: int = typer.Option(3, help="Train this many networks (seeds 0..N-1); report mean ± std."),
+    epochs: int | None = typer.Option(
+        None, help="Override the protocol's epochs-by-IPC (a CPU scale-down; recorded in the results)."
+    ),
+    method: str | None = typer.Option(None, help="Method name in the results (default: from run.json)."),
+    device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
+    out: Path = typer.Option(Path("results.json"), help="Results file."),
+) -> None:
+    """Train a network on a distilled set and test it on the real val set (MinimaxDiffusion's protocol)."""
+    from .evaluation.train import evaluate_set, seed_list
+    from .imageio import write_atomic
+    from .subsets import subset as subset_classes
+
+    if not out.parent.is_dir():
+        raise UserError(f"output folder '{out.parent}' does not exist")
+    order = [c.wnid for c in subset_classes(subset)] if subset is not None else None
+    results = evaluate_set(train, val, net, resolution, seed_list(seeds), epochs, order, method, device)
+    write_atomic(out, (json.dumps(results, indent=2) + "\n").encode())
+    typer.echo(
+        f"{results['method']} IPC {results['ipc']} {net}@{resolution}px: "
+        f"{100 * results['mean']:.2f} ± {100 * results['std']:.2f}% top-1 over {seeds} seeds "
+        f"({results['epochs']} epochs, protocol {results['epochs_protocol']}) -> {out}"
+    )
+
+
+@baseline_app.command("random-real")
+def random_real(
+    data: Path = typer.Option(..., help="Real ImageFolder to pick from (<wnid>/<image>)."),
+    ipc: int = typer.Option(..., help="Images per class."),
+    seed: int = typer.Option(0, help="Seed of the picks."),
+    out: Path = typer.Option(..., help="Output folder (laid out like a distilled set)."),
+    subset: str | None = typer.Option(None, help="Classes to pick: imagenette (default), imagewoof, ..."),
+    classes: str | None = typer.Option(None, help="Comma-separated WNIDs instead of --subset."),
+) -> None:
+    """Pick IPC random real images per class (the random baseline of the papers)."""
+    from .evaluation.baseline import random_real as write_random_real
+    from .subsets import resolve_classes
+
+    if write_random_real(data, resolve_classes(subset, classes), ipc, seed, out):
+        typer.echo(f"wrote {out}: {ipc} real images per class, seed {seed}")
+    else:
+        typer.echo(f"{out} already holds this run: nothing to do")
+
+
+def report(
+    results: list[Path] = typer.Argument(..., help="results.json files from evaluate."),
+    out: Path = typer.Option(Path("docs/results.md"), help="Markdown table."),
+    plot: Path | None = typer.Option(Path("docs/accuracy_vs_ipc.png"), help="Accuracy-vs-IPC plot."),
+) -> None:
+    """Tabulate and plot evaluate results (method x IPC x net, mean ± std)."""
+    from .evaluation.report import write_report
+
+    write_report(results, out, plot)
+    typer.echo(f"wrote {out}" + (f" and {plot}" if plot is not None else ""))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(evaluate)
+    app.add_typer(baseline_app, name="baseline")
+    app.command()(report)

@@ -1,0 +1,108 @@
+"""The random-real baseline: IPC real images per class, laid out exactly like a distilled set.
+
+``<out>/<wnid>/<index>.png`` (index 0..IPC-1, PNG at the source resolution), ``manifest.parquet``
+and ``run.json``. The picks depend only on (seed, class, the sorted file list), so a class's picks
+do not change with the other classes chosen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UserError
+from ..imageio import encode_image, write_atomic
+from ..jobs.manifest import write_manifest
+from ..subsets import ClassInfo
+from .data import read_image, scan_image_folder
+from .train import versions
+
+
+def pick_files(files: list[Path], ipc: int, seed: int, class_index: int) -> list[Path]:
+    """IPC distinct files, drawn without replacement from a generator seeded by (seed, class)."""
+    rng = np.random.default_rng([seed, class_index])
+    return [files[i] for i in rng.choice(len(files), size=ipc, replace=False)]
+
+
+def _check_out(out: Path, identity: dict[str, Any]) -> bool:
+    """True when ``out`` already holds this finished run; raise if it holds anything else."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file, not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return False
+    run_file = out / "run.json"
+    try:
+        existing = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    except json.JSONDecodeError:
+        existing = {}
+    if any(existing.get(k) != v for k, v in identity.items()):
+        raise UserError(f"'{out}' is not empty and holds a different run: choose another --out or remove it")
+    return existing.get("complete") is True
+
+
+def random_real(data: Path, classes: list[ClassInfo], ipc: int, seed: int, out: Path) -> bool:
+    """Write the baseline set; False when ``out`` already held this finished run (nothing written)."""
+    if ipc < 1:
+        raise UserError(f"--ipc must be at least 1, got {ipc}")
+    found = scan_image_folder(data, "data")
+    missing = [c.wnid for c in classes if c.wnid not in found]
+    if missing:
+        raise UserError(f"data folder '{data}' lacks classes {', '.join(missing)}")
+    short = [f"{c.wnid} ({len(found[c.wnid])})" for c in classes if len(found[c.wnid]) < ipc]
+    if short:
+        raise UserError(f"fewer than {ipc} images in class {', '.join(short)}")
+    identity = {
+        "kind": "random-real",
+        "ipc": ipc,
+        "seed": seed,
+        "classes": [c.wnid for c in classes],
+        "source": str(data.resolve()),
+    }
+    if _check_out(out, identity):
+        return False
+
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    # written first and marked incomplete, so an interrupted run is recognized and finished on rerun
+    write_atomic(out / "run.json", json.dumps(identity | {"complete": False}, indent=2).encode())
+    rows, sources, sizes = [], {}, set()
+    for c in classes:
+        picks = pick_files(found[c.wnid], ipc, seed, c.imagenet_index)
+        sources[c.wnid] = [p.name for p in picks]
+        (out / c.wnid).mkdir(exist_ok=True)
+        for index, src in enumerate(picks):
+            pixels = read_image(src)
+            sizes.add(pixels.shape[:2])
+            png = encode_image(pixels, "png")
+            rel = f"{c.wnid}/{index}.png"
+            write_atomic(out / rel, png)
+            rows.append(
+                {
+                    "wnid": c.wnid,
+                    "class_index": c.imagenet_index,
+                    "sample_index": index,
+                    "seed": seed,
+                    "path": rel,
+                    "sha256": hashlib.sha256(png).hexdigest(),
+                    "log_q": None,
+                    "h2": None,
+                    "backend": "real",
+                    "engine_id": None,
+                }
+            )
+    write_manifest(rows, out / "manifest.parquet")
+    (height, width), *others = sizes
+    run = identity | {
+        "complete": True,
+        "resolution": height if not others and height == width else None,  # None: sizes vary
+        "sources": sources,
+        "versions": versions(),
+        "timings": {"total_s": round(time.perf_counter() - t0, 3)},
+    }
+    write_atomic(out / "run.json", json.dumps(run, indent=2).encode())
+    return True

@@ -1,0 +1,223 @@
+"""Train the noise-conditional critic on real data noised by the denoiser's forward process.
+
+Class head: cross-entropy over uniformly random t (as for classifier guidance).
+Feature head: instance discrimination (InfoNCE) between two independent noisings of the same
+image, so features separate individual images (the spread H(X|Y) is about), not just classes.
+Kernel widths: median pairwise feature distance per (t bucket, class) on held-out real data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ..diffusion.schedule import Schedule
+from ..errors import UserError
+from ..guidance.bounds import barber_agakov, class_log_prob
+from ..imagefolder import load_imagefolder, to_model_range
+from ..models.critics import CriticConfig, NoiseCritic, save_critic
+from ..models.labels import class_labels
+from ..models.vae import PixelSpace
+from .losses import q_sample
+
+
+@dataclass
+class TrainCriticConfig:
+    data: str
+    wnids: list[str]
+    out: str
+    val: str | None = None  # held-out ImageFolder; default: 10% of data held out
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 1e-3
+    width: int = 192
+    depth: int = 4
+    heads: int = 3
+    patch_size: int | None = None  # default: 4 for pixel space, 2 for latents
+    feat_dim: int = 64
+    nce_weight: float = 0.5
+    nce_temperature: float = 0.1
+    seed: int = 0
+    device: str = "cpu"
+    ckpt_every: int = 500
+
+
+def encode_space(images: torch.Tensor, vae: nn.Module, batch: int = 64) -> torch.Tensor:
+    """uint8 images -> the denoiser's input space (latents, or [-1, 1] pixels)."""
+    x = to_model_range(images)
+    if isinstance(vae, PixelSpace):
+        return x
+    with torch.no_grad():
+        return torch.cat([vae.encode(x[k : k + batch]) for k in range(0, len(x), batch)])
+
+
+def load_split(root: str, wnids: list[str], resolution: int, vae: nn.Module, cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = load_imagefolder(root, wnids, resolution, cache_dir=cache)
+    if isinstance(vae, PixelSpace):
+        return to_model_range(images), labels
+    key = cache / f"latents_{Path(root).name}_{resolution}_{len(images)}.pt"
+    if key.exists():
+        return torch.load(key, weights_only=True), labels
+    z = encode_space(images, vae)
+    torch.save(z, key)
+    return z, labels
+
+
+@torch.no_grad()
+def evaluate_critic(
+    critic: NoiseCritic, x: torch.Tensor, labels: torch.Tensor, tab: dict, seed: int = 1, batch: int = 256
+) -> dict:
+    """Held-out accuracy and Barber-Agakov bound (nats) per t bucket and overall."""
+    g = torch.Generator().manual_seed(seed)
+    n_b = critic.config.num_t_buckets
+    buckets = []
+    all_lq, all_y = [], []
+    dev = next(critic.parameters()).device
+    for b in range(n_b):
+        lo, hi = b * 1000 // n_b, (b + 1) * 1000 // n_b
+        lq, correct = [], 0
+        for k in range(0, len(x), batch):
+            x0, y = x[k : k + batch], labels[k : k + batch]
+            t = torch.randint(lo, hi, (len(x0),), generator=g)
+            xt = q_sample(x0, t, torch.randn(x0.shape, generator=g), tab)
+            logits, _ = critic(xt.to(dev), t.float().to(dev))
+            lq.append(class_log_prob(logits, y.to(dev)).cpu())
+            correct += int((logits.argmax(-1).cpu() == y).sum())
+        lq = torch.cat(lq)
+        all_lq.append(lq)
+        all_y.append(labels)
+        k_cls = critic.config.num_classes
+        buckets.append({"t": [lo, hi - 1], "acc": correct / len(x), "ba_bound_nats": barber_agakov(lq, labels, k_cls)})
+    lq, ys = torch.cat(all_lq), torch.cat(all_y)
+    return {
+        "acc": sum(b["acc"] for b in buckets) / n_b,
+        "ba_bound_nats": barber_agakov(lq, ys, critic.config.num_classes),
+        "ln_k": math.log(critic.config.num_classes),
+        "buckets": buckets,
+    }
+
+
+@torch.no_grad()
+def fit_kernel_widths(critic: NoiseCritic, x: torch.Tensor, labels: torch.Tensor, tab: dict, seed: int = 2) -> None:
+    """sigma[t bucket, class] = median pairwise feature distance of real noised samples."""
+    g = torch.Generator().manual_seed(seed)
+    n_b, k_cls = critic.kernel_sigma.shape
+    dev = next(critic.parameters()).device
+    for b in range(n_b):
+        t_mid = (2 * b + 1) * 1000 // (2 * n_b)
+        for c in range(k_cls):
+            xc = x[labels == c][:256]
+            if len(xc) < 2:
+                continue
+            t = torch.full((len(xc),), t_mid)
+            _, f = critic(q_sample(xc, t, torch.randn(xc.shape, generator=g), tab).to(dev), t.float().to(dev))
+            d = torch.cdist(f, f)
+            off = d[~torch.eye(len(f), dtype=torch.bool, device=dev)]
+            critic.kernel_sigma[b, c] = off.median().clamp_min(1e-3)
+
+
+def train_critic(
+    cfg: TrainCriticConfig, denoiser: nn.Module, vae: nn.Module, progress: bool = True, overwrite: bool = False
+) -> Path:
+    out = Path(cfg.out)
+    if (out / "critic.safetensors").exists() and not (out / "train_state.pt").exists() and not overwrite:
+        raise UserError(f"{out / 'critic.safetensors'} already exists; pass --overwrite or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.batch_size < 2 or cfg.steps <= 0:
+        raise UserError("--batch-size must be >= 2 and --steps >= 1")
+    ids = class_labels(denoiser, cfg.wnids)
+    size, chans = int(denoiser.input_size), int(denoiser.in_channels)
+    resolution = size * getattr(vae, "downsample", 1)
+    x, y = load_split(cfg.data, cfg.wnids, resolution, vae, out / "cache")
+    if x.shape[1:] != (chans, size, size):
+        raise UserError(f"encoded data has shape {tuple(x.shape[1:])}, the denoiser expects {(chans, size, size)}")
+    if cfg.val is not None:
+        xv, yv = load_split(cfg.val, cfg.wnids, resolution, vae, out / "cache")
+    else:  # hold out every 10th image
+        held = torch.arange(len(x)) % 10 == 0
+        xv, yv, x, y = x[held], y[held], x[~held], y[~held]
+    ccfg = CriticConfig(
+        in_channels=chans,
+        input_size=size,
+        patch_size=cfg.patch_size or (4 if isinstance(vae, PixelSpace) else 2),
+        width=cfg.width,
+        depth=cfg.depth,
+        heads=cfg.heads,
+        feat_dim=cfg.feat_dim,
+        class_ids=ids,
+        wnids=list(cfg.wnids),
+    )
+    torch.manual_seed(cfg.seed)
+    dev = torch.device(cfg.device)
+    critic = NoiseCritic(ccfg).to(dev)
+    tab = Schedule.create(1000).tables()
+    untrained = evaluate_critic(critic.eval(), xv, yv, tab)
+    opt = torch.optim.AdamW(critic.parameters(), lr=cfg.lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
+    step, state_path = 0, out / "train_state.pt"
+    if state_path.exists():
+        st = torch.load(state_path, map_location=dev, weights_only=True)
+        if st["config"] != json.dumps(asdict(ccfg), sort_keys=True):
+            raise UserError(f"{state_path} belongs to another critic configuration; use a new --out")
+        critic.load_state_dict(st["critic"])
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        step = int(st["step"])
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+    bar = tqdm(total=cfg.steps, initial=step, desc="train-critics", unit="step", disable=not progress)
+    t0 = time.perf_counter()
+    critic.train()
+    while step < cfg.steps:
+        idx = torch.randint(len(x), (cfg.batch_size,), generator=gen)
+        x0, yb = x[idx], y[idx]
+        if isinstance(vae, PixelSpace):  # flips are label-preserving; latents are not flipped
+            flip = torch.rand(len(x0), generator=gen) < 0.5
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        t1, t2 = (torch.randint(1000, (len(x0),), generator=gen) for _ in range(2))
+        v1 = q_sample(x0, t1, torch.randn(x0.shape, generator=gen), tab)
+        v2 = q_sample(x0, t2, torch.randn(x0.shape, generator=gen), tab)
+        logits, f = critic(torch.cat([v1, v2]).to(dev), torch.cat([t1, t2]).float().to(dev))
+        ce = F.cross_entropy(logits, torch.cat([yb, yb]).to(dev))
+        f1, f2 = f.chunk(2)
+        sim = f1 @ f2.T / cfg.nce_temperature
+        target = torch.arange(len(f1), device=dev)
+        nce = 0.5 * (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target))
+        loss = ce + cfg.nce_weight * nce
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(ce=f"{ce.item():.3f}", nce=f"{nce.item():.3f}")
+        if step % cfg.ckpt_every == 0 and step < cfg.steps:
+            cfg_key = json.dumps(asdict(ccfg), sort_keys=True)
+            st = {"critic": critic.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                  "step": step, "config": cfg_key}
+            torch.save(st, state_path.with_suffix(".tmp"))
+            state_path.with_suffix(".tmp").replace(state_path)
+    bar.close()
+    critic.eval()
+    fit_kernel_widths(critic, xv, yv, tab)
+    trained = evaluate_critic(critic, xv, yv, tab)
+    metrics = {
+        "held_out": "val" if cfg.val else "every 10th training image",
+        "untrained": {"acc": untrained["acc"], "ba_bound_nats": untrained["ba_bound_nats"]},
+        "trained": trained,
+        "train_seconds": time.perf_counter() - t0,
+        "steps": cfg.steps,
+        "flops_per_image_forward": critic.flops_per_image(),
+        "params": sum(p.numel() for p in critic.parameters()),
+    }
+    path = save_critic(critic, out / "critic.safetensors", metrics)
+    (out / "critic.json").write_text(json.dumps({"config": asdict(ccfg), "train": asdict(cfg), "metrics": metrics}, indent=1))
+    state_path.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,146 @@
+"""Train (or fine-tune) a class-conditional DiT: learned sigma, DiT schedule, label dropout, EMA.
+
+Resumable: ``<out>/train_state.pt`` holds model, EMA, optimizer and step (tensors only, loaded
+with ``weights_only=True``); ``<out>/denoiser.safetensors`` holds the EMA weights in our format.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..diffusion.schedule import Schedule
+from ..errors import UserError
+from ..imagefolder import load_imagefolder, to_model_range
+from ..models.dit import DiT, DiTConfig
+from ..models.loading import save_denoiser
+from .losses import hybrid_loss, q_sample
+
+# Presets for small pixel/latent models (name -> hidden, depth, heads, patch).
+PRESETS: dict[str, tuple[int, int, int, int]] = {
+    "tiny": (192, 6, 3, 4),
+    "small": (256, 8, 4, 4),
+    "base": (384, 12, 6, 4),
+}
+
+
+@dataclass
+class TrainDiTConfig:
+    data: str
+    wnids: list[str]
+    out: str
+    resolution: int = 32
+    preset: str = "small"
+    steps: int = 20000
+    batch_size: int = 64
+    lr: float = 3e-4
+    warmup: int = 500
+    ema_decay: float = 0.999
+    label_dropout: float = 0.1
+    seed: int = 0
+    device: str = "cpu"
+    ckpt_every: int = 1000
+    log_every: int = 50
+
+
+def build_model(cfg: TrainDiTConfig, in_channels: int, input_size: int) -> DiT:
+    if cfg.preset not in PRESETS:
+        raise UserError(f"unknown --config '{cfg.preset}': choose one of {', '.join(PRESETS)}")
+    hidden, depth, heads, patch = PRESETS[cfg.preset]
+    dcfg = DiTConfig(
+        input_size=input_size,
+        patch_size=patch,
+        in_channels=in_channels,
+        hidden_size=hidden,
+        depth=depth,
+        num_heads=heads,
+        num_classes=len(cfg.wnids),
+        wnids=list(cfg.wnids),
+    )
+    return DiT(dcfg).initialize(cfg.seed)
+
+
+def _save_state(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train_dit(cfg: TrainDiTConfig, progress: bool = True) -> Path:
+    """Train until ``cfg.steps`` (resuming from ``<out>/train_state.pt``); returns the weights path."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.batch_size <= 0 or cfg.steps <= 0:
+        raise UserError("--batch-size and --steps must be >= 1")
+    images, labels = load_imagefolder(cfg.data, cfg.wnids, cfg.resolution, cache_dir=out / "cache")
+    data = to_model_range(images)
+    device = torch.device(cfg.device)
+    model = build_model(cfg, data.shape[1], data.shape[2]).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    step = 0
+    state_path = out / "train_state.pt"
+    if state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        if state["config"] != json.dumps(model.config.to_dict(), sort_keys=True):
+            raise UserError(f"{state_path} was written for another model config; use a new --out")
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step = int(state["step"])
+    tab = {k: v.to(device) for k, v in Schedule.create(1000).tables().items()}
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # resumes get a fresh stream
+    log = open(out / "log.jsonl", "a")
+    bar = tqdm(total=cfg.steps, initial=step, desc="train-dit", unit="step", disable=not progress)
+    t_start, seen = time.perf_counter(), 0
+    model.train()
+    while step < cfg.steps:
+        idx = torch.randint(len(data), (cfg.batch_size,), generator=gen)
+        x0 = data[idx]
+        flip = torch.rand(cfg.batch_size, generator=gen) < 0.5
+        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0).to(device)
+        y = labels[idx].clone()
+        y[torch.rand(cfg.batch_size, generator=gen) < cfg.label_dropout] = model.num_classes  # null class
+        t = torch.randint(1000, (cfg.batch_size,), generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        y, t, eps = y.to(device), t.to(device), eps.to(device)
+        x_t = q_sample(x0, t, eps, tab)
+        mse, vb = hybrid_loss(model(x_t, t.float(), y), x0, x_t, t, eps, tab)
+        loss = (mse + vb).mean()
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - cfg.ema_decay)
+        step += 1
+        seen += cfg.batch_size
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            rate = seen / (time.perf_counter() - t_start)
+            rec = {"step": step, "loss": loss.item(), "mse": mse.mean().item(), "vb": vb.mean().item(), "img_s": rate}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rate:.0f}")
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            state = {
+                "model": model.state_dict(),
+                "ema": ema.state_dict(),
+                "opt": opt.state_dict(),
+                "step": step,
+                "config": json.dumps(model.config.to_dict(), sort_keys=True),
+            }
+            _save_state(state_path, state)
+            save_denoiser(ema.eval(), out / "denoiser.safetensors", extra={"train_step": str(step)})
+    bar.close()
+    log.close()
+    return out / "denoiser.safetensors"
