@@ -176,6 +176,8 @@ def train_critics_cmd(
     lr: float = typer.Option(1e-3, help="Peak AdamW learning rate (one-cycle)."),
     width: int = typer.Option(192, help="Critic width."),
     depth: int = typer.Option(4, help="Critic transformer blocks."),
+    heads: int = typer.Option(4, help="Attention heads (must divide --width)."),
+    eval_images: int = typer.Option(1000, help="Held-out images scored per t bucket for the reported metrics."),
     feat_dim: int = typer.Option(64, help="Feature size of the entropy term's space."),
     seed: int = typer.Option(0, help="Seed."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
@@ -193,7 +195,8 @@ def train_critics_cmd(
     codec = load_vae(vae)
     cfg = TrainCriticConfig(
         data=str(data), wnids=wnids, out=str(out), val=str(val) if val else None, steps=steps,
-        batch_size=batch_size, lr=lr, width=width, depth=depth, feat_dim=feat_dim, seed=seed, device=device,
+        batch_size=batch_size, lr=lr, width=width, depth=depth, heads=heads, feat_dim=feat_dim, seed=seed,
+        device=device, eval_images=eval_images,
     )
     path = train_critic(cfg, model, codec, overwrite=overwrite)
     m = json.loads((out / "critic.json").read_text())["metrics"]
@@ -201,6 +204,44 @@ def train_critics_cmd(
         f"wrote {path}: held-out accuracy {m['trained']['acc']:.3f}, I(X;Y) bound "
         f"{m['trained']['ba_bound_nats']:.3f} nats (untrained {m['untrained']['ba_bound_nats']:.3f}, ln K {m['trained']['ln_k']:.3f})"
     )
+
+
+@app.command()
+def distill(
+    out: Path = typer.Option(Path("distilled"), help="Output ImageFolder (<wnid>/<index>.png) + manifest + run.json."),
+    subset: Optional[str] = typer.Option(None, help="imagenette (default), imagewoof, imageidc, imagenet100, imagenet1k."),
+    classes: Optional[str] = typer.Option(None, help="Comma-separated WNIDs instead of --subset."),
+    classes_file: Optional[Path] = typer.Option(None, help="File with one WNID a line instead of --subset."),
+    ipc: int = typer.Option(10, help="Images per class."),
+    batch_size: Optional[int] = typer.Option(None, help="Samples per batch (one class a batch); default min(IPC, 32)."),
+    seed: int = typer.Option(0, help="Global seed; each image's noise derives from (seed, class, index)."),
+    engines: Optional[Path] = typer.Option(None, help="Engine folder from `igds-fast export` (else --backend eager)."),
+    backend: str = typer.Option("eager", help="eager when no --engines is given."),
+    denoiser: Optional[Path] = typer.Option(None, help="Denoiser (default: the embedded model)."),
+    vae: Optional[str] = typer.Option(None, help="VAE folder for latent models, or 'none'."),
+    critics: Optional[Path] = typer.Option(None, help="Critics (default: the embedded ones with the embedded model)."),
+    guidance: str = typer.Option("igds", help="igds (information guidance) or off (plain DiT sampling)."),
+    guidance_scale: Optional[float] = typer.Option(None, help="IGDS gradient scale s (default: the critics' recommendation or 1)."),
+    beta: Optional[float] = typer.Option(None, help="Contextual-term weight; default beta(IPC) = 0.5 ln IPC."),
+    steps: str = typer.Option("50", help="Respaced steps."),
+    sampler: str = typer.Option("ddpm", help="ddpm or ddim."),
+    cfg_scale: float = typer.Option(4.0, help="Classifier-free guidance scale."),
+    cfg_channels: str = typer.Option("3", help="3 (DiT/Minimax) or all."),
+    image_format: str = typer.Option("png", "--format", help="png or jpeg."),
+    resolution: Optional[int] = typer.Option(None, help="Resize written images to R px (default: model output size)."),
+    shard: Optional[str] = typer.Option(None, help="i/n: run every n-th class starting at i (array jobs)."),
+    ray: Optional[str] = typer.Option(None, help="Run on a Ray cluster: 'local' or an address (needs igds-fast[ray])."),
+    overwrite: bool = typer.Option(False, help="Replace an earlier run with another configuration in --out."),
+    device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
+    dtype: str = typer.Option("fp32", help="Denoiser precision for the eager backend."),
+    log_json: bool = typer.Option(False, "--log-json", help="One JSON line per finished class on stderr."),
+) -> None:
+    """Distill a class subset into IPC synthetic images per class (the main job)."""
+    options = dict(locals())
+    from .jobs.run import DistillRequest, run_request
+
+    summary = run_request(DistillRequest(**options))
+    typer.echo(json.dumps(summary))
 
 
 def _register_optional_commands() -> None:

@@ -110,7 +110,7 @@ def sample_classes(
         noise = SampleNoise([sample_seed(seed, c, k) for c, k in batch], pipe.shape, pipe.device)
         x_init = None if init_noise is None else torch.from_numpy(init_noise[start : start + len(batch)]).float()
         y = torch.tensor([c for c, _ in batch])
-        res = run_chain(pipe.step, n_steps, y, noise, x_init=x_init, on_step=lambda _i, n=len(batch): bar.update(n))
+        res = run_chain(pipe.step, n_steps, y, noise, x_init=x_init, on_step=lambda _i, _x, n=len(batch): bar.update(n))
         latents.append(res.x0.cpu())
         images.append(pipe.decode(res.x0).cpu())
     bar.close()

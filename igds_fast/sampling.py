@@ -28,11 +28,12 @@ def run_chain(
     noise: SampleNoise,
     x_init: torch.Tensor | None = None,
     memory: Callable[[int], tuple[torch.Tensor, torch.Tensor] | None] | None = None,
-    on_step: Callable[[int], None] | None = None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> ChainResult:
     """Denoise from x_T (drawn from ``noise`` unless ``x_init``) through step indices N-1 .. 0.
 
-    ``memory(i)`` returns (features, mask) of earlier samples at step index i, or None.
+    ``memory(i)`` returns (features, mask) of earlier samples at step index i, or None;
+    ``on_step(i, x_prev)`` sees every step's result (progress, finiteness checks).
     """
     x = noise.initial() if x_init is None else x_init.to(noise.device)
     if x_init is not None:
@@ -48,5 +49,5 @@ def run_chain(
             x, f, log_q, h2 = step(*args)
         feats[i] = f
         if on_step is not None:
-            on_step(i)
+            on_step(i, x)
     return ChainResult(x0=x, feats=feats, log_q=log_q, h2=h2)

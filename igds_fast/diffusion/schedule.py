@@ -29,7 +29,10 @@ def respaced_timesteps(num_train_steps: int, spec: str | int) -> list[int]:
     """
     spec = str(spec).strip()
     if spec.startswith("ddim"):
-        want = int(spec[4:])
+        try:
+            want = int(spec[4:])
+        except ValueError:
+            raise UserError(f"bad step spec '{spec}': use ddimN with a step count N, e.g. ddim50") from None
         for stride in range(1, num_train_steps):
             if len(range(0, num_train_steps, stride)) == want:
                 return list(range(0, num_train_steps, stride))

@@ -52,7 +52,10 @@ def infer_official_config(sd: dict[str, torch.Tensor], arch: str | None = None, 
         freq_dim=_need(sd, "t_embedder.mlp.0.weight", where).shape[1],
     )
     if arch is not None:
-        want = DiTConfig.from_arch(arch)
+        try:
+            want = DiTConfig.from_arch(arch)
+        except ValueError as e:
+            raise UserError(f"{where}: {e}") from None
         got = (cfg.depth, cfg.hidden_size, cfg.patch_size)
         if (want.depth, want.hidden_size, want.patch_size) != got:
             raise UserError(

@@ -30,7 +30,7 @@ class CriticConfig:
     patch_size: int = 4
     width: int = 192
     depth: int = 4
-    heads: int = 3
+    heads: int = 4
     feat_dim: int = 64
     num_t_buckets: int = 10
     num_train_steps: int = 1000

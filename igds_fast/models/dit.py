@@ -76,7 +76,8 @@ def timestep_embedding(t: torch.Tensor, dim: int, freq_shift: int = 0, max_perio
     half = dim // 2
     # Same operation order as the official DiT and diffusers (-log(P) * k, then / (half - shift)):
     # at t ~ 1000 one ulp in a frequency moves the embedding by ~6e-5.
-    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - freq_shift)
+    k = torch.arange(half, dtype=torch.float32, device=t.device)
+    exponent = -math.log(max_period) * k / (half - freq_shift)
     freqs = torch.exp(exponent)
     args = t.to(torch.float32)[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)

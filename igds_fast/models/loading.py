@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -67,13 +68,19 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported object"
-        raise UserError(
-            f"{path}: refusing a checkpoint that needs code execution to load ({first[:160]}); "
-            "save a plain state dict or safetensors instead"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0][:160]})") from None
+        # torch's message is many lines of advice; the offending global is what names the problem.
+        if m := re.search(r"Unsupported global: GLOBAL (\S+)", str(e)):
+            raise UserError(
+                f"{path}: refusing a checkpoint that needs code execution to load (it pickles {m.group(1)}); "
+                "save a plain state dict or safetensors instead"
+            ) from None
+        detail = (str(e).split("WeightsUnpickler error:")[-1].strip().splitlines() or ["bad pickle"])[0]
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({detail[:160]})") from None
+    except Exception as e:  # corrupt bytes raise any of RuntimeError, EOFError, KeyError, ValueError, ...
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        if not (isinstance(e, (RuntimeError, OSError)) and first):
+            first = f"empty, truncated or corrupt file: {type(e).__name__} {first}".strip()
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
     if isinstance(obj, dict) and ("ema" in obj or "model" in obj):
         obj = obj.get("ema") or obj["model"]  # train.py checkpoints: the EMA weights sample best
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -126,7 +133,8 @@ def load_denoiser(path: str | Path, arch: str | None = None, num_classes: int | 
         cls = conf.get("_class_name", "")
         if cls in ("DiTTransformer2DModel", "Transformer2DModel"):
             cfg = diffusers_config(conf)
-            model: nn.Module = _build(DiT(cfg), from_diffusers_state_dict(_diffusers_weights(folder), cfg, where), where)
+            sd = from_diffusers_state_dict(_diffusers_weights(folder), cfg, where)  # errors before building
+            model: nn.Module = _build(DiT(cfg), sd, where)
         elif cls == "UNet2DModel":
             try:
                 from diffusers import UNet2DModel

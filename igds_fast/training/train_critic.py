@@ -40,7 +40,7 @@ class TrainCriticConfig:
     lr: float = 1e-3
     width: int = 192
     depth: int = 4
-    heads: int = 3
+    heads: int = 4
     patch_size: int | None = None  # default: 4 for pixel space, 2 for latents
     feat_dim: int = 64
     nce_weight: float = 0.5
@@ -48,6 +48,7 @@ class TrainCriticConfig:
     seed: int = 0
     device: str = "cpu"
     ckpt_every: int = 500
+    eval_images: int = 1000  # held-out images scored per t bucket (a class-balanced subsample)
 
 
 def encode_space(images: torch.Tensor, vae: nn.Module, batch: int = 64) -> torch.Tensor:
@@ -69,6 +70,13 @@ def load_split(root: str, wnids: list[str], resolution: int, vae: nn.Module, cac
     z = encode_space(images, vae)
     torch.save(z, key)
     return z, labels
+
+
+def balanced_subsample(x: torch.Tensor, y: torch.Tensor, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """At most n images, the same number from each class (the first ones: deterministic)."""
+    per = max(1, n // k)
+    keep = torch.cat([torch.nonzero(y == c).flatten()[:per] for c in range(k)])
+    return x[keep], y[keep]
 
 
 @torch.no_grad()
@@ -114,7 +122,7 @@ def fit_kernel_widths(critic: NoiseCritic, x: torch.Tensor, labels: torch.Tensor
     for b in range(n_b):
         t_mid = (2 * b + 1) * 1000 // (2 * n_b)
         for c in range(k_cls):
-            xc = x[labels == c][:256]
+            xc = x[labels == c][:64]
             if len(xc) < 2:
                 continue
             t = torch.full((len(xc),), t_mid)
@@ -133,6 +141,8 @@ def train_critic(
     out.mkdir(parents=True, exist_ok=True)
     if cfg.batch_size < 2 or cfg.steps <= 0:
         raise UserError("--batch-size must be >= 2 and --steps >= 1")
+    if cfg.width % cfg.heads:
+        raise UserError(f"--heads {cfg.heads} must divide --width {cfg.width}")
     ids = class_labels(denoiser, cfg.wnids)
     size, chans = int(denoiser.input_size), int(denoiser.in_channels)
     resolution = size * getattr(vae, "downsample", 1)
@@ -144,6 +154,7 @@ def train_critic(
     else:  # hold out every 10th image
         held = torch.arange(len(x)) % 10 == 0
         xv, yv, x, y = x[held], y[held], x[~held], y[~held]
+    xv, yv = balanced_subsample(xv, yv, cfg.eval_images, len(cfg.wnids))
     ccfg = CriticConfig(
         in_channels=chans,
         input_size=size,

@@ -1,0 +1,120 @@
+"""The guided step's graph signature and the input checks every exported engine shares."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UserError
+
+STEP_INPUTS = ("x", "i", "y", "noise", "memory", "memory_mask")
+STEP_OUTPUTS = ("x_prev", "feats", "log_q", "h2")
+
+
+@dataclass(frozen=True)
+class StepShapes:
+    """Static shapes of one engine: batch B, denoiser space (C, H, W), memory rows M, features D."""
+
+    batch_size: int
+    channels: int
+    height: int
+    width: int
+    memory_size: int
+    feat_dim: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "batch_size": self.batch_size,
+            "channels": self.channels,
+            "height": self.height,
+            "width": self.width,
+            "memory_size": self.memory_size,
+            "feat_dim": self.feat_dim,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, int]) -> StepShapes:
+        return cls(**{k: int(d[k]) for k in cls.__dataclass_fields__})
+
+
+def random_inputs(
+    shapes: StepShapes, num_steps: int, labels: Sequence[int], seed: int = 0, i: int | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Fresh random step inputs in the graph's dtypes (i int32 of shape [1], y int32 drawn from
+    ``labels``, memory rows unit vectors like critic features, a random 0/1 mask)."""
+    g = torch.Generator().manual_seed(seed)
+    b, m, d = shapes.batch_size, shapes.memory_size, shapes.feat_dim
+    chw = (shapes.channels, shapes.height, shapes.width)
+    step = int(torch.randint(0, num_steps, (1,), generator=g)) if i is None else i
+    pick = torch.randint(0, len(labels), (b,), generator=g)
+    mem = torch.randn(m, d, generator=g)
+    return (
+        torch.randn(b, *chw, generator=g),
+        torch.tensor([step], dtype=torch.int32),
+        torch.tensor(labels, dtype=torch.int32)[pick],
+        torch.randn(b, *chw, generator=g),
+        mem / mem.norm(dim=1, keepdim=True),
+        (torch.rand(b, m, generator=g) < 0.5).float(),
+    )
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| (absolute when ref is 0); inf when anything is not finite."""
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    if out.shape != ref.shape or not torch.isfinite(out).all() or not torch.isfinite(ref).all():
+        return float("inf")
+    den = float(torch.linalg.norm(ref))
+    return float(torch.linalg.norm(out - ref)) / (den if den > 0 else 1.0)
+
+
+def prepare_inputs(
+    shapes: StepShapes,
+    x: torch.Tensor,
+    i: torch.Tensor | int,
+    y: torch.Tensor,
+    noise: torch.Tensor,
+    memory: torch.Tensor | None,
+    memory_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, ...]:
+    """Cast to the graph dtypes and refuse shapes the static engine was not built for."""
+    b, m = shapes.batch_size, shapes.memory_size
+    want = (b, shapes.channels, shapes.height, shapes.width)
+    if tuple(x.shape) != want or tuple(noise.shape) != want:
+        raise UserError(
+            f"this engine was built for inputs {want}, got {tuple(x.shape)}; export one for this batch"
+        )
+    dev = x.device
+    if memory is None or memory_mask is None:  # no earlier samples: an all-zero mask counts no pairs
+        memory = torch.zeros(m, shapes.feat_dim, device=dev)
+        memory_mask = torch.zeros(b, m, device=dev)
+    if tuple(memory.shape) != (m, shapes.feat_dim) or tuple(memory_mask.shape) != (b, m):
+        raise UserError(
+            f"this engine takes memory ({m}, {shapes.feat_dim}) and mask ({b}, {m}), got "
+            f"{tuple(memory.shape)} and {tuple(memory_mask.shape)}; export with --memory-size to match"
+        )
+    i_t = torch.as_tensor(i, device=dev).reshape(1).to(torch.int32)
+    return (
+        x.float().contiguous(),
+        i_t,
+        y.to(device=dev, dtype=torch.int32).reshape(b),
+        noise.float().contiguous(),
+        memory.float().contiguous(),
+        memory_mask.float().contiguous(),
+    )
+
+
+def run_in_batches(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """Apply a static-batch per-sample function (a decoder) to any number of rows: chunk, and pad
+    the last chunk with zeros (rows are independent, so padding changes nothing) then drop it."""
+    outs = []
+    for start in range(0, len(x), batch_size):
+        chunk = x[start : start + batch_size]
+        n = len(chunk)
+        if n < batch_size:
+            chunk = torch.cat([chunk, chunk.new_zeros(batch_size - n, *chunk.shape[1:])])
+        outs.append(fn(chunk)[:n])
+    return torch.cat(outs)

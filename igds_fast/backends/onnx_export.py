@@ -1,0 +1,252 @@
+"""Trace the guided step (input-gradient included) into one graph and write it as ONNX.
+
+torch.export cannot trace ``torch.func.grad``; what works (DESIGN §2) is ``make_fx`` with the core
+ATen decompositions, which runs the GuidedStep once and records the critic's backward pass as
+ordinary forward ops, then ``torch.onnx.export(dynamo=True)`` of that graph. Shapes are static.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from ..errors import UserError
+from .io import STEP_INPUTS, STEP_OUTPUTS
+
+DEFAULT_OPSET = 18
+DOUBLE = 11  # onnx.TensorProto.DOUBLE
+
+
+class ScalarIndexAsGather(TorchFunctionMode):
+    """``table[i]`` with a 0-d integer tensor ``i`` normally reads ``i`` as a Python int, which
+    make_fx cannot trace; record it as a tensor gather (``aten.index``) with the same value."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if func is torch.Tensor.__getitem__ and len(args) == 2:
+            idx = args[1]
+            if (
+                isinstance(idx, torch.Tensor)
+                and idx.dim() == 0
+                and not idx.is_floating_point()
+                and idx.dtype != torch.bool
+            ):
+                return torch.ops.aten.index.Tensor(args[0], [idx])
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def math_attention(step: nn.Module) -> Iterator[None]:
+    """Spelled-out attention while tracing (SDPA has no decomposition every exporter takes)."""
+    den = getattr(step, "denoiser", None)
+    blocks = getattr(den, "blocks", None)
+    saved = [b.attn.impl for b in blocks] if blocks is not None and hasattr(den, "set_attention") else None
+    if saved is not None:
+        den.set_attention("math")
+    try:
+        yield
+    finally:
+        if saved is not None:
+            for blk, impl in zip(blocks, saved, strict=True):
+                blk.attn.impl = impl
+
+
+def trace(fn: Callable[..., Any], args: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:
+    """make_fx with core ATen decompositions: autograd and functorch transforms become plain ops."""
+    from torch._decomp import core_aten_decompositions
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def traced(*a: torch.Tensor) -> Any:
+        with ScalarIndexAsGather():
+            return fn(*a)
+
+    gm = make_fx(traced, decomposition_table=core_aten_decompositions())(*args)
+    gm.eval()
+    leftover = sorted(
+        {str(n.target) for n in gm.graph.nodes if n.op == "call_function" and "backward" in str(n.target)}
+    )
+    if leftover:
+        raise UserError(f"the traced step still contains backward ops {leftover[:3]}: they have no ONNX form")
+    return gm
+
+
+def trace_step(step: nn.Module, args: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:
+    """The GuidedStep itself (forward: eps, critic input-gradient, update) as one FX graph."""
+    step.eval()
+    with math_attention(step), torch.no_grad():
+        return trace(lambda *a: tuple(step(*a)), args)
+
+
+def _split_fns(step: nn.Module) -> dict[str, tuple[Callable[..., Any], tuple[str, ...], tuple[str, ...]]]:
+    """The step's two halves, for comparing timings and errors part by part (not an engine)."""
+
+    def denoiser_eps(x: torch.Tensor, i: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        eps, var = step.eps(x, i.long().reshape(()), y.long())
+        return (eps,) if var is None else (eps, var)
+
+    def critic_grad(
+        x: torch.Tensor, i: torch.Tensor, y: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor
+    ):
+        t = step.tab_timestep[i.long().reshape(())].expand(x.shape[0])
+        grad_fn = torch.func.grad(step.objective, has_aux=True)
+        with torch.enable_grad():
+            grad, aux = grad_fn(x, t, y.long(), memory, mask)
+        return (grad, *aux)
+
+    out = {"denoiser_eps": (denoiser_eps, ("x", "i", "y"), ("eps", "var") if step.learn_sigma else ("eps",))}
+    if step.critic is not None:
+        out["critic_grad"] = (
+            critic_grad,
+            ("x", "i", "y", "memory", "memory_mask"),
+            ("grad", "feats", "log_q", "h2"),
+        )
+    return out
+
+
+def export_graph(
+    gm: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: tuple[str, ...],
+    output_names: tuple[str, ...],
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    if opset < 17:
+        raise UserError(f"opset {opset} is too old: LayerNormalization needs opset >= 17")
+    with _quiet_exporter():
+        prog = torch.onnx.export(
+            gm,
+            args,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+        )
+        prog.save(str(path))
+    check_no_float64(path)
+    return path
+
+
+def export_step(
+    step: nn.Module, args: tuple[torch.Tensor, ...], path: Path, opset: int = DEFAULT_OPSET
+) -> Path:
+    """The fused guided step as ONE graph: (x, i, y, noise, memory, memory_mask) -> 4 outputs."""
+    return export_graph(trace_step(step, args), args, path, STEP_INPUTS, STEP_OUTPUTS, opset)
+
+
+def export_split(
+    step: nn.Module, args: tuple[torch.Tensor, ...], folder: Path, opset: int = DEFAULT_OPSET
+) -> dict[str, str]:
+    """denoiser_eps.onnx (x, i, y -> eps[, var]) and, when guided, critic_grad.onnx."""
+    by_name = dict(zip(STEP_INPUTS, args, strict=True))
+    written = {}
+    with math_attention(step), torch.no_grad():
+        for name, (fn, ins, outs) in _split_fns(step).items():
+            a = tuple(by_name[k] for k in ins)
+            export_graph(trace(fn, a), a, folder / f"{name}.onnx", ins, outs, opset)
+            written[name] = f"{name}.onnx"
+    return written
+
+
+class _Decode(nn.Module):
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z).float().clamp(-1, 1)
+
+
+def export_decoder(vae: nn.Module, latents: torch.Tensor, path: Path, opset: int = DEFAULT_OPSET) -> Path:
+    """The VAE decoder (latents -> images in [-1, 1]) for a static batch."""
+    with torch.no_grad():
+        return export_graph(_Decode(vae).eval(), (latents,), path, ("latents",), ("images",), opset)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The dynamo exporter logs progress and onnx_ir notes on every call; keep the CLI output readable."""
+    names = ("torch.onnx", "onnxscript", "onnx_ir", "torch.export", "torch._export")
+    saved = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(None), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # deprecations inside torch.export
+            yield
+    finally:
+        for n, lvl in saved.items():
+            logging.getLogger(n).setLevel(lvl)
+
+
+# ---- static checks of an exported graph -------------------------------------------------------
+
+
+def load_inlined(path: Path) -> Any:
+    """The model with its local functions inlined, so op lists show what a runtime really parses."""
+    import onnx
+    import onnx.inliner
+
+    return onnx.inliner.inline_local_functions(onnx.load(str(path), load_external_data=False))
+
+
+def op_types(model: Any) -> set[str]:
+    """``op_type`` of every node, subgraphs included; non-default domains as ``domain::op``."""
+    found: set[str] = set()
+
+    def walk(graph: Any) -> None:
+        for node in graph.node:
+            found.add(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}")
+            for attr in node.attribute:
+                if attr.g is not None and attr.g.node:
+                    walk(attr.g)
+                for g in attr.graphs:
+                    walk(g)
+
+    walk(model.graph)
+    return found
+
+
+def float64_tensors(model: Any) -> list[str]:
+    """Names of float64 inputs, outputs, initializers, Constant values and casts to double."""
+    g = model.graph
+    bad = [v.name for v in list(g.input) + list(g.output) if v.type.tensor_type.elem_type == DOUBLE]
+    bad += [t.name for t in g.initializer if t.data_type == DOUBLE]
+    for node in g.node:
+        if node.op_type == "Constant" and any(
+            a.t.data_type == DOUBLE for a in node.attribute if a.name == "value"
+        ):
+            bad.append(node.output[0])
+        if node.op_type == "Cast" and any(a.name == "to" and a.i == DOUBLE for a in node.attribute):
+            bad.append(node.output[0])
+    return bad
+
+
+def check_no_float64(path: Path) -> None:
+    bad = float64_tensors(load_inlined(path))
+    if bad:
+        raise UserError(
+            f"{path.name}: float64 tensors {bad[:3]} (TensorRT and fp16 engines need float32 or lower)"
+        )
+
+
+def trt_supported_ops() -> dict[str, Any]:
+    """TensorRT's ONNX operator list (igds_fast/data/trt_onnx_ops.json, with its source)."""
+    text = resources.files("igds_fast.data").joinpath("trt_onnx_ops.json").read_text()
+    return json.loads(text)
+
+
+def trt_unsupported_ops(path: Path) -> list[str]:
+    """Op types of the graph that TensorRT's ONNX parser does not list as supported."""
+    supported = set(trt_supported_ops()["supported"])
+    return sorted(op_types(load_inlined(path)) - supported)

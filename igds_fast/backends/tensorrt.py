@@ -1,0 +1,224 @@
+"""Native TensorRT (10.x Python API): build a plan from the exported ONNX, run it with execute_async_v3.
+
+Precision: fp32 builds with TF32 off (parity with the eager step); fp16/bf16 take a graph already
+typed by the exporter (denoiser in fp16/bf16, timestep embedding and critic gradient in fp32) and
+build it as a STRONGLY_TYPED network, so TensorRT keeps those types instead of choosing its own;
+fp8 needs Q/DQ nodes (from a quantizer such as NVIDIA ModelOpt), which this exporter does not write.
+``tensorrt`` is imported only here, inside functions: the package stays importable without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+from .io import STEP_INPUTS, StepShapes, prepare_inputs, run_in_batches
+
+PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
+
+
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise UserError(
+            "the tensorrt backend needs TensorRT 10+: pip install 'igds-fast[tensorrt]'"
+        ) from None
+    if int(trt.__version__.split(".")[0]) < 10:
+        raise UserError(f"TensorRT {trt.__version__} is too old: this backend uses the TensorRT 10 API")
+    if not torch.cuda.is_available():
+        raise UserError("the tensorrt backend needs a CUDA GPU, and none is visible")
+    return trt
+
+
+def unavailable_reason() -> str | None:
+    """Why TensorRT cannot run here (None when it can)."""
+    try:
+        import_tensorrt()
+    except UserError as e:
+        return str(e)
+    return None
+
+
+def _logger(trt: Any) -> Any:
+    return trt.Logger(trt.Logger.WARNING)
+
+
+def build_plan(
+    onnx_path: Path,
+    plan_path: Path,
+    precision: str = "fp32",
+    timing_cache: Path | None = None,
+    workspace_gib: float = 8.0,
+    opt_level: int = 3,
+) -> Path:
+    """Parse the ONNX graph, build and serialize an engine; reuse and update the timing cache."""
+    trt = import_tensorrt()
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision '{precision}': use {', '.join(PRECISIONS)}")
+    logger = _logger(trt)
+    builder = trt.Builder(logger)
+    typed = precision != "fp32"  # typed graphs keep their fp32 islands only in strongly typed mode
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # reads external weights next to the file too
+        errors = "; ".join(str(parser.get_error(k)) for k in range(parser.num_errors))
+        raise UserError(f"TensorRT cannot parse {onnx_path.name}: {errors[:500]}")
+    if precision == "fp8" and not _has_fp8_qdq(network, trt):
+        raise UserError(
+            "fp8 needs an ONNX graph with FP8 Q/DQ nodes (NVIDIA ModelOpt); this exporter writes none. "
+            "Use --precision fp16 or bf16"
+        )
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    config.builder_optimization_level = opt_level
+    if precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)
+    _require_static(network)
+    cache = config.create_timing_cache(
+        timing_cache.read_bytes() if timing_cache and timing_cache.exists() else b""
+    )
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise UserError(f"TensorRT could not build an engine from {onnx_path.name} (see the log above)")
+    plan_path.write_bytes(bytes(plan))
+    if timing_cache is not None:
+        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return plan_path
+
+
+def _require_static(network: Any) -> None:
+    """Engines are static per (batch, memory) so they need no optimization profile; a dynamic dim
+    means the graph was not exported by this project."""
+    inputs = [network.get_input(k) for k in range(network.num_inputs)]
+    dynamic = [t for t in inputs if any(d < 0 for d in t.shape)]
+    if not dynamic:
+        return
+    raise UserError(
+        f"input '{dynamic[0].name}' has a dynamic shape {tuple(dynamic[0].shape)}; export with static shapes"
+    )
+
+
+def _has_fp8_qdq(network: Any, trt: Any) -> bool:
+    for k in range(network.num_layers):
+        layer = network.get_layer(k)
+        if layer.type in (trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE):
+            return True
+    return False
+
+
+def _torch_dtype(trt: Any, dt: Any) -> torch.dtype:
+    table = {
+        trt.float32: torch.float32,
+        trt.float16: torch.float16,
+        trt.bfloat16: torch.bfloat16,
+        trt.int32: torch.int32,
+        trt.int64: torch.int64,
+        trt.int8: torch.int8,
+        trt.bool: torch.bool,
+    }
+    return table[dt]
+
+
+class TrtRunner:
+    """One deserialized plan with its IO buffers allocated once and reused; optional CUDA graph."""
+
+    def __init__(self, plan_path: Path, device: torch.device, cuda_graph: bool = False):
+        trt = import_tensorrt()
+        self.device = device
+        self.runtime = trt.Runtime(_logger(trt))
+        self.engine = self.runtime.deserialize_cuda_engine(plan_path.read_bytes())
+        if self.engine is None:
+            raise UserError(
+                f"{plan_path.name} does not deserialize: built by another TensorRT version or GPU? rebuild it"
+            )
+        self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream(device=device)
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
+        for k in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(k)
+            shape = tuple(self.engine.get_tensor_shape(name))
+            buf = torch.empty(
+                shape, dtype=_torch_dtype(trt, self.engine.get_tensor_dtype(name)), device=device
+            )
+            is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            (self.inputs if is_input else self.outputs)[name] = buf
+            self.context.set_tensor_address(name, buf.data_ptr())
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.use_graph = cuda_graph
+
+    def _enqueue(self) -> None:
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+
+    def __call__(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            for name, buf in self.inputs.items():  # an unused graph input may have been dropped
+                buf.copy_(feeds[name], non_blocking=True)
+            if self.use_graph and self.graph is None:
+                self._enqueue()  # TensorRT must run once before capture
+                self.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graph, stream=self.stream):
+                    self._enqueue()
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self._enqueue()
+            outs = {k: v.clone() for k, v in self.outputs.items()}
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        return outs
+
+
+class TrtEngine:
+    backend = "tensorrt"
+
+    def __init__(
+        self, engine_dir: str | Path, manifest: dict[str, Any], device: str = "cuda", cuda_graph: bool = True
+    ):
+        folder = Path(engine_dir)
+        dev = torch.device(device)
+        if dev.type != "cuda":
+            raise UserError("the tensorrt backend runs on a CUDA device: pass --device cuda")
+        self.manifest = manifest
+        self.shapes = StepShapes.from_dict(manifest["shapes"])
+        self.batch_size = self.shapes.batch_size
+        self.memory_size = self.shapes.memory_size
+        self.feat_dim = self.shapes.feat_dim
+        self.shape = (self.shapes.channels, self.shapes.height, self.shapes.width)
+        self.num_steps = int(manifest["num_steps"])
+        self.device = dev
+        self.runner = TrtRunner(folder / manifest["graphs"]["step"], dev, cuda_graph)
+        dec = manifest["graphs"].get("decoder")
+        self.decoder = TrtRunner(folder / dec, dev, cuda_graph) if dec else None
+
+    def step(
+        self,
+        x: torch.Tensor,
+        i: torch.Tensor | int,
+        y: torch.Tensor,
+        noise: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        args = prepare_inputs(
+            self.shapes, x.to(self.device), i, y, noise.to(self.device), memory, memory_mask
+        )
+        outs = self.runner(dict(zip(STEP_INPUTS, (a.to(self.device) for a in args), strict=True)))
+        return outs["x_prev"], outs["feats"], outs["log_q"], outs["h2"]
+
+    __call__ = step
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        if self.decoder is None:
+            return x.float().clamp(-1, 1)
+        dec = self.decoder
+        return run_in_batches(
+            lambda z: dec({"latents": z.to(self.device).float()})["images"], x, self.batch_size
+        )

@@ -1,0 +1,55 @@
+"""Work units of a distill job: (class, chunk of sample indices).
+
+Chunks depend only on (IPC, batch size), never on the number of shards or workers, so sharding,
+ordering and resuming cannot change which samples share a batch, and so cannot change outputs.
+A class's chunks run in order on one worker: chunk k's entropy term pairs with the features of
+chunks 0..k-1 (the memory). Shards and Ray workers therefore split classes, not chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    wnid: str
+    label: int  # the denoiser's class label
+    chunk: int
+    start: int  # first sample index of the chunk
+    count: int
+
+    @property
+    def indices(self) -> range:
+        return range(self.start, self.start + self.count)
+
+    @property
+    def key(self) -> str:
+        return f"{self.wnid}-{self.chunk:04d}"
+
+
+def class_units(wnid: str, label: int, ipc: int, batch_size: int) -> list[WorkUnit]:
+    return [
+        WorkUnit(wnid, label, k, start, min(batch_size, ipc - start))
+        for k, start in enumerate(range(0, ipc, batch_size))
+    ]
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n; None -> (0, 1)."""
+    if text is None:
+        return 0, 1
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise UserError(f"bad --shard '{text}': use i/n, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise UserError(f"bad --shard '{text}': need 0 <= i < n")
+    return i, n
+
+
+def shard_classes(wnids: list[str], shard: int, num_shards: int) -> list[str]:
+    """Classes of one shard: every n-th class of the job's class list."""
+    return [w for k, w in enumerate(wnids) if k % num_shards == shard]

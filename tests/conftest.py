@@ -1,0 +1,68 @@
+"""Shared test helpers: tiny randomly initialised models and a relative-error check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from igds_fast.models.dit import DiT, DiTConfig, sincos_pos_embed_2d
+
+
+def randomize_(module: nn.Module, seed: int, scale: float = 1.0) -> nn.Module:
+    """Overwrite every parameter (the zero-initialised adaLN/output layers too) with fresh
+    N(0, 1/fan_in) weights and N(0, 0.1^2) biases/vectors, so no code path is trivially zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.dim() > 1:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=g) * scale / fan_in**0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1 * scale)
+    return module
+
+
+def rel_err(out, ref) -> float:
+    """||out - ref|| / ||ref|| in float64; fails (not passes) on NaN/inf or an all-zero reference."""
+    out = np.asarray(out.detach().cpu().double() if isinstance(out, torch.Tensor) else out, dtype=np.float64)
+    ref = np.asarray(ref.detach().cpu().double() if isinstance(ref, torch.Tensor) else ref, dtype=np.float64)
+    assert out.shape == ref.shape, f"shape {out.shape} != reference shape {ref.shape}"
+    assert np.isfinite(out).all(), "output has NaN/inf"
+    assert np.isfinite(ref).all(), "reference has NaN/inf"
+    denom = np.linalg.norm(ref)
+    assert denom > 0, "reference is all zeros: the comparison would prove nothing"
+    return float(np.linalg.norm(out - ref) / denom)
+
+
+@pytest.fixture
+def tiny_dit():
+    """Factory: a small random DiT (default 8x8x4 input, 2 blocks of width 64, 10 classes).
+
+    Width 64 with 1 head keeps the official-format head inference (width // 64) exact."""
+
+    def make(seed: int = 0, **overrides) -> DiT:
+        kw = dict(
+            input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=2, num_heads=1, num_classes=10
+        )
+        kw.update(overrides)
+        model = DiT(DiTConfig(**kw))
+        randomize_(model, seed)
+        with torch.no_grad():  # the fixed sin-cos table is not a weight: restore it
+            model.pos_embed.copy_(
+                sincos_pos_embed_2d(kw["hidden_size"], kw["input_size"] // kw["patch_size"])[None]
+            )
+        return model.eval()
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP spin contention
+    (ms per op instead of us). Use with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

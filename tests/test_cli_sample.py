@@ -1,0 +1,300 @@
+"""``igds-fast sample`` end to end, as a user runs it (subprocess: exit codes and stderr included)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from igds_fast.guidance.step import GuidedStep, StepConfig
+from igds_fast.models.dit import DiT, DiTConfig
+from igds_fast.models.loading import load_denoiser, save_denoiser
+from igds_fast.models.vae import to_uint8
+from igds_fast.sampling import run_chain
+from igds_fast.seeds import SampleNoise
+from tests.conftest import randomize_, rel_err
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+ROOT = Path(__file__).resolve().parents[1]
+PAD = 2  # grid padding between tiles (igds_fast.imageio.grid)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """The real command in a fresh interpreter (~2 s each: used for the exit-code checks)."""
+    return subprocess.run(
+        [sys.executable, "-m", "igds_fast.cli", "sample", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def in_process(*args: str) -> subprocess.CompletedProcess:
+    """``igds_fast.cli.main()`` (its error handling included) in this interpreter: fast."""
+    import contextlib
+    import io
+
+    from igds_fast import cli as cli_module
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["igds-fast", "sample", *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            cli_module.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = argv
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def ok(*args: str) -> subprocess.CompletedProcess:
+    res = in_process(*args)
+    assert res.returncode == 0, res.stderr
+    return res
+
+
+def fails_with(*args: str, words: tuple[str, ...] = (), subprocess: bool = True) -> str:
+    res = cli(*args) if subprocess else in_process(*args)
+    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert "Traceback" not in res.stderr
+    for w in words:
+        assert w.lower() in lines[0].lower(), (w, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def pixel_model(tmp_path_factory):
+    """A tiny random pixel-space DiT (3x8x8, 10 classes) in our safetensors format."""
+    cfg = DiTConfig(
+        input_size=8, patch_size=2, in_channels=3, hidden_size=64, depth=2, num_heads=1, num_classes=10
+    )
+    model = randomize_(DiT(cfg), int(torch.randint(0, 2**31 - 1, ())), scale=0.5).eval()
+    path = tmp_path_factory.mktemp("pixel") / "dit.safetensors"
+    return save_denoiser(model, path)
+
+
+def sample(model: Path, tmp: Path, name: str, *extra: str, classes: str = "1,4,7", n: int = 2):
+    out, lat = tmp / f"{name}.png", tmp / f"{name}.npy"
+    ok(
+        "--denoiser",
+        model,
+        "--classes",
+        classes,
+        "--n-per-class",
+        n,
+        "--steps",
+        "5",
+        "--out",
+        out,
+        "--latents-out",
+        lat,
+        *extra,
+    )
+    return Image.open(out), np.load(lat)
+
+
+def test_writes_grid_and_latents(pixel_model, tmp_path):
+    img, lat = sample(pixel_model, tmp_path, "a")
+    assert lat.shape == (6, 3, 8, 8) and lat.dtype == np.float32
+    assert np.isfinite(lat).all() and lat.std() > 0
+    # rows = classes (3), columns = samples per class (2), 8 px tiles with 2 px padding
+    assert img.size == (2 * (8 + PAD) + PAD, 3 * (8 + PAD) + PAD)
+    arr = np.asarray(img.convert("RGB"))
+    tiles = to_uint8(torch.from_numpy(lat)).numpy()  # pixel space: the image is the clamped latent
+    for k in range(6):
+        r, c = divmod(k, 2)
+        y0, x0 = PAD + r * (8 + PAD), PAD + c * (8 + PAD)
+        np.testing.assert_array_equal(arr[y0 : y0 + 8, x0 : x0 + 8], tiles[k], err_msg=f"tile {k}")
+
+
+def test_seed_rule(pixel_model, tmp_path):
+    _, a = sample(pixel_model, tmp_path, "a", "--seed", "3")
+    _, b = sample(pixel_model, tmp_path, "b", "--seed", "3")
+    _, c = sample(pixel_model, tmp_path, "c", "--seed", "4")
+    _, d = sample(pixel_model, tmp_path, "d", "--seed", "3", "--batch-size", "1")
+    _, e = sample(pixel_model, tmp_path, "e", "--seed", "3", "--batch-size", "4")  # batches of 4 + 2
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-2  # and per sample: no two samples share noise
+    assert all(np.abs(a[k] - c[k]).max() > 1e-2 for k in range(len(a)))
+    # Batch size changes only float round-off: on CPU a batch of 1 runs GEMV where larger batches run
+    # GEMM (measured ~3e-7 relative after the chain; batches of 4 and 16 agree bit for bit).
+    # Noise taken from another sample would differ at O(1).
+    assert rel_err(d, e) < 1e-5 and rel_err(a, d) < 1e-5
+    assert max(rel_err(d[k], a[k]) for k in range(len(a))) < 1e-5
+    # a sample's result depends on (seed, class, index) only: class 4 alone equals its rows above
+    _, f = sample(pixel_model, tmp_path, "f", "--seed", "3", classes="4")
+    assert rel_err(f, a[2:4]) < 1e-5
+
+
+def test_init_noise_is_used(pixel_model, tmp_path):
+    x_init = np.random.default_rng().standard_normal((4, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "noise.npy", x_init)
+    args = ("--sampler", "ddim", "--eta", "0", "--init-noise", tmp_path / "noise.npy")
+    _, a = sample(pixel_model, tmp_path, "a", *args, "--seed", "1", classes="2,5")
+    _, b = sample(pixel_model, tmp_path, "b", *args, "--seed", "2", classes="2,5")
+    _, c = sample(pixel_model, tmp_path, "c", "--sampler", "ddim", "--seed", "1", classes="2,5")
+    np.testing.assert_array_equal(a, b)  # DDIM eta=0 from the given noise: the seed no longer matters
+    assert np.abs(a - c).max() > 1e-2
+    # and it is exactly the library's chain from that noise (CLI defaults: CFG 4 on 3 channels)
+    model = load_denoiser(pixel_model)
+    step = GuidedStep(
+        model, StepConfig(steps="5", sampler="ddim", cfg_scale=4.0, cfg_channels=3, guidance="off")
+    )
+    res = run_chain(
+        step,
+        len(step.schedule),
+        torch.tensor([2, 2, 5, 5]),
+        SampleNoise([0, 1, 2, 3], (3, 8, 8)),
+        x_init=torch.from_numpy(x_init),
+    )
+    np.testing.assert_allclose(a, res.x0.numpy(), rtol=1e-5, atol=1e-5)
+
+
+needs_diffusers = pytest.mark.skipif(importlib.util.find_spec("diffusers") is None, reason="needs diffusers")
+
+
+@pytest.fixture(scope="module")
+def latent_model(tmp_path_factory):
+    """A tiny 4-channel latent DiT and a tiny AutoencoderKL folder (x2 upsampling)."""
+    from diffusers import AutoencoderKL
+
+    root = tmp_path_factory.mktemp("latent")
+    cfg = DiTConfig(
+        input_size=4, patch_size=2, in_channels=4, hidden_size=64, depth=1, num_heads=1, num_classes=5
+    )
+    save_denoiser(randomize_(DiT(cfg), 1, scale=0.5), root / "dit.safetensors")
+    torch.manual_seed(0)
+    AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=8,
+    ).save_pretrained(root / "vae")
+    return root
+
+
+@needs_diffusers
+def test_latent_model_with_vae(latent_model, tmp_path):
+    img, lat = sample(
+        latent_model / "dit.safetensors", tmp_path, "v", "--vae", latent_model / "vae", classes="0,4", n=3
+    )
+    assert lat.shape == (6, 4, 4, 4) and np.isfinite(lat).all()
+    assert img.size == (3 * (8 + PAD) + PAD, 2 * (8 + PAD) + PAD)  # 4 px latents -> 8 px images
+    fails_with(
+        "--denoiser",
+        latent_model / "dit.safetensors",
+        "--classes",
+        "1",
+        "--out",
+        tmp_path / "x.png",
+        words=("4-channel", "--vae"),
+    )
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (("--sampler", "euler"), ("sampler", "euler")),
+        (("--cfg-channels", "0"), ("--cfg-channels",)),
+        (("--classes", "3,10"), ("class 10", "0..9")),
+    ],
+)
+def test_bad_flags_exit_2(pixel_model, tmp_path, flags, words):
+    args = {"--classes": "1", "--out": str(tmp_path / "g.png")}
+    args.update(dict(zip(flags[::2], flags[1::2], strict=True)))
+    fails_with("--denoiser", pixel_model, *[x for kv in args.items() for x in kv], words=words)
+    assert not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (("--steps", "ddimX"), ("ddimX",)),
+        (("--steps", "0"), ("step",)),
+        (("--n-per-class", "0"), ("--n-per-class",)),
+        (("--batch-size", "0"), ("--batch-size",)),
+        (("--cfg-channels", "three"), ("--cfg-channels",)),
+        (("--cfg-scale", "0.5"), ("--cfg-scale",)),
+        (("--classes", "-1"), ("class -1",)),
+        (("--classes", ","), ("--classes",)),
+        (("--guidance", "igds"), ("critics",)),
+        (("--device", "tpu"), ("device",)),
+        (("--dtype", "fp8"), ("dtype",)),
+    ],
+)
+def test_more_bad_flags_in_process(pixel_model, tmp_path, flags, words):
+    args = {"--classes": "1", "--out": str(tmp_path / "g.png")}
+    args.update(dict(zip(flags[::2], flags[1::2], strict=True)))
+    fails_with(
+        "--denoiser", pixel_model, *[x for kv in args.items() for x in kv], words=words, subprocess=False
+    )
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_missing_paths_exit_2(pixel_model, tmp_path):
+    fails_with(
+        "--denoiser",
+        tmp_path / "nope.safetensors",
+        "--classes",
+        "1",
+        "--out",
+        tmp_path / "g.png",
+        words=("nope.safetensors", "does not exist"),
+    )
+    fails_with(
+        "--denoiser",
+        pixel_model,
+        "--classes",
+        "1",
+        "--init-noise",
+        tmp_path / "none.npy",
+        "--out",
+        tmp_path / "g.png",
+        words=("none.npy",),
+        subprocess=False,
+    )
+    fails_with(
+        "--denoiser",
+        pixel_model,
+        "--classes",
+        "1",
+        "--out",
+        tmp_path / "no" / "g.png",
+        words=("no",),
+        subprocess=False,
+    )
+
+
+def test_wrong_init_noise_shape_exit_2(pixel_model, tmp_path):
+    np.save(tmp_path / "n.npy", np.zeros((3, 3, 8, 8), dtype=np.float32))  # 2 classes x 2 = 4 needed
+    fails_with(
+        "--denoiser",
+        pixel_model,
+        "--classes",
+        "1,2",
+        "--n-per-class",
+        "2",
+        "--init-noise",
+        tmp_path / "n.npy",
+        "--out",
+        tmp_path / "g.png",
+        words=("--init-noise", "(3, 3, 8, 8)", "(4, 3, 8, 8)"),
+    )
+    assert not (tmp_path / "g.png").exists()

@@ -1,0 +1,225 @@
+"""The distill job: determinism under interruption, sharding and Ray; outputs; bad input."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from igds_fast.errors import UserError
+from igds_fast.jobs import distill as distill_mod
+from igds_fast.jobs.manifest import read_manifest
+from igds_fast.jobs.run import DistillRequest, run_request
+from igds_fast.models.critics import CriticConfig, NoiseCritic, save_critic
+from igds_fast.models.dit import DiT, DiTConfig
+from igds_fast.models.loading import save_denoiser
+from igds_fast.subsets import subset
+
+from .conftest import randomize_
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+WNIDS = [c.wnid for c in subset("imagenette")]
+TWO = ",".join(WNIDS[:2])
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """A tiny pixel-space DiT (8 px) naming the Imagenette classes, and random critics for it."""
+    root = tmp_path_factory.mktemp("models")
+    dit = DiT(DiTConfig(input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2,
+                        num_classes=10, wnids=WNIDS))
+    randomize_(dit, 0, scale=0.5)
+    save_denoiser(dit, root / "dit.safetensors")
+    critic = NoiseCritic(CriticConfig(in_channels=3, input_size=8, patch_size=4, width=16, depth=1, heads=2,
+                                      feat_dim=8, class_ids=list(range(10)), wnids=WNIDS))
+    randomize_(critic, 1)
+    critic.kernel_sigma.fill_(0.5)
+    save_critic(critic, root / "critic.safetensors")
+    few = NoiseCritic(replace(critic.config, class_ids=[0, 1], wnids=WNIDS[:2]))
+    save_critic(few, root / "critic_two.safetensors")
+    return {"dit": root / "dit.safetensors", "critic": root / "critic.safetensors",
+            "critic_two": root / "critic_two.safetensors"}
+
+
+def request(models: dict[str, Path], out: Path, **kw) -> DistillRequest:
+    base = dict(out=out, subset=None, classes=TWO, classes_file=None, ipc=5, batch_size=2, seed=3, engines=None,
+                backend="eager", denoiser=models["dit"], vae="none", critics=models["critic"], guidance="igds",
+                guidance_scale=2.0, beta=1.0, steps="4", sampler="ddpm", cfg_scale=2.0, cfg_channels="3",
+                image_format="png", resolution=None, shard=None, ray=None, overwrite=False, device="cpu",
+                dtype="fp32", log_json=False)
+    base.update(kw)
+    return DistillRequest(**base)
+
+
+def snapshot(out: Path) -> dict[str, str]:
+    """sha256 of every image and of the manifest's content (rows, not Parquet bytes)."""
+    files = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in sorted(out.glob("n*/*")) if p.is_file()}
+    rows = sorted(read_manifest(out / "manifest.parquet"), key=lambda r: r["path"])
+    files["manifest"] = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+    return files
+
+
+@pytest.fixture(scope="module")
+def reference(models, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    out = tmp_path_factory.mktemp("ref") / "set"
+    summary = run_request(request(models, out))
+    assert summary["complete"] and summary["images_made"] == 10
+    return out, snapshot(out)
+
+
+def test_outputs_layout_manifest_and_run_json(reference):
+    out, snap = reference
+    for wnid in WNIDS[:2]:
+        assert sorted(p.name for p in (out / wnid).iterdir()) == [f"{i:05d}.png" for i in range(5)]
+        assert (out / f"contact_{wnid}.png").stat().st_size > 0
+    rows = read_manifest(out / "manifest.parquet")
+    assert len(rows) == 10
+    for r in rows:
+        assert hashlib.sha256((out / r["path"]).read_bytes()).hexdigest() == r["sha256"]
+        assert r["backend"] == "eager" and r["log_q"] is not None
+    run = json.loads((out / "run.json").read_text())
+    assert run["complete"] and run["ipc"] == 5 and run["classes"] == WNIDS[:2] and run["guidance"] == "igds"
+    assert not list(out.glob("**/*.tmp"))
+
+
+def test_rerun_of_finished_job_does_nothing(models, reference):
+    out, snap = reference
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("n*/*")}
+    summary = run_request(request(models, out))
+    assert summary["images_made"] == 0 and summary["complete"]
+    assert {p: p.stat().st_mtime_ns for p in out.glob("n*/*")} == mtimes
+    assert snapshot(out) == snap
+
+
+def test_interrupted_run_finishes_byte_identical(models, reference, tmp_path):
+    _, snap = reference
+    out = tmp_path / "set"
+    args = [sys.executable, "-m", "igds_fast.cli", "distill", "--out", str(out), "--classes", TWO, "--ipc", "5",
+            "--batch-size", "2", "--seed", "3", "--denoiser", str(models["dit"]), "--vae", "none", "--critics",
+            str(models["critic"]), "--guidance-scale", "2", "--beta", "1", "--steps", "4", "--cfg-scale", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    want = random.Random().randint(1, 4)  # kill after a random number of finished units
+    deadline = time.time() + 120
+    while len(list(out.glob(".unit-*.json"))) < want and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.parquet").exists() or len(list(out.glob(".unit-*.json"))) == 6
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert snapshot(out) == snap
+    assert len(read_manifest(out / "manifest.parquet")) == 10  # none missing, none doubled
+
+
+def test_shards_together_equal_unsharded(models, reference, tmp_path):
+    _, snap = reference
+    out = tmp_path / "set"
+    first = run_request(request(models, out, shard="0/2"))
+    assert not first["complete"]  # the other shard's classes are missing: no manifest yet
+    assert not (out / "manifest.parquet").exists()
+    assert run_request(request(models, out, shard="1/2"))["complete"]
+    assert snapshot(out) == snap
+
+
+def test_ray_local_two_cpu_workers_equal_local(models, reference, tmp_path):
+    pytest.importorskip("ray")
+    _, snap = reference
+    out = tmp_path / "set"
+    summary = run_request(request(models, out, ray="local"))
+    assert summary["complete"] and summary["ray_workers"] == 2
+    assert snapshot(out) == snap
+
+
+def test_other_config_refused_unless_overwrite(models, reference, tmp_path):
+    out = tmp_path / "set"
+    run_request(request(models, out, ipc=2))
+    with pytest.raises(UserError, match="another configuration.*ipc"):
+        run_request(request(models, out, ipc=3))
+    assert len(read_manifest(out / "manifest.parquet")) == 4  # the finished set is untouched
+    assert run_request(request(models, out, ipc=3, overwrite=True))["complete"]
+    assert len(read_manifest(out / "manifest.parquet")) == 6
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"subset": "imagenet7", "classes": None}, "unknown subset 'imagenet7'"),
+        ({"classes": "n99999999"}, "unknown WNID 'n99999999'"),
+        ({"classes": "n01443537"}, "class n01443537 is not in the model"),  # ImageNet class, not Imagenette
+        ({"ipc": 0}, "--ipc must be >= 1"),
+        ({"batch_size": 0}, "--batch-size must be >= 1"),
+        ({"critics": "critic_two", "classes": ",".join(WNIDS[:3])}, "critics were trained for other classes"),
+        ({"shard": "2/2"}, "bad --shard"),
+    ],
+)
+def test_bad_input_is_refused_before_any_output(models, tmp_path, kw, message):
+    if kw.get("critics") == "critic_two":
+        kw = kw | {"critics": models["critic_two"]}
+    out = tmp_path / "set"
+    with pytest.raises(UserError, match=message):
+        run_request(request(models, out, **kw))
+    assert not out.exists() or not any(out.glob("n*"))
+
+
+def test_out_is_a_file_or_unwritable(models, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        run_request(request(models, f))
+    with pytest.raises(UserError, match="cannot write to --out"):
+        run_request(request(models, f / "sub"))
+
+
+def test_disk_full_keeps_finished_units_and_no_manifest(models, tmp_path, monkeypatch):
+    out = tmp_path / "set"
+    real = distill_mod.write_atomic
+
+    def flaky(path, data):
+        if path.name == "00002.png":  # class 0's second unit runs out of space
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(distill_mod, "write_atomic", flaky)
+    with pytest.raises(UserError, match="disk full while writing class"):
+        run_request(request(models, out))
+    assert not (out / "manifest.parquet").exists() and not (out / "run.json").exists()
+    kept = [json.loads(p.read_text())["unit"]["count"] for p in out.glob(".unit-*.json")]
+    assert kept and not (out / WNIDS[0] / "00002.png").exists()  # finished units are kept...
+    monkeypatch.setattr(distill_mod, "write_atomic", real)
+    assert run_request(request(models, out))["images_made"] == 10 - sum(kept)  # ...the rerun does the rest
+    assert len(read_manifest(out / "manifest.parquet")) == 10
+
+
+def test_nan_in_a_step_names_class_and_samples(models, tmp_path):
+    bad = DiT(DiTConfig(input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2,
+                        num_classes=10, wnids=WNIDS))
+    with torch.no_grad():
+        bad.final_layer.linear.bias.fill_(float("nan"))
+    save_denoiser(bad, tmp_path / "nan.safetensors")
+    out = tmp_path / "set"
+    with pytest.raises(UserError, match=rf"non-finite values at step 3 for class {WNIDS[0]}, samples 0\.\.1"):
+        run_request(request(models, out, denoiser=tmp_path / "nan.safetensors"))
+    assert not list(out.glob(".unit-*.json")) and not list(out.glob("n*/*.png"))
+
+
+def test_cli_errors_are_one_line_with_exit_2(models, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "igds_fast.cli", "distill", "--out", str(tmp_path / "o"),
+                          "--subset", "nope", "--denoiser", str(models["dit"]), "--critics", str(models["critic"])],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == ["error: unknown subset 'nope': choose one of imagenette, imagewoof, "
+                                               "imageidc, imagenet100, imagenet1k"]
