@@ -248,7 +248,7 @@ def _register_optional_commands() -> None:
     """Command groups that live in their own modules register themselves here."""
     import importlib
 
-    for name in ("igds_fast.cli_eval", "igds_fast.cli_export"):
+    for name in ("igds_fast.cli_eval", "igds_fast.cli_export", "igds_fast.cli_bench"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:

@@ -1,0 +1,84 @@
+"""``igds-fast bench``: throughput of every backend on one model, written as JSON (see docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
+from .errors import UserError
+
+
+def parse_list(text: str, option: str) -> list[str]:
+    items = [p.strip() for p in text.split(",") if p.strip()]
+    if not items:
+        raise UserError(f"{option} is empty")
+    return items
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def bench(
+        model: str = typer.Option(
+            "embedded", help="embedded, dit-s2, dit-b2 or dit-xl2 (DiTs have random weights)."
+        ),
+        random_weights: bool = typer.Option(
+            False, help="Embedded: use a random stand-in even when it is built."
+        ),
+        resolution: int | None = typer.Option(None, help="Image size in px (DiTs: latent R/8; default 256)."),
+        batch_size: int = typer.Option(8, help="Images per guided step."),
+        steps: int = typer.Option(50, help="Respaced steps: the schedule, and the end-to-end chain length."),
+        backends: str = typer.Option(
+            "eager-ref,eager,compiled,onnxruntime,tensorrt",
+            help="Comma list of eager-ref, eager, compiled, compiled-cg, aoti, onnxruntime, tensorrt.",
+        ),
+        e2e_backends: str | None = typer.Option(
+            None, help="Backends that also run the full chain + decode + PNG (default: all; 'none' for none)."
+        ),
+        guidance: str = typer.Option("igds", help="igds (critic gradient in the step) or off."),
+        warmup: int = typer.Option(2, help="Untimed calls before timing."),
+        repeats: int = typer.Option(5, help="Timed calls (median reported), fresh inputs each."),
+        device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
+        dtype: str = typer.Option(
+            "fp32", help="Denoiser precision of all but eager-ref: fp32, bf16 or fp16."
+        ),
+        memory_size: int = typer.Option(32, help="Rows of the critic-feature memory input."),
+        compile_mode: str = typer.Option("default", help="torch.compile mode of the compiled backend."),
+        parity_inputs: int = typer.Option(1, help="Fresh inputs for the error check against eager fp32."),
+        peak_tflops: float | None = typer.Option(
+            None, help="Peak TFLOP/s to compare with (default: measured)."
+        ),
+        threads: int | None = typer.Option(None, help="CPU threads for torch and onnxruntime."),
+        json_out: Path | None = typer.Option(None, "--json", help="Write the results here."),
+    ) -> None:
+        """Time the guided step and the whole distill path (steps, decode, PNG) per backend."""
+        from .bench import BenchConfig, run_bench
+
+        e2e = None
+        if e2e_backends is not None:
+            e2e = [] if e2e_backends == "none" else parse_list(e2e_backends, "--e2e-backends")
+        cfg = BenchConfig(
+            model=model,
+            random_weights=random_weights,
+            resolution=resolution,
+            batch_size=batch_size,
+            steps=steps,
+            backends=parse_list(backends, "--backends"),
+            e2e_backends=e2e,
+            guidance=guidance,
+            warmup=warmup,
+            repeats=repeats,
+            device=device,
+            dtype=dtype,
+            memory_size=memory_size,
+            compile_mode=compile_mode,
+            parity_inputs=parity_inputs,
+            peak_tflops=peak_tflops,
+            threads=threads,
+        )
+        command = "igds-fast " + shlex.join(sys.argv[1:])
+        run_bench(cfg, command=command, json_path=json_out, log=lambda m: typer.echo(m, err=True))
+        if json_out is not None:
+            typer.echo(f"wrote {json_out}")

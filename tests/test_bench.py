@@ -1,0 +1,153 @@
+"""``igds-fast bench``: the JSON it writes, the FLOP formula, failures recorded as results."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from igds_fast import bench
+from igds_fast.cli import app
+from igds_fast.errors import UserError
+from igds_fast.models.dit import DiTConfig
+
+TOP_KEYS = {
+    "schema",
+    "date",
+    "command",
+    "machine",
+    "versions",
+    "config",
+    "models",
+    "flops",
+    "peak",
+    "results",
+}
+MACHINE_KEYS = {"cpu", "cores", "platform", "torch_threads", "gpu", "cuda", "driver"}
+VERSION_KEYS = {"igds_fast", "python", "torch", "onnxruntime", "onnx", "tensorrt"}
+ROW_KEYS = {
+    "status", "build_s", "precision", "notes", "step_ms", "step_ms_all", "step_ms_per_image", "step_tflops",
+    "peak_fraction", "stages_ms", "max_rel_error_vs_eager_fp32", "e2e", "peak_mem_bytes", "peak_mem_kind",
+    "step_speedup_vs_eager",
+}  # fmt: skip
+E2E_KEYS = {"steps", "chain_s", "decode_s", "png_s", "total_s", "img_s", "tflops"}
+
+
+def positive(v: float) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+
+
+def test_cli_bench_writes_every_field(tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / "bench.json"
+    args = [
+        "bench",
+        "--model",
+        "tiny",
+        "--batch-size",
+        "2",
+        "--steps",
+        "2",
+        "--backends",
+        "eager,onnxruntime",
+    ]
+    args += ["--warmup", "0", "--repeats", "2", "--threads", "1", "--peak-tflops", "1", "--json", str(out)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    d = json.loads(out.read_text())
+    assert set(d) >= TOP_KEYS
+    assert set(d["machine"]) >= MACHINE_KEYS and set(d["versions"]) >= VERSION_KEYS
+    assert d["command"].startswith("igds-fast bench --model tiny")
+    assert d["peak"]["tflops"] == 1.0
+    assert all(
+        positive(d["flops"][k]) for k in ("denoiser_forward_per_image", "critic_grad_per_image", "per_step")
+    )
+    assert set(d["results"]) == {"eager", "onnxruntime"}
+    for name, row in d["results"].items():
+        assert row["status"] == "ok", row
+        assert set(row) >= ROW_KEYS, (name, ROW_KEYS - set(row))
+        assert set(row["e2e"]) >= E2E_KEYS
+        for key in (
+            "build_s",
+            "step_ms",
+            "step_ms_per_image",
+            "step_tflops",
+            "peak_fraction",
+            "peak_mem_bytes",
+        ):
+            assert positive(row[key]), (name, key, row[key])
+        assert len(row["step_ms_all"]) == 2 and all(positive(t) for t in row["step_ms_all"])
+        assert all(positive(row["e2e"][k]) for k in ("chain_s", "total_s", "img_s", "tflops"))
+        assert all(math.isfinite(e) and e < 1e-4 for e in row["max_rel_error_vs_eager_fp32"].values())
+        assert positive(row["step_speedup_vs_eager"])
+    stages = d["results"]["eager"]["stages_ms"]
+    assert set(stages) == {"denoiser_cfg", "critic_grad", "update"} and all(
+        positive(v) for v in stages.values()
+    )
+    assert d["results"]["onnxruntime"]["stages_ms"] is None  # fused graph: no split
+
+
+def test_failing_and_unavailable_backends_are_recorded(tmp_path, monkeypatch):
+    def broken(ctx):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(bench, "aoti", broken)
+    backends = ["aoti", "compiled-cg", "tensorrt"]
+    cfg = bench.BenchConfig(
+        model="tiny",
+        batch_size=2,
+        steps=2,
+        backends=backends,
+        warmup=0,
+        repeats=1,
+        peak_tflops=1.0,
+        threads=1,
+    )
+    rows = bench.run_bench(cfg, json_path=tmp_path / "b.json", log=lambda _m: None)["results"]
+    assert (rows["aoti"]["status"], rows["aoti"]["error"]) == ("error", "RuntimeError: boom")
+    assert rows["compiled-cg"]["status"] == "skipped"  # CUDA graphs on a CPU
+    assert json.loads((tmp_path / "b.json").read_text())["results"].keys() == rows.keys()
+
+
+def test_dit_flops_formula():
+    xl = bench.dit_forward_flops(DiTConfig.from_arch("DiT-XL/2", input_size=32, in_channels=4))
+    assert round(xl / 1e9, 1) == 237.3  # DESIGN §2, the DiT paper's 118.6 GMAC
+    # Against torch's counter (matmuls + conv only; the formula adds the h*N^2 score scaling).
+    c = DiTConfig(
+        input_size=16, patch_size=4, in_channels=3, hidden_size=64, depth=2, num_heads=2, num_classes=10
+    )
+    dit = bench.random_dit(c, 0)
+    dit.set_attention("math")
+    x, t, y = torch.zeros(1, 3, 16, 16), torch.zeros(1), torch.zeros(1, dtype=torch.long)
+    counted = bench.counted_flops(lambda: dit(x, t, y))
+    n = (16 // 4) ** 2
+    assert bench.dit_forward_flops(c) - counted == 2 * c.depth * c.num_heads * n * n
+
+
+def test_critic_is_small_next_to_xl2():
+    cfg = bench.BenchConfig(model="dit-xl2", resolution=256).validate()
+    critic = bench.random_critic(
+        bench.CriticConfig(in_channels=4, input_size=32, patch_size=2, width=256, depth=4, heads=4,
+                           class_ids=bench.CRITIC_CLASSES), 0,
+    )  # fmt: skip
+    xl = bench.dit_forward_flops(
+        DiTConfig.from_arch("DiT-XL/2", input_size=cfg.resolution // 8, in_channels=4)
+    )
+    assert 3 * critic.flops_per_image() / (2 * xl) < 0.15
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"model": "dit-xxl"},
+        {"backends": ["eager", "magic"]},
+        {"dtype": "int8"},
+        {"model": "dit-s2", "resolution": 200},
+    ],
+)
+def test_bad_config_is_a_user_error(kw):
+    with pytest.raises(UserError):
+        bench.BenchConfig(**kw).validate()

@@ -1,0 +1,228 @@
+"""IGDS guidance: the guided step's gradient, the bounds, beta(IPC), and that guidance moves
+the bounds the right way with a critic trained on real Imagenette."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from igds_fast.diffusion.schedule import Schedule
+from igds_fast.errors import UserError
+from igds_fast.guidance.bounds import (
+    barber_agakov,
+    class_log_prob,
+    collision_entropy,
+    default_beta,
+    knn_entropy,
+)
+from igds_fast.guidance.step import GuidedStep, StepConfig
+from igds_fast.models.critics import CriticConfig, NoiseCritic, load_critic
+from igds_fast.models.dit import DiT, DiTConfig
+from igds_fast.sampling import run_chain
+from igds_fast.seeds import SampleNoise, sample_seed
+from igds_fast.subsets import subset
+from igds_fast.training.train_critic import TrainCriticConfig, train_critic
+
+from .conftest import randomize_
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+DATA = Path(os.environ.get("IGDS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "imagenette-64"
+WNIDS = [c.wnid for c in subset("imagenette")]
+
+
+def small_dit(size: int = 16, seed: int = 0) -> DiT:
+    dit = DiT(DiTConfig(input_size=size, patch_size=4, in_channels=3, hidden_size=48, depth=2, num_heads=2,
+                        num_classes=10, wnids=WNIDS))
+    return randomize_(dit, seed, scale=0.3).eval().requires_grad_(False)
+
+
+class GaussianDenoiser(torch.nn.Module):
+    """The exact eps-predictor for data ~ N(0, sd^2 I): a fixed denoiser whose samples have a sane
+    scale, so that what guidance changes is all that changes (variance channels at mid-range)."""
+
+    def __init__(self, size: int = 16, sd: float = 0.5):
+        super().__init__()
+        self.num_classes, self.in_channels, self.input_size, self.learn_sigma = 10, 3, size, True
+        self.sd = sd
+        self.register_buffer("abar", torch.tensor(Schedule.create(1000).alphas_cumprod, dtype=torch.float32))
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the module a dtype
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ab = self.abar[t.long()].reshape(-1, 1, 1, 1)
+        eps = (1 - ab).sqrt() * x / (ab * self.sd**2 + 1 - ab)
+        return torch.cat([eps, torch.zeros_like(eps)], dim=1)
+
+
+def random_critic(size: int = 16, seed: int = 1) -> NoiseCritic:
+    c = NoiseCritic(CriticConfig(in_channels=3, input_size=size, patch_size=4, width=32, depth=1, heads=2,
+                                 feat_dim=8, class_ids=list(range(10)), wnids=WNIDS))
+    randomize_(c, seed)
+    c.kernel_sigma.uniform_(0.3, 1.0)
+    return c.eval().requires_grad_(False)
+
+
+def test_guided_step_gradient_matches_float64_finite_differences():
+    step = GuidedStep(small_dit(), StepConfig(steps="10", guidance="igds", guidance_scale=1.0, beta=0.7),
+                      random_critic()).double()
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)  # fresh inputs every run
+    x = torch.randn(6, 3, 16, 16, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 0, 0, 1, 1, 2])
+    mem = torch.nn.functional.normalize(torch.randn(4, 8, generator=g, dtype=torch.float64), dim=1)
+    mask = torch.tensor([[1, 1, 0, 0]] * 3 + [[0, 0, 1, 0]] * 2 + [[0, 0, 0, 1]], dtype=torch.float64)
+    t = step.tab_timestep[4].double().expand(6)
+    grad, _ = torch.func.grad(step.objective, has_aux=True)(x, t, y, mem, mask)
+    for _ in range(3):
+        d = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        h = 1e-6
+        fd = (step.objective(x + h * d, t, y, mem, mask)[0] - step.objective(x - h * d, t, y, mem, mask)[0]) / (2 * h)
+        analytic = (grad * d).sum()
+        assert torch.isfinite(analytic)
+        assert abs(fd - analytic) <= 1e-6 * max(1.0, abs(float(analytic)))
+
+
+def test_guided_eps_is_cfg_eps_minus_scaled_gradient():
+    """The step's output equals the DDPM update of eps_cfg - s*sqrt(1-abar)*grad, and only in the window."""
+    dit, critic = small_dit(), random_critic()
+    s = 3.0
+    cfg = StepConfig(steps="10", guidance="igds", guidance_scale=s, beta=0.5, window_lo=300, window_hi=999)
+    step, off = GuidedStep(dit, cfg, critic), GuidedStep(dit, StepConfig(steps="10", guidance="off"))
+    x, noise = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
+    y = torch.tensor([3, 3, 5, 5])
+    sched = Schedule.create("10")
+    for i in (9, 5, 0):
+        out = step(x, torch.tensor(i), y, noise)[0]
+        t = step.tab_timestep[i].expand(4)
+        grad, _ = torch.func.grad(step.objective, has_aux=True)(x, t, y, torch.zeros(1, 8), torch.zeros(4, 1))
+        in_window = 300 <= sched.timesteps[i] <= 999
+        # The update is affine in eps: x_prev(eps - d) = x_prev(eps) - coef * d, coef = c1 * sqrt(1/abar - 1).
+        coef = float(sched.posterior_mean_coef1[i] * math.sqrt(1 / sched.alphas_cumprod[i] - 1))
+        shift = s * math.sqrt(1 - sched.alphas_cumprod[i]) * grad if in_window else torch.zeros_like(grad)
+        ref = off(x, torch.tensor(i), y, noise)[0] + coef * shift
+        assert torch.linalg.norm(out - ref) / torch.linalg.norm(ref) < 1e-5
+        assert (grad.abs().sum() > 0) and (in_window == bool((out - off(x, torch.tensor(i), y, noise)[0]).abs().max() > 0))
+
+
+def test_collision_entropy_matches_direct_pair_average():
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    z = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    mem = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    sigma = torch.tensor([0.7, 0.7, 0.7, 1.3, 1.3], dtype=torch.float64)
+    mask = torch.tensor([[1, 0], [1, 0], [1, 0], [0, 0], [0, 0]], dtype=torch.float64)
+    h2, count = collision_entropy(z, labels, sigma, mem, mask)
+
+    def k(a, b, s):
+        return math.exp(-float(((a - b) ** 2).sum()) / (2 * s * s))
+
+    # class 0: ordered pairs among 3 samples (6) + 2 x (3 samples x 1 memory item)
+    pairs = [k(z[i], z[j], 0.7) for i in range(3) for j in range(3) if i != j]
+    pairs += [k(z[i], mem[0], 0.7) for i in range(3)] * 2
+    assert abs(float(h2[0]) + math.log(sum(pairs) / len(pairs))) < 1e-12 and float(count[0]) == len(pairs)
+    one = -math.log(k(z[3], z[4], 1.3))
+    assert abs(float(h2[3]) - one) < 1e-12 and abs(float(h2[4]) - one) < 1e-12
+    lone, _ = collision_entropy(z[:1], labels[:1], sigma[:1])
+    assert float(lone[0]) == 0.0  # one sample and no memory: no pair, no term
+
+
+def test_knn_entropy_and_bounds_basics():
+    z = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    h = knn_entropy(z, torch.tensor([0, 0, 0]))
+    nn = [1.0, 3.0, 1.0]  # nearest-neighbour distances
+    assert abs(float(h[0]) - 2 * sum(math.log(d) for d in nn) / 3) < 1e-12
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    lq = class_log_prob(logits, torch.tensor([0, 1]))
+    assert torch.allclose(lq, torch.log_softmax(logits, -1).diagonal())
+    assert barber_agakov(torch.zeros(4), torch.tensor([0, 1, 0, 1]), 2) == pytest.approx(math.log(2))
+    assert default_beta(1, 0.5) == 0.0
+    assert 0 < default_beta(10, 0.5) < default_beta(50, 0.5) < default_beta(500, 0.5)
+
+
+def test_critics_that_do_not_fit_the_denoiser_are_refused():
+    dit = small_dit()
+    wrong_size = NoiseCritic(CriticConfig(in_channels=3, input_size=8, patch_size=4, width=16, depth=1, heads=2,
+                                          class_ids=[0, 1], wnids=WNIDS[:2]))
+    with pytest.raises(UserError, match=r"critics expect inputs 3x8x8, the denoiser works on 3x16x16"):
+        GuidedStep(dit, StepConfig(guidance="igds"), wrong_size)
+    latent = NoiseCritic(CriticConfig(in_channels=4, input_size=16, patch_size=4, width=16, depth=1, heads=2,
+                                      class_ids=[0, 1], wnids=WNIDS[:2]))
+    with pytest.raises(UserError, match="critics expect inputs 4x16x16"):
+        GuidedStep(dit, StepConfig(guidance="igds"), latent)
+    two = NoiseCritic(CriticConfig(in_channels=3, input_size=16, patch_size=4, width=16, depth=1, heads=2,
+                                   class_ids=[0, 1], wnids=WNIDS[:2]))
+    step = GuidedStep(dit, StepConfig(guidance="igds"), two)
+    with pytest.raises(UserError, match="critics were trained for other classes"):
+        step.check_labels([0, 1, 7])
+    with pytest.raises(UserError, match="needs critics"):
+        GuidedStep(dit, StepConfig(guidance="igds"), None)
+
+
+# --- with a critic trained on real data --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[torch.nn.Module, NoiseCritic]:
+    if not DATA.is_dir():
+        pytest.skip(f"real data not found at {DATA} (set IGDS_DATA)")
+    dit = small_dit()  # only its input space and class names matter to the critic
+    out = tmp_path_factory.mktemp("critic")
+    cfg = TrainCriticConfig(data=str(DATA / "train"), val=str(DATA / "val"), wnids=WNIDS, out=str(out), steps=250,
+                            batch_size=64, lr=2e-3, width=64, depth=2, heads=2, feat_dim=16, eval_images=300)
+    path = train_critic(cfg, dit, _pixel(), progress=False)
+    return GaussianDenoiser(), load_critic(path).requires_grad_(False)
+
+
+def _pixel():
+    from igds_fast.models.vae import PixelSpace
+
+    return PixelSpace()
+
+
+def test_information_bound_positive_rises_with_training_and_below_ln_k(trained):
+    _, critic = trained
+    m = critic.metrics
+    trained_bound, untrained_bound = m["trained"]["ba_bound_nats"], m["untrained"]["ba_bound_nats"]
+    assert 0 < trained_bound < math.log(10)
+    assert trained_bound > untrained_bound + 0.05
+    for b in m["trained"]["buckets"]:
+        assert b["ba_bound_nats"] <= math.log(10) + 1e-9
+    low_t = m["trained"]["buckets"][0]
+    assert low_t["acc"] > 0.2  # well above chance (0.1) on clean-ish held-out images
+
+
+def _final_bounds(step: GuidedStep, critic: NoiseCritic, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean log q(y|x) and the class's H2 bound of final samples, scored by the critic at t = 0."""
+    t = torch.zeros(len(x))
+    with torch.no_grad():
+        logits, feats = critic(x, t)
+        cidx = step.label_to_critic[y]
+        h2, _ = collision_entropy(feats, y, critic.sigma_for(t, cidx))
+        return float(class_log_prob(logits, cidx).mean()), float(h2.mean())
+
+
+def _sample(dit: torch.nn.Module, critic: NoiseCritic, scale: float, beta: float) -> tuple[float, float]:
+    step = GuidedStep(dit, StepConfig(steps="10", cfg_scale=1.0, guidance="igds", guidance_scale=scale, beta=beta),
+                      critic)
+    y = torch.tensor([2] * 8)
+    noise = SampleNoise([sample_seed(7, 2, k) for k in range(8)], (3, 16, 16))
+    res = run_chain(step, 10, y, noise)
+    assert torch.isfinite(res.x0).all()
+    return _final_bounds(step, critic, res.x0, y)
+
+
+def test_prototype_guidance_raises_log_q(trained):
+    dit, critic = trained
+    lq_off, _ = _sample(dit, critic, scale=0.0, beta=0.0)
+    lq_on, _ = _sample(dit, critic, scale=4.0, beta=0.0)
+    assert lq_on > lq_off + 0.1, (lq_off, lq_on)
+
+
+def test_contextual_term_raises_h2(trained):
+    dit, critic = trained
+    _, h2_zero = _sample(dit, critic, scale=4.0, beta=0.0)
+    _, h2_beta = _sample(dit, critic, scale=4.0, beta=4.0)
+    assert h2_beta > h2_zero + 0.1, (h2_zero, h2_beta)
