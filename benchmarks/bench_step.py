@@ -29,9 +29,7 @@ from igds_fast.models.dit import DiT, DiTConfig
 CONFIGS = {
     # name: (DiT config, critic config, batch)
     "pixel32": (
-        DiTConfig(
-            input_size=32, patch_size=4, in_channels=3, hidden_size=384, depth=6, num_heads=6, num_classes=10
-        ),
+        DiTConfig(input_size=32, patch_size=4, in_channels=3, hidden_size=384, depth=6, num_heads=6, num_classes=10),
         CriticConfig(in_channels=3, input_size=32, class_ids=list(range(10))),
         8,
     ),
@@ -91,9 +89,7 @@ def bench(name: str, repeats: int, compiled: bool, memory: int = 32) -> dict:
         for threads in (0, 1):  # 0: ORT's default pool (all cores)
             sess = open_session(path, ["CPUExecutionProvider"], threads=threads)
             feed = {
-                k: a.numpy()
-                for k, a in zip(feed_names, args, strict=True)
-                if k in {i.name for i in sess.get_inputs()}
+                k: a.numpy() for k, a in zip(feed_names, args, strict=True) if k in {i.name for i in sess.get_inputs()}
             }
             out = [torch.from_numpy(o) for o in sess.run(None, feed)]
             row[f"ort_threads{threads}_err"] = max(rel_error(o, r) for o, r in zip(out, ref, strict=True))

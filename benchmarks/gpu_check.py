@@ -86,9 +86,7 @@ def main(argv: list[str]) -> int:
         parity_inputs=a.parity_inputs,
         peak_tflops=a.peak_tflops,
     )
-    command = (
-        "python benchmarks/gpu_check.py " + shlex.join(argv) + (" (IGDS_GPU_CHECK_DRY=1)" if DRY else "")
-    )
+    command = "python benchmarks/gpu_check.py " + shlex.join(argv) + (" (IGDS_GPU_CHECK_DRY=1)" if DRY else "")
     try:
         result = run_bench(cfg, command=command, json_path=a.json, log=lambda m: print(m, flush=True))
     except UserError as e:

@@ -103,9 +103,7 @@ def model_classes(pipe: Pipeline, subset_name: str) -> tuple[list[str], list[int
     return wnids, class_labels(denoiser, wnids)
 
 
-def load_real(
-    root: Path, classes: list[str], resolution: int, what: str
-) -> tuple[torch.Tensor, torch.Tensor]:
+def load_real(root: Path, classes: list[str], resolution: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 (N, 3, R, R) and labels = positions in ``classes`` (other class folders are ignored)."""
     files = scan_image_folder(root, what)
     missing = [w for w in classes if w not in files]
@@ -173,9 +171,7 @@ def generate(pipe: Pipeline, labels: list[int], args: argparse.Namespace) -> Sam
 
 
 @torch.no_grad()
-def critic_scores(
-    step: GuidedStep, x: torch.Tensor, labels: torch.Tensor, n: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def critic_scores(step: GuidedStep, x: torch.Tensor, labels: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sample log q(y|x) and its class's H2 bound at t = 0, one class (all n samples) per call."""
     dev = step.tab_timestep.device
     log_q, h2 = [], []
@@ -205,15 +201,10 @@ def classifier_path(args: argparse.Namespace, classes: list[str], resolution: in
         ]
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return (
-        args.classifier_cache
-        / f"{CLASSIFIER_NET}_{resolution}px_{args.classifier_epochs}ep_{digest}.safetensors"
-    )
+    return args.classifier_cache / f"{CLASSIFIER_NET}_{resolution}px_{args.classifier_epochs}ep_{digest}.safetensors"
 
 
-def real_classifier(
-    args: argparse.Namespace, classes: list[str], resolution: int
-) -> tuple[nn.Module, dict[str, Any]]:
+def real_classifier(args: argparse.Namespace, classes: list[str], resolution: int) -> tuple[nn.Module, dict[str, Any]]:
     """ConvNet-3 trained on the real train split (MinimaxDiffusion's recipe), cached by its inputs."""
     path = classifier_path(args, classes, resolution)
     net = build_net(CLASSIFIER_NET, len(classes), resolution)
@@ -230,9 +221,7 @@ def real_classifier(
         return net.to(args.device), info
     t0 = time.perf_counter()
     images, labels = load_real(args.data_train, classes, resolution, "train")
-    net = train_net(
-        CLASSIFIER_NET, images, labels, len(classes), args.classifier_epochs, CLASSIFIER_SEED, args.device
-    )
+    net = train_net(CLASSIFIER_NET, images, labels, len(classes), args.classifier_epochs, CLASSIFIER_SEED, args.device)
     info["train_seconds"] = round(time.perf_counter() - t0, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(path))
@@ -356,9 +345,7 @@ def md_critic(crit: dict[str, Any]) -> list[str]:
         "| t | acc | I(X;Y) bound (nats) |",
         "|---|---|---|",
     ]
-    lines += [
-        f"| {b['t'][0]}–{b['t'][1]} | {b['acc']:.3f} | {b['ba_bound_nats']:.3f} |" for b in crit["buckets"]
-    ]
+    lines += [f"| {b['t'][0]}–{b['t'][1]} | {b['acc']:.3f} | {b['ba_bound_nats']:.3f} |" for b in crit["buckets"]]
     return lines + [""]
 
 
@@ -394,9 +381,7 @@ def build_pipes(args: argparse.Namespace) -> tuple[Path, Path, dict[str, Pipelin
     critics = critics_or_default(args.critics, args.denoiser is not None)
     if critics is None:
         raise UserError("--critics is needed with your own --denoiser")
-    pipes = {
-        g: build_pipeline(denoiser, None, critics, step_config(args, g), device=args.device) for g in SETS[1:]
-    }
+    pipes = {g: build_pipeline(denoiser, None, critics, step_config(args, g), device=args.device) for g in SETS[1:]}
     return denoiser, critics, pipes
 
 
@@ -462,9 +447,7 @@ def main(argv: list[str] | None = None) -> None:
     write_text(args.md, markdown(res, args.md))
     brief = {s: {k: v for k, v in summaries[s].items() if not k.endswith("per_class")} for s in SETS}
     print(json.dumps(brief, indent=1))
-    print(
-        f"wrote {json_path}, {args.md}, {len(sheets)} contact sheets in {args.out} ({timings['total_s']} s)"
-    )
+    print(f"wrote {json_path}, {args.md}, {len(sheets)} contact sheets in {args.out} ({timings['total_s']} s)")
 
 
 if __name__ == "__main__":

@@ -84,9 +84,7 @@ class BenchConfig:
         if pixel and self.resolution != {"embedded": 32, "tiny": 16}[self.model]:
             raise UserError(f"--model {self.model} is a pixel model of fixed size; leave --resolution out")
         if not pixel and (self.resolution % 16 or self.resolution < 32):
-            raise UserError(
-                f"--resolution must be a multiple of 16 (latent R/8, patch 2), got {self.resolution}"
-            )
+            raise UserError(f"--resolution must be a multiple of 16 (latent R/8, patch 2), got {self.resolution}")
         return self
 
     @property
@@ -229,9 +227,7 @@ def build_models(cfg: BenchConfig) -> BenchModels:
         codec = vae if vae is not None else PixelSpace()
         decode_note = None if vae is not None else "diffusers is not installed: decode simulated (zeros)"
         info["vae"] = (
-            "diffusers AutoencoderKL, sd-vae-ft-mse config, random weights"
-            if vae is not None
-            else decode_note
+            "diffusers AutoencoderKL, sd-vae-ft-mse config, random weights" if vae is not None else decode_note
         )
     den = den.float().eval().requires_grad_(False)
     critic = critic.float().eval().requires_grad_(False) if cfg.guidance == "igds" else None
@@ -479,9 +475,7 @@ def eager(ctx: BenchContext) -> Runner:
     return Runner(engine.step, ctx.eager_decode(ctx.cfg.dtype), ctx.cfg.dtype, stages=stage_fns(ctx, step))
 
 
-def stage_fns(
-    ctx: BenchContext, step: GuidedStep
-) -> dict[str, tuple[Callable[..., Any], Callable[[int], tuple]]]:
+def stage_fns(ctx: BenchContext, step: GuidedStep) -> dict[str, tuple[Callable[..., Any], Callable[[int], tuple]]]:
     """The GuidedStep's three parts as separately timed calls (same ops as ``GuidedStep.forward``)."""
     from .diffusion.updates import ddim_update, ddpm_update
 
@@ -742,9 +736,7 @@ def machine_facts(device: torch.device) -> dict[str, Any]:
                 "--format=csv,noheader",
                 f"--id={device.index or 0}",
             ]
-            out["driver"] = (
-                subprocess.run(q, capture_output=True, text=True, timeout=10).stdout.strip() or None
-            )
+            out["driver"] = subprocess.run(q, capture_output=True, text=True, timeout=10).stdout.strip() or None
     return out
 
 

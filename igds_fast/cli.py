@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -69,9 +68,9 @@ def parse_cfg_channels(text: str) -> int | None:
 @app.command()
 def sample(
     classes: str = typer.Option(..., help="Class labels of the model (207,3) or WNIDs."),
-    denoiser: Optional[Path] = typer.Option(None, help="Denoiser checkpoint/folder (default: embedded model)."),
-    vae: Optional[str] = typer.Option(None, help="diffusers AutoencoderKL folder, or 'none' for pixel space."),
-    critics: Optional[Path] = typer.Option(None, help="Critics file from train-critics (needed for --guidance igds)."),
+    denoiser: Path | None = typer.Option(None, help="Denoiser checkpoint/folder (default: embedded model)."),
+    vae: str | None = typer.Option(None, help="diffusers AutoencoderKL folder, or 'none' for pixel space."),
+    critics: Path | None = typer.Option(None, help="Critics file from train-critics (needed for --guidance igds)."),
     n_per_class: int = typer.Option(1, help="Samples per class."),
     sampler: str = typer.Option("ddpm", help="ddpm (ancestral, learned variance) or ddim."),
     eta: float = typer.Option(0.0, help="DDIM eta."),
@@ -80,12 +79,12 @@ def sample(
     cfg_channels: str = typer.Option("3", help="Channels CFG applies to: 3 (DiT/Minimax) or all (diffusers)."),
     guidance: str = typer.Option("off", help="igds (our information guidance) or off."),
     guidance_scale: float = typer.Option(1.0, help="IGDS gradient scale s."),
-    beta: Optional[float] = typer.Option(None, help="Weight of the contextual (H2) term; default beta(IPC)."),
-    ipc: Optional[int] = typer.Option(None, help="Images per class, for the default beta(IPC)."),
+    beta: float | None = typer.Option(None, help="Weight of the contextual (H2) term; default beta(IPC)."),
+    ipc: int | None = typer.Option(None, help="Images per class, for the default beta(IPC)."),
     seed: int = typer.Option(0, help="Global seed; each sample's noise derives from (seed, class, index)."),
     batch_size: int = typer.Option(16, help="Samples per denoiser batch."),
-    init_noise: Optional[Path] = typer.Option(None, help="Initial noise .npy of shape (N, C, H, W)."),
-    latents_out: Optional[Path] = typer.Option(None, help="Write the final latents here (.npy)."),
+    init_noise: Path | None = typer.Option(None, help="Initial noise .npy of shape (N, C, H, W)."),
+    latents_out: Path | None = typer.Option(None, help="Write the final latents here (.npy)."),
     out: Path = typer.Option(Path("grid.png"), help="Grid image: one row per class."),
     device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
     dtype: str = typer.Option("fp32", help="Denoiser precision: fp32, fp16 or bf16."),
@@ -134,8 +133,8 @@ def sample(
 def train_dit_cmd(
     data: Path = typer.Option(..., help="ImageFolder root (<wnid>/*.jpg), e.g. imagenette-64/train."),
     out: Path = typer.Option(..., help="Output folder: denoiser.safetensors, train_state.pt, log.jsonl."),
-    subset: Optional[str] = typer.Option(None, help="Class subset (imagenette, imagewoof, ...)."),
-    classes: Optional[str] = typer.Option(None, help="Comma-separated WNIDs instead of --subset."),
+    subset: str | None = typer.Option(None, help="Class subset (imagenette, imagewoof, ...)."),
+    classes: str | None = typer.Option(None, help="Comma-separated WNIDs instead of --subset."),
     resolution: int = typer.Option(32, help="Training resolution (pixel space)."),
     config: str = typer.Option("small", help="Model size preset: tiny, small, base."),
     space: str = typer.Option("pixel", help="pixel (latent training: encode with --vae first; not yet)."),
@@ -155,8 +154,18 @@ def train_dit_cmd(
         raise UserError("only --space pixel is supported by train-dit for now")
     wnids = [c.wnid for c in resolve_classes(subset, classes)]
     cfg = TrainDiTConfig(
-        data=str(data), wnids=wnids, out=str(out), resolution=resolution, preset=config, steps=steps,
-        batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, device=device, ckpt_every=ckpt_every,
+        data=str(data),
+        wnids=wnids,
+        out=str(out),
+        resolution=resolution,
+        preset=config,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        ema_decay=ema_decay,
+        seed=seed,
+        device=device,
+        ckpt_every=ckpt_every,
     )
     path = train_dit(cfg)
     typer.echo(f"wrote {path}")
@@ -166,11 +175,11 @@ def train_dit_cmd(
 def train_critics_cmd(
     data: Path = typer.Option(..., help="ImageFolder root of real training images (<wnid>/*.jpg)."),
     out: Path = typer.Option(..., help="Output folder: critic.safetensors + critic.json (config, metrics)."),
-    subset: Optional[str] = typer.Option(None, help="Class subset (imagenette, imagewoof, imageidc, ...)."),
-    classes: Optional[str] = typer.Option(None, help="Comma-separated WNIDs instead of --subset."),
-    val: Optional[Path] = typer.Option(None, help="Held-out real ImageFolder (default: every 10th image)."),
-    denoiser: Optional[Path] = typer.Option(None, help="Denoiser the critics guide (default: embedded)."),
-    vae: Optional[str] = typer.Option(None, help="VAE folder for latent denoisers, or 'none'."),
+    subset: str | None = typer.Option(None, help="Class subset (imagenette, imagewoof, imageidc, ...)."),
+    classes: str | None = typer.Option(None, help="Comma-separated WNIDs instead of --subset."),
+    val: Path | None = typer.Option(None, help="Held-out real ImageFolder (default: every 10th image)."),
+    denoiser: Path | None = typer.Option(None, help="Denoiser the critics guide (default: embedded)."),
+    vae: str | None = typer.Option(None, help="VAE folder for latent denoisers, or 'none'."),
     steps: int = typer.Option(3000, help="Optimizer steps."),
     batch_size: int = typer.Option(128, help="Images per step (two noisings each)."),
     lr: float = typer.Option(1e-3, help="Peak AdamW learning rate (one-cycle)."),
@@ -194,43 +203,57 @@ def train_critics_cmd(
     model = load_denoiser(denoiser_or_default(denoiser))
     codec = load_vae(vae)
     cfg = TrainCriticConfig(
-        data=str(data), wnids=wnids, out=str(out), val=str(val) if val else None, steps=steps,
-        batch_size=batch_size, lr=lr, width=width, depth=depth, heads=heads, feat_dim=feat_dim, seed=seed,
-        device=device, eval_images=eval_images,
+        data=str(data),
+        wnids=wnids,
+        out=str(out),
+        val=str(val) if val else None,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        width=width,
+        depth=depth,
+        heads=heads,
+        feat_dim=feat_dim,
+        seed=seed,
+        device=device,
+        eval_images=eval_images,
     )
     path = train_critic(cfg, model, codec, overwrite=overwrite)
     m = json.loads((out / "critic.json").read_text())["metrics"]
     typer.echo(
         f"wrote {path}: held-out accuracy {m['trained']['acc']:.3f}, I(X;Y) bound "
-        f"{m['trained']['ba_bound_nats']:.3f} nats (untrained {m['untrained']['ba_bound_nats']:.3f}, ln K {m['trained']['ln_k']:.3f})"
+        f"{m['trained']['ba_bound_nats']:.3f} nats (untrained {m['untrained']['ba_bound_nats']:.3f}, "
+        f"ln K {m['trained']['ln_k']:.3f})"
     )
 
 
 @app.command()
 def distill(
     out: Path = typer.Option(Path("distilled"), help="Output ImageFolder (<wnid>/<index>.png) + manifest + run.json."),
-    subset: Optional[str] = typer.Option(None, help="imagenette (default), imagewoof, imageidc, imagenet100, imagenet1k."),
-    classes: Optional[str] = typer.Option(None, help="Comma-separated WNIDs instead of --subset."),
-    classes_file: Optional[Path] = typer.Option(None, help="File with one WNID a line instead of --subset."),
+    subset: str | None = typer.Option(None, help="imagenette (default), imagewoof, imageidc, imagenet100, imagenet1k."),
+    classes: str | None = typer.Option(None, help="Comma-separated WNIDs instead of --subset."),
+    classes_file: Path | None = typer.Option(None, help="File with one WNID a line instead of --subset."),
     ipc: int = typer.Option(10, help="Images per class."),
-    batch_size: Optional[int] = typer.Option(None, help="Samples per batch (one class a batch); default min(IPC, 32)."),
+    batch_size: int | None = typer.Option(None, help="Samples per batch (one class a batch); default min(IPC, 32)."),
     seed: int = typer.Option(0, help="Global seed; each image's noise derives from (seed, class, index)."),
-    engines: Optional[Path] = typer.Option(None, help="Engine folder from `igds-fast export` (else --backend eager)."),
+    engines: Path | None = typer.Option(None, help="Engine folder from `igds-fast export` (else --backend eager)."),
     backend: str = typer.Option("eager", help="eager when no --engines is given."),
-    denoiser: Optional[Path] = typer.Option(None, help="Denoiser (default: the embedded model)."),
-    vae: Optional[str] = typer.Option(None, help="VAE folder for latent models, or 'none'."),
-    critics: Optional[Path] = typer.Option(None, help="Critics (default: the embedded ones with the embedded model)."),
+    denoiser: Path | None = typer.Option(None, help="Denoiser (default: the embedded model)."),
+    vae: str | None = typer.Option(None, help="VAE folder for latent models, or 'none'."),
+    critics: Path | None = typer.Option(None, help="Critics (default: the embedded ones with the embedded model)."),
     guidance: str = typer.Option("igds", help="igds (information guidance) or off (plain DiT sampling)."),
-    guidance_scale: Optional[float] = typer.Option(None, help="IGDS gradient scale s (default: the critics' recommendation or 1)."),
-    beta: Optional[float] = typer.Option(None, help="Contextual-term weight; default beta(IPC) = 0.5 ln IPC."),
+    guidance_scale: float | None = typer.Option(
+        None, help="IGDS gradient scale s (default: the critics' recommendation or 1)."
+    ),
+    beta: float | None = typer.Option(None, help="Contextual-term weight; default beta(IPC) = 0.5 ln IPC."),
     steps: str = typer.Option("50", help="Respaced steps."),
     sampler: str = typer.Option("ddpm", help="ddpm or ddim."),
     cfg_scale: float = typer.Option(4.0, help="Classifier-free guidance scale."),
     cfg_channels: str = typer.Option("3", help="3 (DiT/Minimax) or all."),
     image_format: str = typer.Option("png", "--format", help="png or jpeg."),
-    resolution: Optional[int] = typer.Option(None, help="Resize written images to R px (default: model output size)."),
-    shard: Optional[str] = typer.Option(None, help="i/n: run every n-th class starting at i (array jobs)."),
-    ray: Optional[str] = typer.Option(None, help="Run on a Ray cluster: 'local' or an address (needs igds-fast[ray])."),
+    resolution: int | None = typer.Option(None, help="Resize written images to R px (default: model output size)."),
+    shard: str | None = typer.Option(None, help="i/n: run every n-th class starting at i (array jobs)."),
+    ray: str | None = typer.Option(None, help="Run on a Ray cluster: 'local' or an address (needs igds-fast[ray])."),
     overwrite: bool = typer.Option(False, help="Replace an earlier run with another configuration in --out."),
     device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
     dtype: str = typer.Option("fp32", help="Denoiser precision for the eager backend."),

@@ -21,12 +21,8 @@ def parse_list(text: str, option: str) -> list[str]:
 def register(app: typer.Typer) -> None:
     @app.command()
     def bench(
-        model: str = typer.Option(
-            "embedded", help="embedded, dit-s2, dit-b2 or dit-xl2 (DiTs have random weights)."
-        ),
-        random_weights: bool = typer.Option(
-            False, help="Embedded: use a random stand-in even when it is built."
-        ),
+        model: str = typer.Option("embedded", help="embedded, dit-s2, dit-b2 or dit-xl2 (DiTs have random weights)."),
+        random_weights: bool = typer.Option(False, help="Embedded: use a random stand-in even when it is built."),
         resolution: int | None = typer.Option(None, help="Image size in px (DiTs: latent R/8; default 256)."),
         batch_size: int = typer.Option(8, help="Images per guided step."),
         steps: int = typer.Option(50, help="Respaced steps: the schedule, and the end-to-end chain length."),
@@ -41,15 +37,11 @@ def register(app: typer.Typer) -> None:
         warmup: int = typer.Option(2, help="Untimed calls before timing."),
         repeats: int = typer.Option(5, help="Timed calls (median reported), fresh inputs each."),
         device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
-        dtype: str = typer.Option(
-            "fp32", help="Denoiser precision of all but eager-ref: fp32, bf16 or fp16."
-        ),
+        dtype: str = typer.Option("fp32", help="Denoiser precision of all but eager-ref: fp32, bf16 or fp16."),
         memory_size: int = typer.Option(32, help="Rows of the critic-feature memory input."),
         compile_mode: str = typer.Option("default", help="torch.compile mode of the compiled backend."),
         parity_inputs: int = typer.Option(1, help="Fresh inputs for the error check against eager fp32."),
-        peak_tflops: float | None = typer.Option(
-            None, help="Peak TFLOP/s to compare with (default: measured)."
-        ),
+        peak_tflops: float | None = typer.Option(None, help="Peak TFLOP/s to compare with (default: measured)."),
         threads: int | None = typer.Option(None, help="CPU threads for torch and onnxruntime."),
         json_out: Path | None = typer.Option(None, "--json", help="Write the results here."),
     ) -> None:

@@ -68,9 +68,7 @@ def export(
     vae: str | None = typer.Option(None, help="diffusers AutoencoderKL folder, or 'none' for pixel space."),
     critics: Path | None = typer.Option(None, help="Critics file (needed for --guidance igds)."),
     batch_size: int | None = typer.Option(None, help="Static batch B of the engine [16]."),
-    memory_size: int | None = typer.Option(
-        None, help="Static memory rows M (earlier samples' features) [64]."
-    ),
+    memory_size: int | None = typer.Option(None, help="Static memory rows M (earlier samples' features) [64]."),
     steps: str | None = typer.Option(None, help="Respaced steps: 50, sections 10,20, or ddimN [50]."),
     sampler: str | None = typer.Option(None, help="ddpm or ddim [ddpm]."),
     eta: float | None = typer.Option(None, help="DDIM eta [0]."),
@@ -114,16 +112,12 @@ def export(
     from .backends.build import export_engine
 
     export_engine(spec)
-    typer.echo(
-        f"wrote {out} ({spec.backend}, {spec.precision}, batch {spec.batch_size}, memory {spec.memory_size})"
-    )
+    typer.echo(f"wrote {out} ({spec.backend}, {spec.precision}, batch {spec.batch_size}, memory {spec.memory_size})")
     if verify:
         _verify(out, spec)
 
 
-def _spec(
-    den: Path, vae: str, crit: Path | None, cfg: Any, s: dict[str, Any], out: Path, overwrite: bool
-) -> Any:
+def _spec(den: Path, vae: str, crit: Path | None, cfg: Any, s: dict[str, Any], out: Path, overwrite: bool) -> Any:
     from .backends.build import ExportSpec
 
     return ExportSpec(

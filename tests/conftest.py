@@ -43,16 +43,12 @@ def tiny_dit():
     Width 64 with 1 head keeps the official-format head inference (width // 64) exact."""
 
     def make(seed: int = 0, **overrides) -> DiT:
-        kw = dict(
-            input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=2, num_heads=1, num_classes=10
-        )
+        kw = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=2, num_heads=1, num_classes=10)
         kw.update(overrides)
         model = DiT(DiTConfig(**kw))
         randomize_(model, seed)
         with torch.no_grad():  # the fixed sin-cos table is not a weight: restore it
-            model.pos_embed.copy_(
-                sincos_pos_embed_2d(kw["hidden_size"], kw["input_size"] // kw["patch_size"])[None]
-            )
+            model.pos_embed.copy_(sincos_pos_embed_2d(kw["hidden_size"], kw["input_size"] // kw["patch_size"])[None])
         return model.eval()
 
     return make

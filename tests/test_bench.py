@@ -62,9 +62,7 @@ def test_cli_bench_writes_every_field(tmp_path):
     assert set(d["machine"]) >= MACHINE_KEYS and set(d["versions"]) >= VERSION_KEYS
     assert d["command"].startswith("igds-fast bench --model tiny")
     assert d["peak"]["tflops"] == 1.0
-    assert all(
-        positive(d["flops"][k]) for k in ("denoiser_forward_per_image", "critic_grad_per_image", "per_step")
-    )
+    assert all(positive(d["flops"][k]) for k in ("denoiser_forward_per_image", "critic_grad_per_image", "per_step"))
     assert set(d["results"]) == {"eager", "onnxruntime"}
     for name, row in d["results"].items():
         assert row["status"] == "ok", row
@@ -84,9 +82,7 @@ def test_cli_bench_writes_every_field(tmp_path):
         assert all(math.isfinite(e) and e < 1e-4 for e in row["max_rel_error_vs_eager_fp32"].values())
         assert positive(row["step_speedup_vs_eager"])
     stages = d["results"]["eager"]["stages_ms"]
-    assert set(stages) == {"denoiser_cfg", "critic_grad", "update"} and all(
-        positive(v) for v in stages.values()
-    )
+    assert set(stages) == {"denoiser_cfg", "critic_grad", "update"} and all(positive(v) for v in stages.values())
     assert d["results"]["onnxruntime"]["stages_ms"] is None  # fused graph: no split
 
 
@@ -116,9 +112,7 @@ def test_dit_flops_formula():
     xl = bench.dit_forward_flops(DiTConfig.from_arch("DiT-XL/2", input_size=32, in_channels=4))
     assert round(xl / 1e9, 1) == 237.3  # DESIGN §2, the DiT paper's 118.6 GMAC
     # Against torch's counter (matmuls + conv only; the formula adds the h*N^2 score scaling).
-    c = DiTConfig(
-        input_size=16, patch_size=4, in_channels=3, hidden_size=64, depth=2, num_heads=2, num_classes=10
-    )
+    c = DiTConfig(input_size=16, patch_size=4, in_channels=3, hidden_size=64, depth=2, num_heads=2, num_classes=10)
     dit = bench.random_dit(c, 0)
     dit.set_attention("math")
     x, t, y = torch.zeros(1, 3, 16, 16), torch.zeros(1), torch.zeros(1, dtype=torch.long)
@@ -133,9 +127,7 @@ def test_critic_is_small_next_to_xl2():
         bench.CriticConfig(in_channels=4, input_size=32, patch_size=2, width=256, depth=4, heads=4,
                            class_ids=bench.CRITIC_CLASSES), 0,
     )  # fmt: skip
-    xl = bench.dit_forward_flops(
-        DiTConfig.from_arch("DiT-XL/2", input_size=cfg.resolution // 8, in_channels=4)
-    )
+    xl = bench.dit_forward_flops(DiTConfig.from_arch("DiT-XL/2", input_size=cfg.resolution // 8, in_channels=4))
     assert 3 * critic.flops_per_image() / (2 * xl) < 0.15
 
 

@@ -79,9 +79,7 @@ def fails_with(*args: str, words: tuple[str, ...] = (), subprocess: bool = True)
 @pytest.fixture(scope="module")
 def pixel_model(tmp_path_factory):
     """A tiny random pixel-space DiT (3x8x8, 10 classes) in our safetensors format."""
-    cfg = DiTConfig(
-        input_size=8, patch_size=2, in_channels=3, hidden_size=64, depth=2, num_heads=1, num_classes=10
-    )
+    cfg = DiTConfig(input_size=8, patch_size=2, in_channels=3, hidden_size=64, depth=2, num_heads=1, num_classes=10)
     model = randomize_(DiT(cfg), int(torch.randint(0, 2**31 - 1, ())), scale=0.5).eval()
     path = tmp_path_factory.mktemp("pixel") / "dit.safetensors"
     return save_denoiser(model, path)
@@ -151,9 +149,7 @@ def test_init_noise_is_used(pixel_model, tmp_path):
     assert np.abs(a - c).max() > 1e-2
     # and it is exactly the library's chain from that noise (CLI defaults: CFG 4 on 3 channels)
     model = load_denoiser(pixel_model)
-    step = GuidedStep(
-        model, StepConfig(steps="5", sampler="ddim", cfg_scale=4.0, cfg_channels=3, guidance="off")
-    )
+    step = GuidedStep(model, StepConfig(steps="5", sampler="ddim", cfg_scale=4.0, cfg_channels=3, guidance="off"))
     res = run_chain(
         step,
         len(step.schedule),
@@ -173,9 +169,7 @@ def latent_model(tmp_path_factory):
     from diffusers import AutoencoderKL
 
     root = tmp_path_factory.mktemp("latent")
-    cfg = DiTConfig(
-        input_size=4, patch_size=2, in_channels=4, hidden_size=64, depth=1, num_heads=1, num_classes=5
-    )
+    cfg = DiTConfig(input_size=4, patch_size=2, in_channels=4, hidden_size=64, depth=1, num_heads=1, num_classes=5)
     save_denoiser(randomize_(DiT(cfg), 1, scale=0.5), root / "dit.safetensors")
     torch.manual_seed(0)
     AutoencoderKL(
@@ -242,9 +236,7 @@ def test_bad_flags_exit_2(pixel_model, tmp_path, flags, words):
 def test_more_bad_flags_in_process(pixel_model, tmp_path, flags, words):
     args = {"--classes": "1", "--out": str(tmp_path / "g.png")}
     args.update(dict(zip(flags[::2], flags[1::2], strict=True)))
-    fails_with(
-        "--denoiser", pixel_model, *[x for kv in args.items() for x in kv], words=words, subprocess=False
-    )
+    fails_with("--denoiser", pixel_model, *[x for kv in args.items() for x in kv], words=words, subprocess=False)
     assert not (tmp_path / "g.png").exists()
 
 

@@ -89,9 +89,7 @@ def stack(tmp_path_factory):
     return tr, vae, pipe, folder
 
 
-def run_reference(
-    pipe: DiTPipeline, labels: list[int], seed: int, steps: int
-) -> tuple[torch.Tensor, np.ndarray]:
+def run_reference(pipe: DiTPipeline, labels: list[int], seed: int, steps: int) -> tuple[torch.Tensor, np.ndarray]:
     """DiTPipeline's final latents (captured at the VAE's input) and its np images in [0, 1]."""
     vae = pipe.vae
     captured = {}
@@ -181,9 +179,7 @@ def test_official_layout_differs_only_by_freq_shift_and_eps(tmp_path):
     k = 1e-3
     with torch.no_grad():
         tr.pos_embed.pos_embed.mul_(k)
-        for lin in [tr.pos_embed.proj] + [
-            m for b in tr.transformer_blocks for m in (b.attn1.to_out[0], b.ff.net[2])
-        ]:
+        for lin in [tr.pos_embed.proj] + [m for b in tr.transformer_blocks for m in (b.attn1.to_out[0], b.ff.net[2])]:
             lin.weight.mul_(k)
             lin.bias.mul_(k)
     folder = tmp_path / "transformer"

@@ -38,35 +38,79 @@ TWO = ",".join(WNIDS[:2])
 def models(tmp_path_factory) -> dict[str, Path]:
     """A tiny pixel-space DiT (8 px) naming the Imagenette classes, and random critics for it."""
     root = tmp_path_factory.mktemp("models")
-    dit = DiT(DiTConfig(input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2,
-                        num_classes=10, wnids=WNIDS))
+    dit = DiT(
+        DiTConfig(
+            input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=10, wnids=WNIDS
+        )
+    )
     randomize_(dit, 0, scale=0.5)
     save_denoiser(dit, root / "dit.safetensors")
-    critic = NoiseCritic(CriticConfig(in_channels=3, input_size=8, patch_size=4, width=16, depth=1, heads=2,
-                                      feat_dim=8, class_ids=list(range(10)), wnids=WNIDS))
+    critic = NoiseCritic(
+        CriticConfig(
+            in_channels=3,
+            input_size=8,
+            patch_size=4,
+            width=16,
+            depth=1,
+            heads=2,
+            feat_dim=8,
+            class_ids=list(range(10)),
+            wnids=WNIDS,
+        )
+    )
     randomize_(critic, 1)
     critic.kernel_sigma.fill_(0.5)
     save_critic(critic, root / "critic.safetensors")
     few = NoiseCritic(replace(critic.config, class_ids=[0, 1], wnids=WNIDS[:2]))
     save_critic(few, root / "critic_two.safetensors")
-    return {"dit": root / "dit.safetensors", "critic": root / "critic.safetensors",
-            "critic_two": root / "critic_two.safetensors"}
+    return {
+        "dit": root / "dit.safetensors",
+        "critic": root / "critic.safetensors",
+        "critic_two": root / "critic_two.safetensors",
+    }
 
 
 def request(models: dict[str, Path], out: Path, **kw) -> DistillRequest:
-    base = dict(out=out, subset=None, classes=TWO, classes_file=None, ipc=5, batch_size=2, seed=3, engines=None,
-                backend="eager", denoiser=models["dit"], vae="none", critics=models["critic"], guidance="igds",
-                guidance_scale=2.0, beta=1.0, steps="4", sampler="ddpm", cfg_scale=2.0, cfg_channels="3",
-                image_format="png", resolution=None, shard=None, ray=None, overwrite=False, device="cpu",
-                dtype="fp32", log_json=False)
+    base = dict(
+        out=out,
+        subset=None,
+        classes=TWO,
+        classes_file=None,
+        ipc=5,
+        batch_size=2,
+        seed=3,
+        engines=None,
+        backend="eager",
+        denoiser=models["dit"],
+        vae="none",
+        critics=models["critic"],
+        guidance="igds",
+        guidance_scale=2.0,
+        beta=1.0,
+        steps="4",
+        sampler="ddpm",
+        cfg_scale=2.0,
+        cfg_channels="3",
+        image_format="png",
+        resolution=None,
+        shard=None,
+        ray=None,
+        overwrite=False,
+        device="cpu",
+        dtype="fp32",
+        log_json=False,
+    )
     base.update(kw)
     return DistillRequest(**base)
 
 
 def snapshot(out: Path) -> dict[str, str]:
     """sha256 of every image and of the manifest's content (rows, not Parquet bytes)."""
-    files = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-             for p in sorted(out.glob("n*/*")) if p.is_file()}
+    files = {
+        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.glob("n*/*"))
+        if p.is_file()
+    }
     rows = sorted(read_manifest(out / "manifest.parquet"), key=lambda r: r["path"])
     files["manifest"] = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
     return files
@@ -107,9 +151,36 @@ def test_rerun_of_finished_job_does_nothing(models, reference):
 def test_interrupted_run_finishes_byte_identical(models, reference, tmp_path):
     _, snap = reference
     out = tmp_path / "set"
-    args = [sys.executable, "-m", "igds_fast.cli", "distill", "--out", str(out), "--classes", TWO, "--ipc", "5",
-            "--batch-size", "2", "--seed", "3", "--denoiser", str(models["dit"]), "--vae", "none", "--critics",
-            str(models["critic"]), "--guidance-scale", "2", "--beta", "1", "--steps", "4", "--cfg-scale", "2"]
+    args = [
+        sys.executable,
+        "-m",
+        "igds_fast.cli",
+        "distill",
+        "--out",
+        str(out),
+        "--classes",
+        TWO,
+        "--ipc",
+        "5",
+        "--batch-size",
+        "2",
+        "--seed",
+        "3",
+        "--denoiser",
+        str(models["dit"]),
+        "--vae",
+        "none",
+        "--critics",
+        str(models["critic"]),
+        "--guidance-scale",
+        "2",
+        "--beta",
+        "1",
+        "--steps",
+        "4",
+        "--cfg-scale",
+        "2",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     want = random.Random().randint(1, 4)  # kill after a random number of finished units
@@ -205,8 +276,11 @@ def test_disk_full_keeps_finished_units_and_no_manifest(models, tmp_path, monkey
 
 
 def test_nan_in_a_step_names_class_and_samples(models, tmp_path):
-    bad = DiT(DiTConfig(input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2,
-                        num_classes=10, wnids=WNIDS))
+    bad = DiT(
+        DiTConfig(
+            input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=10, wnids=WNIDS
+        )
+    )
     with torch.no_grad():
         bad.final_layer.linear.bias.fill_(float("nan"))
     save_denoiser(bad, tmp_path / "nan.safetensors")
@@ -217,9 +291,26 @@ def test_nan_in_a_step_names_class_and_samples(models, tmp_path):
 
 
 def test_cli_errors_are_one_line_with_exit_2(models, tmp_path):
-    res = subprocess.run([sys.executable, "-m", "igds_fast.cli", "distill", "--out", str(tmp_path / "o"),
-                          "--subset", "nope", "--denoiser", str(models["dit"]), "--critics", str(models["critic"])],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "igds_fast.cli",
+            "distill",
+            "--out",
+            str(tmp_path / "o"),
+            "--subset",
+            "nope",
+            "--denoiser",
+            str(models["dit"]),
+            "--critics",
+            str(models["critic"]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2
-    assert res.stderr.strip().splitlines() == ["error: unknown subset 'nope': choose one of imagenette, imagewoof, "
-                                               "imageidc, imagenet100, imagenet1k"]
+    assert res.stderr.strip().splitlines() == [
+        "error: unknown subset 'nope': choose one of imagenette, imagewoof, imageidc, imagenet100, imagenet1k"
+    ]

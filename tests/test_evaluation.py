@@ -128,9 +128,7 @@ def test_epochs_for_ipc(ipc: int, classes: int, epochs: int) -> None:
 
 def test_full_crop_is_identity_or_mirror() -> None:
     images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
-    out = random_resized_crop_flip(
-        images, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0)
-    )
+    out = random_resized_crop_flip(images, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
     flipped = [torch.allclose(o, x.float().flip(-1), atol=1e-3) for o, x in zip(out, images, strict=True)]
     kept = [torch.allclose(o, x.float(), atol=1e-3) for o, x in zip(out, images, strict=True)]
     assert all(f or k for f, k in zip(flipped, kept, strict=True))
@@ -191,10 +189,7 @@ def test_class_sets_must_match() -> None:
 
 
 def set_hashes(out: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(out.rglob("*.png"))
-    }
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*.png"))}
 
 
 @needs_data
@@ -326,9 +321,7 @@ def test_tiny_evaluate_run_writes_results(tmp_path: Path, monkeypatch, capsys) -
     assert result["epochs"] == 2 and result["epochs_protocol"] == 2000 and result["scaled_down"]
     assert result["num_val"] == 8
 
-    code, text = run_cli(
-        monkeypatch, capsys, "report", out, "--out", tmp_path / "r.md", "--plot", tmp_path / "p.png"
-    )
+    code, text = run_cli(monkeypatch, capsys, "report", out, "--out", tmp_path / "r.md", "--plot", tmp_path / "p.png")
     assert code == 0, text
     assert "| random-real |" in (tmp_path / "r.md").read_text()
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
@@ -338,9 +331,7 @@ def test_tiny_evaluate_run_writes_results(tmp_path: Path, monkeypatch, capsys) -
 def test_training_is_deterministic_per_seed(tmp_path: Path) -> None:
     files = scan_image_folder(make_folder(tmp_path / "d", WNIDS, 3), "train")
     images, labels = load_split(files, WNIDS, 16)
-    a, b, c = (
-        train_net("convnet3", images, labels, 2, 2, seed, progress=False).state_dict() for seed in (0, 0, 1)
-    )
+    a, b, c = (train_net("convnet3", images, labels, 2, 2, seed, progress=False).state_dict() for seed in (0, 0, 1))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
 

@@ -44,9 +44,7 @@ OFF = StepConfig(guidance="off")
 def tiny_dit(seed: int = 0) -> DiT:
     torch.manual_seed(seed)
     dit = DiT(
-        DiTConfig(
-            input_size=16, patch_size=4, in_channels=3, hidden_size=64, depth=2, num_heads=2, num_classes=10
-        )
+        DiTConfig(input_size=16, patch_size=4, in_channels=3, hidden_size=64, depth=2, num_heads=2, num_classes=10)
     )
     torch.nn.init.normal_(dit.final_layer.linear.weight, std=0.05)  # zero-initialised: randomise it
     return dit
@@ -73,9 +71,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def spec(
-    models: dict[str, Path], out: Path, cfg: StepConfig, batch: int, backend: str = "onnxruntime"
-) -> ExportSpec:
+def spec(models: dict[str, Path], out: Path, cfg: StepConfig, batch: int, backend: str = "onnxruntime") -> ExportSpec:
     return ExportSpec(models["denoiser"], None, models["critics"], cfg, batch, 6, "fp32", backend, out)
 
 
@@ -205,9 +201,7 @@ def test_manifest_records_models_and_files(models, engines) -> None:
 def test_manifest_mismatch_is_refused(models, engines, change: dict, field: str) -> None:
     cfg = StepConfig(**{**GUIDED.to_dict(), **({"steps": change["steps"]} if "steps" in change else {})})
     critics = models[change.get("critics", "critics")]
-    want = expect_for(
-        models["denoiser"], None, critics, cfg, change.get("batch_size", 8), 6, "fp32", "onnxruntime"
-    )
+    want = expect_for(models["denoiser"], None, critics, cfg, change.get("batch_size", 8), 6, "fp32", "onnxruntime")
     with pytest.raises(UserError, match=f"engine mismatch: {field} "):
         load_engine(engines[("igds", 8)], expect=want)
 
@@ -281,9 +275,7 @@ def test_tensorrt_backend(models, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ort_fp16_on_cpu(models, tmp_path: Path) -> None:
-    s = ExportSpec(
-        models["denoiser"], None, models["critics"], GUIDED, 2, 6, "fp16", "onnxruntime", tmp_path / "e"
-    )
+    s = ExportSpec(models["denoiser"], None, models["critics"], GUIDED, 2, 6, "fp16", "onnxruntime", tmp_path / "e")
     rows = verify_engine(
         load_engine(export_engine(s)),
         build_pipeline(models["denoiser"], None, models["critics"], GUIDED, dtype="fp16").step,
@@ -342,11 +334,7 @@ def test_latent_engine_exports_decoder(tmp_path: Path) -> None:
         layers_per_block=1,
     )
     vae.save_pretrained(tmp_path / "vae")
-    dit = DiT(
-        DiTConfig(
-            input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=5
-        )
-    )
+    dit = DiT(DiTConfig(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=5))
     torch.nn.init.normal_(dit.final_layer.linear.weight, std=0.05)
     den = save_denoiser(dit, tmp_path / "dit.safetensors")
     s = ExportSpec(den, str(tmp_path / "vae"), None, OFF, 2, 1, "fp32", "onnxruntime", tmp_path / "eng")

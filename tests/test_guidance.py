@@ -36,8 +36,18 @@ WNIDS = [c.wnid for c in subset("imagenette")]
 
 
 def small_dit(size: int = 16, seed: int = 0) -> DiT:
-    dit = DiT(DiTConfig(input_size=size, patch_size=4, in_channels=3, hidden_size=48, depth=2, num_heads=2,
-                        num_classes=10, wnids=WNIDS))
+    dit = DiT(
+        DiTConfig(
+            input_size=size,
+            patch_size=4,
+            in_channels=3,
+            hidden_size=48,
+            depth=2,
+            num_heads=2,
+            num_classes=10,
+            wnids=WNIDS,
+        )
+    )
     return randomize_(dit, seed, scale=0.3).eval().requires_grad_(False)
 
 
@@ -59,16 +69,28 @@ class GaussianDenoiser(torch.nn.Module):
 
 
 def random_critic(size: int = 16, seed: int = 1) -> NoiseCritic:
-    c = NoiseCritic(CriticConfig(in_channels=3, input_size=size, patch_size=4, width=32, depth=1, heads=2,
-                                 feat_dim=8, class_ids=list(range(10)), wnids=WNIDS))
+    c = NoiseCritic(
+        CriticConfig(
+            in_channels=3,
+            input_size=size,
+            patch_size=4,
+            width=32,
+            depth=1,
+            heads=2,
+            feat_dim=8,
+            class_ids=list(range(10)),
+            wnids=WNIDS,
+        )
+    )
     randomize_(c, seed)
     c.kernel_sigma.uniform_(0.3, 1.0)
     return c.eval().requires_grad_(False)
 
 
 def test_guided_step_gradient_matches_float64_finite_differences():
-    step = GuidedStep(small_dit(), StepConfig(steps="10", guidance="igds", guidance_scale=1.0, beta=0.7),
-                      random_critic()).double()
+    step = GuidedStep(
+        small_dit(), StepConfig(steps="10", guidance="igds", guidance_scale=1.0, beta=0.7), random_critic()
+    ).double()
     g = torch.Generator().manual_seed(torch.seed() % 2**31)  # fresh inputs every run
     x = torch.randn(6, 3, 16, 16, generator=g, dtype=torch.float64)
     y = torch.tensor([0, 0, 0, 1, 1, 2])
@@ -104,7 +126,9 @@ def test_guided_eps_is_cfg_eps_minus_scaled_gradient():
         shift = s * math.sqrt(1 - sched.alphas_cumprod[i]) * grad if in_window else torch.zeros_like(grad)
         ref = off(x, torch.tensor(i), y, noise)[0] + coef * shift
         assert torch.linalg.norm(out - ref) / torch.linalg.norm(ref) < 1e-5
-        assert (grad.abs().sum() > 0) and (in_window == bool((out - off(x, torch.tensor(i), y, noise)[0]).abs().max() > 0))
+        assert (grad.abs().sum() > 0) and (
+            in_window == bool((out - off(x, torch.tensor(i), y, noise)[0]).abs().max() > 0)
+        )
 
 
 def test_collision_entropy_matches_direct_pair_average():
@@ -144,16 +168,25 @@ def test_knn_entropy_and_bounds_basics():
 
 def test_critics_that_do_not_fit_the_denoiser_are_refused():
     dit = small_dit()
-    wrong_size = NoiseCritic(CriticConfig(in_channels=3, input_size=8, patch_size=4, width=16, depth=1, heads=2,
-                                          class_ids=[0, 1], wnids=WNIDS[:2]))
+    wrong_size = NoiseCritic(
+        CriticConfig(
+            in_channels=3, input_size=8, patch_size=4, width=16, depth=1, heads=2, class_ids=[0, 1], wnids=WNIDS[:2]
+        )
+    )
     with pytest.raises(UserError, match=r"critics expect inputs 3x8x8, the denoiser works on 3x16x16"):
         GuidedStep(dit, StepConfig(guidance="igds"), wrong_size)
-    latent = NoiseCritic(CriticConfig(in_channels=4, input_size=16, patch_size=4, width=16, depth=1, heads=2,
-                                      class_ids=[0, 1], wnids=WNIDS[:2]))
+    latent = NoiseCritic(
+        CriticConfig(
+            in_channels=4, input_size=16, patch_size=4, width=16, depth=1, heads=2, class_ids=[0, 1], wnids=WNIDS[:2]
+        )
+    )
     with pytest.raises(UserError, match="critics expect inputs 4x16x16"):
         GuidedStep(dit, StepConfig(guidance="igds"), latent)
-    two = NoiseCritic(CriticConfig(in_channels=3, input_size=16, patch_size=4, width=16, depth=1, heads=2,
-                                   class_ids=[0, 1], wnids=WNIDS[:2]))
+    two = NoiseCritic(
+        CriticConfig(
+            in_channels=3, input_size=16, patch_size=4, width=16, depth=1, heads=2, class_ids=[0, 1], wnids=WNIDS[:2]
+        )
+    )
     step = GuidedStep(dit, StepConfig(guidance="igds"), two)
     with pytest.raises(UserError, match="critics were trained for other classes"):
         step.check_labels([0, 1, 7])
@@ -170,8 +203,20 @@ def trained(tmp_path_factory) -> tuple[torch.nn.Module, NoiseCritic]:
         pytest.skip(f"real data not found at {DATA} (set IGDS_DATA)")
     dit = small_dit()  # only its input space and class names matter to the critic
     out = tmp_path_factory.mktemp("critic")
-    cfg = TrainCriticConfig(data=str(DATA / "train"), val=str(DATA / "val"), wnids=WNIDS, out=str(out), steps=250,
-                            batch_size=64, lr=2e-3, width=64, depth=2, heads=2, feat_dim=16, eval_images=300)
+    cfg = TrainCriticConfig(
+        data=str(DATA / "train"),
+        val=str(DATA / "val"),
+        wnids=WNIDS,
+        out=str(out),
+        steps=250,
+        batch_size=64,
+        lr=2e-3,
+        width=64,
+        depth=2,
+        heads=2,
+        feat_dim=16,
+        eval_images=300,
+    )
     path = train_critic(cfg, dit, _pixel(), progress=False)
     return GaussianDenoiser(), load_critic(path).requires_grad_(False)
 
@@ -205,8 +250,9 @@ def _final_bounds(step: GuidedStep, critic: NoiseCritic, x: torch.Tensor, y: tor
 
 
 def _sample(dit: torch.nn.Module, critic: NoiseCritic, scale: float, beta: float) -> tuple[float, float]:
-    step = GuidedStep(dit, StepConfig(steps="10", cfg_scale=1.0, guidance="igds", guidance_scale=scale, beta=beta),
-                      critic)
+    step = GuidedStep(
+        dit, StepConfig(steps="10", cfg_scale=1.0, guidance="igds", guidance_scale=scale, beta=beta), critic
+    )
     y = torch.tensor([2] * 8)
     noise = SampleNoise([sample_seed(7, 2, k) for k in range(8)], (3, 16, 16))
     res = run_chain(step, 10, y, noise)

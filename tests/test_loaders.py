@@ -172,22 +172,14 @@ def test_official_arch_argument(tmp_path):
     loaded = load_denoiser(tmp_path / "s2.pt", arch="DiT-S/2")
     assert (loaded.config.depth, loaded.config.hidden_size, loaded.config.num_heads) == (12, 384, 6)
     assert_same_outputs(loaded, model)
-    one_line_user_error(
-        lambda: load_denoiser(tmp_path / "s2.pt", arch="DiT-B/2"), "DiT-B/2", "12/768/2", "12/384/2"
-    )
-    one_line_user_error(
-        lambda: load_denoiser(tmp_path / "s2.pt", arch="DiT-S/4"), "DiT-S/4", "12/384/4", "12/384/2"
-    )
-    one_line_user_error(
-        lambda: load_denoiser(tmp_path / "s2.pt", arch="DiT-Q/2"), "unknown DiT arch", "DiT-Q/2"
-    )
+    one_line_user_error(lambda: load_denoiser(tmp_path / "s2.pt", arch="DiT-B/2"), "DiT-B/2", "12/768/2", "12/384/2")
+    one_line_user_error(lambda: load_denoiser(tmp_path / "s2.pt", arch="DiT-S/4"), "DiT-S/4", "12/384/4", "12/384/2")
+    one_line_user_error(lambda: load_denoiser(tmp_path / "s2.pt", arch="DiT-Q/2"), "unknown DiT arch", "DiT-Q/2")
 
 
 def test_arch_mismatch_on_tiny_model(tiny_dit, tmp_path):
     torch.save(tiny_dit().state_dict(), tmp_path / "tiny.pt")
-    one_line_user_error(
-        lambda: load_denoiser(tmp_path / "tiny.pt", arch="DiT-XL/2"), "DiT-XL/2", "28/1152/2", "2/64/2"
-    )
+    one_line_user_error(lambda: load_denoiser(tmp_path / "tiny.pt", arch="DiT-XL/2"), "DiT-XL/2", "28/1152/2", "2/64/2")
 
 
 # ----------------------------------------------------------------------------- our format

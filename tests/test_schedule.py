@@ -244,9 +244,7 @@ class StubDenoiser(torch.nn.Module):
 def test_guided_step_off_is_cfg_then_ddpm(cfg_channels, cfg_scale):
     """GuidedStep with guidance off = DiT's forward_with_cfg (null class = num_classes) + p_sample."""
     den = StubDenoiser()
-    step = GuidedStep(
-        den, StepConfig(steps="25", cfg_scale=cfg_scale, cfg_channels=cfg_channels, guidance="off")
-    )
+    step = GuidedStep(den, StepConfig(steps="25", cfg_scale=cfg_scale, cfg_channels=cfg_channels, guidance="off"))
     ref = ref_tables("25")
     x, noise = torch.randn(3, 4, 4, 4), torch.randn(3, 4, 4, 4)
     y = torch.tensor([0, 4, 2])
@@ -266,9 +264,7 @@ def test_guided_step_off_is_cfg_then_ddpm(cfg_channels, cfg_scale):
 
 def test_guided_step_ddim_eta0():
     den = StubDenoiser()
-    step = GuidedStep(
-        den, StepConfig(steps="ddim10", sampler="ddim", cfg_scale=2.5, cfg_channels=None, guidance="off")
-    )
+    step = GuidedStep(den, StepConfig(steps="ddim10", sampler="ddim", cfg_scale=2.5, cfg_channels=None, guidance="off"))
     ref = ref_tables("ddim10")
     x, y = torch.randn(2, 4, 4, 4), torch.tensor([1, 3])
     i = 9

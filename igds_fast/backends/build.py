@@ -63,9 +63,7 @@ class ExportSpec:
         if self.cfg.guidance == "igds" and self.critics is None:
             raise UserError("--guidance igds needs --critics PATH (or --guidance off)")
         if self.out.exists() and not self.overwrite:
-            raise UserError(
-                f"'{self.out}' already exists; pass --overwrite to replace it, or choose another --out"
-            )
+            raise UserError(f"'{self.out}' already exists; pass --overwrite to replace it, or choose another --out")
         if not self.out.parent.exists():
             raise UserError(f"output folder '{self.out.parent}' does not exist")
         return self
@@ -136,9 +134,7 @@ def write_graphs(
 
             cache = folder / "timing.cache"
             graphs["onnx"] = {"step": graphs["step"], "decoder": graphs.get("decoder")}
-            graphs["step"] = build_plan(
-                folder / "step.onnx", folder / "step.plan", spec.precision, cache
-            ).name
+            graphs["step"] = build_plan(folder / "step.onnx", folder / "step.plan", spec.precision, cache).name
             if has_decoder:
                 graphs["decoder"] = build_plan(
                     folder / "decoder.onnx", folder / "decoder.plan", spec.precision, cache
@@ -210,9 +206,7 @@ def _replace(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
-def verify_engine(
-    engine: Any, step: GuidedStep, steps: list[int] | None = None, seed: int = 1
-) -> list[dict[str, Any]]:
+def verify_engine(engine: Any, step: GuidedStep, steps: list[int] | None = None, seed: int = 1) -> list[dict[str, Any]]:
     """Relative error of every output against the eager GuidedStep on fresh random inputs."""
     shapes = StepShapes(engine.batch_size, *engine.shape, engine.memory_size, engine.feat_dim)
     n = len(step.schedule)
@@ -223,7 +217,5 @@ def verify_engine(
         with torch.no_grad():
             ref = step(*(a.to(dev) for a in args))
         out = engine.step(*args)
-        rows.append(
-            {"i": i, **{name: rel_error(o, r) for name, o, r in zip(STEP_OUTPUTS, out, ref, strict=True)}}
-        )
+        rows.append({"i": i, **{name: rel_error(o, r) for name, o, r in zip(STEP_OUTPUTS, out, ref, strict=True)}})
     return rows

@@ -36,9 +36,7 @@ def aoti_package(module: nn.Module | StepFn, args: tuple[torch.Tensor, ...], pat
     from torch._inductor import aoti_compile_and_package
 
     if cxx_compiler() is None:
-        raise UserError(
-            "AOTInductor compiles C++: install g++ (or clang++) or set CXX, or use --backend onnxruntime"
-        )
+        raise UserError("AOTInductor compiles C++: install g++ (or clang++) or set CXX, or use --backend onnxruntime")
     gm = module if isinstance(module, torch.fx.GraphModule) else trace(module, args)
     ep = torch.export.export(gm, args)
     try:
@@ -69,9 +67,7 @@ def load_package(path: Path, device: torch.device | None = None) -> StepFn:
             return aoti_load_package(str(path), device_index=device.index or 0)
         return aoti_load_package(str(path))
     except Exception as e:
-        raise UserError(
-            f"cannot load AOTInductor package {path.name}: {str(e).splitlines()[0][:300]}"
-        ) from None
+        raise UserError(f"cannot load AOTInductor package {path.name}: {str(e).splitlines()[0][:300]}") from None
 
 
 def jit_step(step: nn.Module, args: tuple[torch.Tensor, ...]) -> StepFn:
@@ -106,9 +102,7 @@ class CompiledEngine:
         fn = load_package(folder / manifest["graphs"]["step"], dev)
         dec = manifest["graphs"].get("decoder")
         decoder = load_package(folder / dec, dev) if dec else None
-        return cls(
-            fn, StepShapes.from_dict(manifest["shapes"]), int(manifest["num_steps"]), manifest, decoder
-        )
+        return cls(fn, StepShapes.from_dict(manifest["shapes"]), int(manifest["num_steps"]), manifest, decoder)
 
     @classmethod
     def jit(cls, step: nn.Module, shapes: StepShapes, example: tuple[torch.Tensor, ...]) -> CompiledEngine:

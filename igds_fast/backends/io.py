@@ -82,9 +82,7 @@ def prepare_inputs(
     b, m = shapes.batch_size, shapes.memory_size
     want = (b, shapes.channels, shapes.height, shapes.width)
     if tuple(x.shape) != want or tuple(noise.shape) != want:
-        raise UserError(
-            f"this engine was built for inputs {want}, got {tuple(x.shape)}; export one for this batch"
-        )
+        raise UserError(f"this engine was built for inputs {want}, got {tuple(x.shape)}; export one for this batch")
     dev = x.device
     if memory is None or memory_mask is None:  # no earlier samples: an all-zero mask counts no pairs
         memory = torch.zeros(m, shapes.feat_dim, device=dev)
@@ -105,9 +103,7 @@ def prepare_inputs(
     )
 
 
-def run_in_batches(
-    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int
-) -> torch.Tensor:
+def run_in_batches(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Apply a static-batch per-sample function (a decoder) to any number of rows: chunk, and pad
     the last chunk with zeros (rows are independent, so padding changes nothing) then drop it."""
     outs = []

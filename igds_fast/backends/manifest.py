@@ -83,9 +83,7 @@ def library_versions() -> dict[str, str | None]:
 def describe_files(folder: Path) -> dict[str, dict[str, Any]]:
     """Size and sha256 of every engine file (all files of the folder but the manifest)."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    return {
-        p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in files
-    }
+    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in files}
 
 
 def build_manifest(
@@ -105,9 +103,7 @@ def build_manifest(
         "backend": backend,
         "precision": precision,
         "step": step_config,
-        "models": {
-            k: {"sha256": models.get(k), "path": model_paths.get(k)} for k in ("denoiser", "vae", "critic")
-        },
+        "models": {k: {"sha256": models.get(k), "path": model_paths.get(k)} for k in ("denoiser", "vae", "critic")},
         "shapes": shapes,
         "graphs": graphs,
         "versions": library_versions(),
@@ -143,18 +139,12 @@ def verify_files(engine_dir: str | Path, manifest: dict[str, Any]) -> None:
     for name, info in manifest.get("files", {}).items():
         path = folder / name
         if not path.is_file():
-            raise UserError(
-                f"engine file '{path}' is missing; rebuild the engine with `igds-fast export --overwrite`"
-            )
+            raise UserError(f"engine file '{path}' is missing; rebuild the engine with `igds-fast export --overwrite`")
         size = path.stat().st_size
         if size != info["size"]:
-            raise UserError(
-                f"engine file '{path}' is {size} bytes, manifest: {info['size']} (truncated?); rebuild it"
-            )
+            raise UserError(f"engine file '{path}' is {size} bytes, manifest: {info['size']} (truncated?); rebuild it")
         if file_sha256(path) != info["sha256"]:
-            raise UserError(
-                f"engine file '{path}' does not match its sha256 in the manifest (corrupt?); rebuild it"
-            )
+            raise UserError(f"engine file '{path}' does not match its sha256 in the manifest (corrupt?); rebuild it")
 
 
 def manifest_view(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -93,9 +93,7 @@ def _split_fns(step: nn.Module) -> dict[str, tuple[Callable[..., Any], tuple[str
         eps, var = step.eps(x, i.long().reshape(()), y.long())
         return (eps,) if var is None else (eps, var)
 
-    def critic_grad(
-        x: torch.Tensor, i: torch.Tensor, y: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor
-    ):
+    def critic_grad(x: torch.Tensor, i: torch.Tensor, y: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor):
         t = step.tab_timestep[i.long().reshape(())].expand(x.shape[0])
         grad_fn = torch.func.grad(step.objective, has_aux=True)
         with torch.enable_grad():
@@ -137,9 +135,7 @@ def export_graph(
     return path
 
 
-def export_step(
-    step: nn.Module, args: tuple[torch.Tensor, ...], path: Path, opset: int = DEFAULT_OPSET
-) -> Path:
+def export_step(step: nn.Module, args: tuple[torch.Tensor, ...], path: Path, opset: int = DEFAULT_OPSET) -> Path:
     """The fused guided step as ONE graph: (x, i, y, noise, memory, memory_mask) -> 4 outputs."""
     return export_graph(trace_step(step, args), args, path, STEP_INPUTS, STEP_OUTPUTS, opset)
 
@@ -223,9 +219,7 @@ def float64_tensors(model: Any) -> list[str]:
     bad = [v.name for v in list(g.input) + list(g.output) if v.type.tensor_type.elem_type == DOUBLE]
     bad += [t.name for t in g.initializer if t.data_type == DOUBLE]
     for node in g.node:
-        if node.op_type == "Constant" and any(
-            a.t.data_type == DOUBLE for a in node.attribute if a.name == "value"
-        ):
+        if node.op_type == "Constant" and any(a.t.data_type == DOUBLE for a in node.attribute if a.name == "value"):
             bad.append(node.output[0])
         if node.op_type == "Cast" and any(a.name == "to" and a.i == DOUBLE for a in node.attribute):
             bad.append(node.output[0])
@@ -235,9 +229,7 @@ def float64_tensors(model: Any) -> list[str]:
 def check_no_float64(path: Path) -> None:
     bad = float64_tensors(load_inlined(path))
     if bad:
-        raise UserError(
-            f"{path.name}: float64 tensors {bad[:3]} (TensorRT and fp16 engines need float32 or lower)"
-        )
+        raise UserError(f"{path.name}: float64 tensors {bad[:3]} (TensorRT and fp16 engines need float32 or lower)")
 
 
 def trt_supported_ops() -> dict[str, Any]:

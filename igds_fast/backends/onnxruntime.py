@@ -120,9 +120,7 @@ class OrtEngine:
         memory: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        args = dict(
-            zip(STEP_INPUTS, prepare_inputs(self.shapes, x, i, y, noise, memory, memory_mask), strict=True)
-        )
+        args = dict(zip(STEP_INPUTS, prepare_inputs(self.shapes, x, i, y, noise, memory, memory_mask), strict=True))
         if self.on_cuda and x.is_cuda:
             return self._run_bound(args)
         feed = {k: args[k].cpu().numpy() for k in self.inputs}

@@ -41,9 +41,7 @@ def load_engine(
     if backend == "tensorrt":
         from .tensorrt import TrtEngine
 
-        return TrtEngine(
-            engine_dir, manifest, device=device if device != "cpu" else "cuda", cuda_graph=cuda_graph
-        )
+        return TrtEngine(engine_dir, manifest, device=device if device != "cpu" else "cuda", cuda_graph=cuda_graph)
     raise UserError(
         f"{engine_dir}: unknown engine backend '{backend}' (this version knows {', '.join(EXPORT_BACKENDS)})"
     )

@@ -24,9 +24,7 @@ def import_tensorrt() -> Any:
     try:
         import tensorrt as trt
     except ImportError:
-        raise UserError(
-            "the tensorrt backend needs TensorRT 10+: pip install 'igds-fast[tensorrt]'"
-        ) from None
+        raise UserError("the tensorrt backend needs TensorRT 10+: pip install 'igds-fast[tensorrt]'") from None
     if int(trt.__version__.split(".")[0]) < 10:
         raise UserError(f"TensorRT {trt.__version__} is too old: this backend uses the TensorRT 10 API")
     if not torch.cuda.is_available():
@@ -79,9 +77,7 @@ def build_plan(
     if precision == "fp32":
         config.clear_flag(trt.BuilderFlag.TF32)
     _require_static(network)
-    cache = config.create_timing_cache(
-        timing_cache.read_bytes() if timing_cache and timing_cache.exists() else b""
-    )
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache and timing_cache.exists() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
@@ -144,9 +140,7 @@ class TrtRunner:
         for k in range(self.engine.num_io_tensors):
             name = self.engine.get_tensor_name(k)
             shape = tuple(self.engine.get_tensor_shape(name))
-            buf = torch.empty(
-                shape, dtype=_torch_dtype(trt, self.engine.get_tensor_dtype(name)), device=device
-            )
+            buf = torch.empty(shape, dtype=_torch_dtype(trt, self.engine.get_tensor_dtype(name)), device=device)
             is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
             (self.inputs if is_input else self.outputs)[name] = buf
             self.context.set_tensor_address(name, buf.data_ptr())
@@ -179,9 +173,7 @@ class TrtRunner:
 class TrtEngine:
     backend = "tensorrt"
 
-    def __init__(
-        self, engine_dir: str | Path, manifest: dict[str, Any], device: str = "cuda", cuda_graph: bool = True
-    ):
+    def __init__(self, engine_dir: str | Path, manifest: dict[str, Any], device: str = "cuda", cuda_graph: bool = True):
         folder = Path(engine_dir)
         dev = torch.device(device)
         if dev.type != "cuda":
@@ -207,9 +199,7 @@ class TrtEngine:
         memory: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        args = prepare_inputs(
-            self.shapes, x.to(self.device), i, y, noise.to(self.device), memory, memory_mask
-        )
+        args = prepare_inputs(self.shapes, x.to(self.device), i, y, noise.to(self.device), memory, memory_mask)
         outs = self.runner(dict(zip(STEP_INPUTS, (a.to(self.device) for a in args), strict=True)))
         return outs["x_prev"], outs["feats"], outs["log_q"], outs["h2"]
 
@@ -219,6 +209,4 @@ class TrtEngine:
         if self.decoder is None:
             return x.float().clamp(-1, 1)
         dec = self.decoder
-        return run_in_batches(
-            lambda z: dec({"latents": z.to(self.device).float()})["images"], x, self.batch_size
-        )
+        return run_in_batches(lambda z: dec({"latents": z.to(self.device).float()})["images"], x, self.batch_size)

@@ -35,14 +35,10 @@ def scan_image_folder(root: Path, what: str) -> dict[str, list[Path]]:
         raise UserError(f"{what} folder '{root}' does not exist")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and WNID.fullmatch(p.name))
     if not folders:
-        raise UserError(
-            f"{what} folder '{root}' has no class folders named by WNID: expected {root}/n01440764/..."
-        )
+        raise UserError(f"{what} folder '{root}' has no class folders named by WNID: expected {root}/n01440764/...")
     found = {}
     for folder in folders:
-        files = sorted(
-            f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
-        )
+        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
         if not files:
             raise UserError(f"class folder '{folder}' has no images")
         found[folder.name] = files
@@ -142,10 +138,7 @@ def cutmix(images: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, to
     lam = float(torch.rand(1, generator=gen))  # Beta(1, 1) is uniform
     perm = torch.randperm(n, generator=gen)
     cut_h, cut_w = int(height * math.sqrt(1 - lam)), int(width * math.sqrt(1 - lam))
-    cy, cx = (
-        int(v)
-        for v in (torch.randint(height, (1,), generator=gen), torch.randint(width, (1,), generator=gen))
-    )
+    cy, cx = (int(v) for v in (torch.randint(height, (1,), generator=gen), torch.randint(width, (1,), generator=gen)))
     y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
     x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
     mixed = images.clone()

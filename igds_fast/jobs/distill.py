@@ -133,14 +133,16 @@ class UnitWriter:
         self.pending: list[Future] = []
         self.max_pending = max_pending
 
-    def submit(self, unit: WorkUnit, images: np.ndarray, feats: np.ndarray, log_q: np.ndarray, h2: np.ndarray,
-               seconds: float) -> None:
+    def submit(
+        self, unit: WorkUnit, images: np.ndarray, feats: np.ndarray, log_q: np.ndarray, h2: np.ndarray, seconds: float
+    ) -> None:
         while len(self.pending) >= self.max_pending:  # bound memory: wait for the oldest unit
             self.pending.pop(0).result()
         self.pending.append(self.pool.submit(self._write, unit, images, feats, log_q, h2, seconds))
 
-    def _write(self, unit: WorkUnit, images: np.ndarray, feats: np.ndarray, log_q: np.ndarray, h2: np.ndarray,
-               seconds: float) -> None:
+    def _write(
+        self, unit: WorkUnit, images: np.ndarray, feats: np.ndarray, log_q: np.ndarray, h2: np.ndarray, seconds: float
+    ) -> None:
         cfg, out = self.cfg, self.out
         ext = "png" if cfg.image_format == "png" else "jpg"
         folder = out / unit.wnid
@@ -151,25 +153,29 @@ class UnitWriter:
                 data = encode_image(resize(images[k], cfg.resolution), cfg.image_format)
                 rel = f"{unit.wnid}/{idx:05d}.{ext}"
                 write_atomic(out / rel, data)
-                rows.append({
-                    "wnid": unit.wnid,
-                    "class_index": class_info(unit.wnid).imagenet_index,
-                    "sample_index": idx,
-                    "seed": sample_seed(cfg.seed, unit.label, idx),
-                    "path": rel,
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                    "log_q": float(log_q[k]),
-                    "h2": float(h2[k]),
-                    "backend": cfg.backend,
-                    "engine_id": cfg.engine_id,
-                })
+                rows.append(
+                    {
+                        "wnid": unit.wnid,
+                        "class_index": class_info(unit.wnid).imagenet_index,
+                        "sample_index": idx,
+                        "seed": sample_seed(cfg.seed, unit.label, idx),
+                        "path": rel,
+                        "sha256": hashlib.sha256(data).hexdigest(),
+                        "log_q": float(log_q[k]),
+                        "h2": float(h2[k]),
+                        "backend": cfg.backend,
+                        "engine_id": cfg.engine_id,
+                    }
+                )
             buf = _npy_bytes(feats)
             write_atomic(_unit_feats(out, unit), buf)
             record = {"unit": asdict(unit), "rows": rows, "seconds": seconds}
             write_atomic(_unit_record(out, unit), json.dumps(record).encode())  # the commit point
         except OSError as e:
             if e.errno == errno.ENOSPC:
-                raise UserError(f"disk full while writing class {unit.wnid}: free space and rerun; finished units are kept") from None
+                raise UserError(
+                    f"disk full while writing class {unit.wnid}: free space and rerun; finished units are kept"
+                ) from None
             raise UserError(f"cannot write class {unit.wnid} under '{out}': {e.strerror or e}") from None
 
     def drain(self) -> None:
@@ -244,7 +250,9 @@ def memory_inputs(
     """Memory (M, D) and mask (B, M) at one step: earlier chunks' features, zero-padded to M rows."""
     have = np.concatenate([m[step_index] for m in memory], axis=0) if memory else np.zeros((0, feat_dim), np.float32)
     if len(have) > rows:
-        raise UserError(f"the class needs {len(have)} memory rows, the engine takes {rows}; re-export with a larger --memory-size")
+        raise UserError(
+            f"the class needs {len(have)} memory rows, the engine takes {rows}; re-export with a larger --memory-size"
+        )
     mem = np.zeros((rows, feat_dim), np.float32)
     mem[: len(have)] = have
     mask = np.zeros((batch, rows), np.float32)
@@ -279,7 +287,8 @@ def run_unit(
     def check(i: int, x: torch.Tensor) -> None:
         if not torch.isfinite(x[: unit.count]).all():
             raise UserError(
-                f"non-finite values at step {i} for class {unit.wnid}, samples {unit.start}..{unit.start + unit.count - 1}; "
+                f"non-finite values at step {i} for class {unit.wnid}, "
+                f"samples {unit.start}..{unit.start + unit.count - 1}; "
                 "that unit was not written (lower --guidance-scale or check the model)"
             )
 
@@ -290,7 +299,9 @@ def run_unit(
 
 
 def all_units(cfg: DistillConfig) -> list[WorkUnit]:
-    return [u for w, lab in zip(cfg.wnids, cfg.labels, strict=True) for u in class_units(w, lab, cfg.ipc, cfg.batch_size)]
+    return [
+        u for w, lab in zip(cfg.wnids, cfg.labels, strict=True) for u in class_units(w, lab, cfg.ipc, cfg.batch_size)
+    ]
 
 
 def finalize(out: Path, cfg: DistillConfig, run_info: dict[str, Any]) -> bool:
@@ -353,7 +364,9 @@ def run_distill(
         prepare_out(out, cfg, overwrite)
     labels = dict(zip(cfg.wnids, cfg.labels, strict=True))
     mine = shard_classes(cfg.wnids, *shard)
-    todo = sum(u.count for w in mine for u in class_units(w, labels[w], cfg.ipc, cfg.batch_size) if not unit_done(out, u))
+    todo = sum(
+        u.count for w in mine for u in class_units(w, labels[w], cfg.ipc, cfg.batch_size) if not unit_done(out, u)
+    )
     bar = tqdm(total=todo, desc="distill", unit="img", disable=not progress or todo == 0, smoothing=0.1)
     writer = UnitWriter(out, cfg)
     t0 = time.perf_counter()
@@ -364,7 +377,9 @@ def run_distill(
             n = distill_class(engine, cfg, out, wnid, labels[wnid], writer, on_images=bar.update)
             made += n
             if json_log and n:
-                log_json({"event": "class_done", "wnid": wnid, "images": n, "seconds": round(time.perf_counter() - tc, 3)})
+                log_json(
+                    {"event": "class_done", "wnid": wnid, "images": n, "seconds": round(time.perf_counter() - tc, 3)}
+                )
         writer.drain()
     finally:
         writer.close()

@@ -70,7 +70,5 @@ def read_manifest(path: str | Path) -> list[dict[str, Any]]:
         raise UserError(f"cannot read manifest '{path}': {e}") from None
     missing = [n for n in MANIFEST_SCHEMA.names if n not in table.column_names]
     if missing:
-        raise UserError(
-            f"manifest '{path}' lacks columns {', '.join(missing)}: it was written by another tool"
-        )
+        raise UserError(f"manifest '{path}' lacks columns {', '.join(missing)}: it was written by another tool")
     return table.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA).to_pylist()

@@ -49,7 +49,6 @@ def run_on_ray(req: Any, dcfg: DistillConfig, info: dict[str, Any]) -> dict[str,
             ray.shutdown()
     made = sum(r["images_made"] for r in results)
     seconds = max((r["seconds"] for r in results), default=0.0)
-    summary = {"images_made": made, "seconds": seconds, "img_per_s": made / seconds if made else None,
-               "ray_workers": n}
+    summary = {"images_made": made, "seconds": seconds, "img_per_s": made / seconds if made else None, "ray_workers": n}
     summary["complete"] = finalize(req.out, dcfg, info | {"last_run": summary})
     return summary

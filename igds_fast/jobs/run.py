@@ -89,8 +89,16 @@ def build_engine(req: DistillRequest, cfg: StepConfig, batch_size: int, memory_r
         from ..backends.registry import load_engine
 
         manifest = read_manifest(req.engines)
-        expect = expect_for(den, vae, crit, cfg, batch_size, int(manifest.get("memory_size", 1)),
-                            str(manifest.get("precision")), str(manifest.get("backend")))
+        expect = expect_for(
+            den,
+            vae,
+            crit,
+            cfg,
+            batch_size,
+            int(manifest.get("memory_size", 1)),
+            str(manifest.get("precision")),
+            str(manifest.get("backend")),
+        )
         engine = load_engine(req.engines, expect, device=req.device)
         if memory_rows > engine.memory_size:
             raise UserError(
@@ -99,7 +107,9 @@ def build_engine(req: DistillRequest, cfg: StepConfig, batch_size: int, memory_r
             )
         return engine
     if req.backend != "eager":
-        raise UserError(f"--backend {req.backend} needs an engine folder: build one with `igds-fast export`, pass --engines")
+        raise UserError(
+            f"--backend {req.backend} needs an engine folder: build one with `igds-fast export`, pass --engines"
+        )
     pipe = build_pipeline(den, vae, crit, cfg, device=req.device, dtype=req.dtype)
     engine = EagerEngine(pipe.step, pipe.vae, memory_size=max(1, memory_rows))
     engine.device = pipe.device
@@ -118,7 +128,10 @@ def labels_for(engine: Any, denoiser: Path, critics: Path | None, wnids: list[st
         known = set(load_critic(critics).config.class_ids)
         missing = [w for w, lab in zip(wnids, labels, strict=True) if lab not in known]
         if missing:
-            raise UserError(f"the critics were trained for other classes ({missing[0]} is not among them); train critics for this subset")
+            raise UserError(
+                f"the critics were trained for other classes ({missing[0]} is not among them); "
+                "train critics for this subset"
+            )
     return labels
 
 
@@ -155,12 +168,18 @@ def run_request(req: DistillRequest) -> dict[str, Any]:
     ).validate()
     info = {
         "versions": {"igds_fast": __version__, "torch": torch.__version__, "python": platform.python_version()},
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "device": req.device, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "device": req.device,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if req.ray is not None:
         from .ray_runner import run_on_ray
 
         return run_on_ray(req, dcfg, info)
-    return run_distill(engine, dcfg, req.out, shard=shard, overwrite=req.overwrite, json_log=req.log_json, run_info=info)
+    return run_distill(
+        engine, dcfg, req.out, shard=shard, overwrite=req.overwrite, json_log=req.log_json, run_info=info
+    )

@@ -62,9 +62,7 @@ class DiTConfig:
                 raise ValueError(patch)
             return cls(patch_size=int(patch), depth=depth, hidden_size=hidden, num_heads=heads, **kw)
         except (KeyError, ValueError):
-            raise ValueError(
-                f"unknown DiT arch '{arch}': expected DiT-{{S,B,L,XL}}/{{2,4,8}}, e.g. DiT-XL/2"
-            ) from None
+            raise ValueError(f"unknown DiT arch '{arch}': expected DiT-{{S,B,L,XL}}/{{2,4,8}}, e.g. DiT-XL/2") from None
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, freq_shift: int = 0, max_period: float = 10000.0) -> torch.Tensor:

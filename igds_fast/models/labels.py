@@ -16,7 +16,9 @@ def class_labels(denoiser: nn.Module, wnids: list[str]) -> list[int]:
     if own:
         missing = [w for w in wnids if w not in own]
         if missing:
-            raise UserError(f"class {missing[0]} is not in the model (it knows {len(own)} classes: {', '.join(own[:4])}, ...)")
+            raise UserError(
+                f"class {missing[0]} is not in the model (it knows {len(own)} classes: {', '.join(own[:4])}, ...)"
+            )
         return [own.index(w) for w in wnids]
     if int(denoiser.num_classes) != 1000:
         raise UserError(

@@ -142,7 +142,9 @@ def load_denoiser(path: str | Path, arch: str | None = None, num_classes: int | 
                 raise UserError("loading a UNet2DModel needs diffusers: pip install 'igds-fast[diffusers]'") from None
             model = UNetDenoiser(UNet2DModel.from_pretrained(str(folder), local_files_only=True)).eval()
         else:
-            raise UserError(f"{where}: unsupported diffusers model class '{cls}' (DiTTransformer2DModel or UNet2DModel)")
+            raise UserError(
+                f"{where}: unsupported diffusers model class '{cls}' (DiTTransformer2DModel or UNet2DModel)"
+            )
     elif path.suffix == ".safetensors" and _our_config(path) is not None:
         cfg = DiTConfig(**_our_config(path))
         model = _build(DiT(cfg), _load_state_dict(path), where)

@@ -59,7 +59,7 @@ def load_vae(path: str | Path | None) -> nn.Module:
         raise UserError("a latent VAE needs diffusers: pip install 'igds-fast[diffusers]'") from None
     try:
         vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError) as e:
         raise UserError(f"cannot load VAE from {path}: {str(e).splitlines()[0][:200]}") from None
     return LatentVAE(vae).eval()
 

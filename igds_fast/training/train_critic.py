@@ -60,7 +60,9 @@ def encode_space(images: torch.Tensor, vae: nn.Module, batch: int = 64) -> torch
         return torch.cat([vae.encode(x[k : k + batch]) for k in range(0, len(x), batch)])
 
 
-def load_split(root: str, wnids: list[str], resolution: int, vae: nn.Module, cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def load_split(
+    root: str, wnids: list[str], resolution: int, vae: nn.Module, cache: Path
+) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = load_imagefolder(root, wnids, resolution, cache_dir=cache)
     if isinstance(vae, PixelSpace):
         return to_model_range(images), labels
@@ -211,8 +213,13 @@ def train_critic(
         bar.set_postfix(ce=f"{ce.item():.3f}", nce=f"{nce.item():.3f}")
         if step % cfg.ckpt_every == 0 and step < cfg.steps:
             cfg_key = json.dumps(asdict(ccfg), sort_keys=True)
-            st = {"critic": critic.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                  "step": step, "config": cfg_key}
+            st = {
+                "critic": critic.state_dict(),
+                "opt": opt.state_dict(),
+                "sched": sched.state_dict(),
+                "step": step,
+                "config": cfg_key,
+            }
             torch.save(st, state_path.with_suffix(".tmp"))
             state_path.with_suffix(".tmp").replace(state_path)
     bar.close()
@@ -229,6 +236,8 @@ def train_critic(
         "params": sum(p.numel() for p in critic.parameters()),
     }
     path = save_critic(critic, out / "critic.safetensors", metrics)
-    (out / "critic.json").write_text(json.dumps({"config": asdict(ccfg), "train": asdict(cfg), "metrics": metrics}, indent=1))
+    (out / "critic.json").write_text(
+        json.dumps({"config": asdict(ccfg), "train": asdict(cfg), "metrics": metrics}, indent=1)
+    )
     state_path.unlink(missing_ok=True)
     return path

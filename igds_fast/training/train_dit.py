@@ -96,7 +96,7 @@ def train_dit(cfg: TrainDiTConfig, progress: bool = True) -> Path:
         step = int(state["step"])
     tab = {k: v.to(device) for k, v in Schedule.create(1000).tables().items()}
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # resumes get a fresh stream
-    log = open(out / "log.jsonl", "a")
+    log = open(out / "log.jsonl", "a")  # noqa: SIM115 - held for the whole loop, closed at the end
     bar = tqdm(total=cfg.steps, initial=step, desc="train-dit", unit="step", disable=not progress)
     t_start, seen = time.perf_counter(), 0
     model.train()
@@ -120,7 +120,7 @@ def train_dit(cfg: TrainDiTConfig, progress: bool = True) -> Path:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
+            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
                 pe.lerp_(pm, 1 - cfg.ema_decay)
         step += 1
         seen += cfg.batch_size
