@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 
 import typer
@@ -18,9 +17,26 @@ def parse_list(text: str, option: str) -> list[str]:
     return items
 
 
+def canonical_command(ctx: typer.Context) -> str:
+    """The command with every option spelled out (defaults too): it reruns this exact bench, however
+    it was invoked (shell, script, test runner)."""
+    words = ["igds-fast", ctx.info_name or "bench"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or param.param_type_name != "option":
+            continue
+        if getattr(param, "is_flag", False):
+            flag = param.opts[0] if value else (param.secondary_opts or [None])[0]
+            words += [flag] if flag else []
+        else:
+            words += [param.opts[0], str(value)]
+    return shlex.join(words)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def bench(
+        ctx: typer.Context,
         model: str = typer.Option("embedded", help="embedded, dit-s2, dit-b2 or dit-xl2 (DiTs have random weights)."),
         random_weights: bool = typer.Option(False, help="Embedded: use a random stand-in even when it is built."),
         resolution: int | None = typer.Option(None, help="Image size in px (DiTs: latent R/8; default 256)."),
@@ -70,7 +86,7 @@ def register(app: typer.Typer) -> None:
             peak_tflops=peak_tflops,
             threads=threads,
         )
-        command = "igds-fast " + shlex.join(sys.argv[1:])
+        command = canonical_command(ctx)
         run_bench(cfg, command=command, json_path=json_out, log=lambda m: typer.echo(m, err=True))
         if json_out is not None:
             typer.echo(f"wrote {json_out}")

@@ -119,9 +119,11 @@ def train_dit(cfg: TrainDiTConfig, progress: bool = True) -> Path:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        # Warm the EMA up: a fixed 0.999 would keep short runs anchored to the (zero-output) init.
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1 - cfg.ema_decay)
+                pe.lerp_(pm, 1 - decay)
         step += 1
         seen += cfg.batch_size
         bar.update(1)

@@ -1,0 +1,71 @@
+"""The embedded default model: it ships, loads, samples, matches its model card, and runs the
+main job with no model arguments."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import torch
+
+from igds_fast.guidance.step import GuidedStep, StepConfig
+from igds_fast.jobs.manifest import read_manifest
+from igds_fast.models.critics import load_critic
+from igds_fast.models.embedded import CRITIC_FILE, DENOISER_FILE, embedded_path
+from igds_fast.models.loading import load_denoiser
+from igds_fast.sampling import run_chain
+from igds_fast.seeds import SampleNoise, sample_seed
+from igds_fast.subsets import subset
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+DATA_DIR = Path(str(resources.files("igds_fast.data")))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_weights_are_small_and_hashes_match_the_model_card():
+    card = json.loads((DATA_DIR / "embedded.json").read_text())
+    text = (DATA_DIR / "MODEL_CARD.md").read_text()
+    total = 0
+    for key, name in (("denoiser", DENOISER_FILE), ("critic", CRITIC_FILE)):
+        path = embedded_path(name)
+        digest = sha256(path)
+        assert card[key]["sha256"] == digest, f"{name} changed without updating embedded.json"
+        assert digest in text, f"MODEL_CARD.md does not quote the sha256 of {name}"
+        total += path.stat().st_size
+    assert total <= 30 * 2**20
+
+
+def test_embedded_model_and_critics_load_and_sample_finite_images():
+    dit = load_denoiser(embedded_path(DENOISER_FILE))
+    critic = load_critic(embedded_path(CRITIC_FILE))
+    imagenette = [c.wnid for c in subset("imagenette")]
+    assert dit.config.wnids == imagenette and critic.config.wnids == imagenette
+    assert (dit.in_channels, dit.input_size, dit.learn_sigma) == (3, 32, True)
+    step = GuidedStep(dit, StepConfig(steps="5", guidance="igds", guidance_scale=1.0, beta=0.5), critic)
+    y = torch.tensor([0, 0, 7])
+    noise = SampleNoise([sample_seed(0, int(c), k) for k, c in enumerate(y)], (3, 32, 32))
+    res = run_chain(step, 5, y, noise)
+    assert res.x0.shape == (3, 3, 32, 32)
+    assert torch.isfinite(res.x0).all() and torch.isfinite(res.log_q).all() and torch.isfinite(res.h2).all()
+
+
+def test_distill_with_defaults_runs(tmp_path):
+    """The README's main job, at IPC 1: no model arguments at all."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-m", "igds_fast.cli", "distill", "--ipc", "1", "--out", str(tmp_path / "d")],
+                         capture_output=True, text=True, timeout=900, env=env)
+    assert res.returncode == 0, res.stderr[-800:]
+    rows = read_manifest(tmp_path / "d" / "manifest.parquet")
+    assert sorted(r["wnid"] for r in rows) == sorted(c.wnid for c in subset("imagenette"))
+    run = json.loads((tmp_path / "d" / "run.json").read_text())
+    assert run["complete"] and run["guidance"] == "igds" and run["ipc"] == 1
