@@ -271,9 +271,7 @@ def distill(
 def demo(
     out: Path = typer.Option(Path("distilled-demo"), help="Where the distilled set goes."),
     engines: Path = typer.Option(Path("engines/embedded-ort-demo"), help="Engine folder (exported once, reused)."),
-    val: Path | None = typer.Option(
-        None, help="Real Imagenette val folder (default: $IGDS_DATA/imagenette-64/val)."
-    ),
+    val: Path | None = typer.Option(None, help="Real Imagenette val folder (default: $IGDS_DATA/imagenette-64/val)."),
     epochs: int = typer.Option(30, help="Training epochs of the quick evaluation (the protocol uses 2000)."),
 ) -> None:
     """Export the embedded model (ONNX Runtime), distill Imagenette IPC 10, evaluate: the tour in minutes."""

@@ -58,18 +58,39 @@ def main() -> None:
     last = log[-1]
     cfg = dit.config
     card = {
-        "denoiser": {"file": dit_out.name, "sha256": sha256(dit_out), "bytes": dit_out.stat().st_size,
-                     "params": sum(p.numel() for p in dit.parameters() if p.requires_grad),
-                     "config": cfg.to_dict(), "train_steps": last["step"], "final_loss": last["loss"],
-                     "final_mse": last["mse"], "final_vb": last["vb"], "fp16_output_rel_err": parity},
-        "critic": {"file": crit_out.name, "sha256": sha256(crit_out), "bytes": crit_out.stat().st_size,
-                   "params": critic.metrics.get("params"), "metrics": critic.metrics},
+        "denoiser": {
+            "file": dit_out.name,
+            "sha256": sha256(dit_out),
+            "bytes": dit_out.stat().st_size,
+            "params": sum(p.numel() for p in dit.parameters() if p.requires_grad),
+            "config": cfg.to_dict(),
+            "train_steps": last["step"],
+            "final_loss": last["loss"],
+            "final_mse": last["mse"],
+            "final_vb": last["vb"],
+            "fp16_output_rel_err": parity,
+        },
+        "critic": {
+            "file": crit_out.name,
+            "sha256": sha256(crit_out),
+            "bytes": crit_out.stat().st_size,
+            "params": critic.metrics.get("params"),
+            "metrics": critic.metrics,
+        },
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
         "evidence": json.loads(args.evidence.read_text()) if args.evidence and args.evidence.exists() else None,
     }
     (DATA / "embedded.json").write_text(json.dumps(card, indent=1) + "\n")
-    print(json.dumps({k: {"sha256": v["sha256"], "bytes": v["bytes"]} for k, v in card.items()
-                      if isinstance(v, dict) and "sha256" in v}, indent=1))
+    print(
+        json.dumps(
+            {
+                k: {"sha256": v["sha256"], "bytes": v["bytes"]}
+                for k, v in card.items()
+                if isinstance(v, dict) and "sha256" in v
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

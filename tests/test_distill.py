@@ -314,3 +314,52 @@ def test_cli_errors_are_one_line_with_exit_2(models, tmp_path):
     assert res.stderr.strip().splitlines() == [
         "error: unknown subset 'nope': choose one of imagenette, imagewoof, imageidc, imagenet100, imagenet1k"
     ]
+
+
+@pytest.fixture(scope="module")
+def ort_engine(models, tmp_path_factory) -> Path:
+    """An ONNX Runtime engine of the same tiny models and step settings as ``request``."""
+    pytest.importorskip("onnxruntime")
+    from igds_fast.backends.build import ExportSpec, export_engine
+    from igds_fast.jobs.run import step_config
+
+    req = request(models, tmp_path_factory.mktemp("unused") / "o")
+    out = tmp_path_factory.mktemp("engines") / "tiny-ort"
+    spec = ExportSpec(
+        denoiser=models["dit"],
+        vae="none",
+        critics=models["critic"],
+        cfg=step_config(req),
+        batch_size=2,
+        memory_size=4,
+        precision="fp32",
+        backend="onnxruntime",
+        out=out,
+    )
+    return export_engine(spec)
+
+
+def test_distill_with_an_onnxruntime_engine_matches_eager(models, reference, ort_engine, tmp_path):
+    ref_out, _ = reference
+    out = tmp_path / "set"
+    summary = run_request(request(models, out, engines=ort_engine))
+    assert summary["complete"]
+    rows = {r["path"]: r for r in read_manifest(out / "manifest.parquet")}
+    ref_rows = {r["path"]: r for r in read_manifest(ref_out / "manifest.parquet")}
+    assert rows.keys() == ref_rows.keys()
+    assert {r["backend"] for r in rows.values()} == {"onnxruntime"}
+    # Same trajectories up to float round-off: the final bounds agree closely.
+    for path, r in rows.items():
+        assert abs(r["log_q"] - ref_rows[path]["log_q"]) < 1e-3 * max(1.0, abs(ref_rows[path]["log_q"]))
+
+
+def test_engine_built_for_other_critics_or_batch_is_refused(models, ort_engine, tmp_path):
+    with pytest.raises(UserError, match="critic"):
+        run_request(
+            request(
+                models, tmp_path / "a", engines=ort_engine, critics=models["critic_two"], classes=",".join(WNIDS[:2])
+            )
+        )
+    with pytest.raises(UserError, match="batch"):
+        run_request(request(models, tmp_path / "b", engines=ort_engine, batch_size=3))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -62,8 +62,13 @@ def test_embedded_model_and_critics_load_and_sample_finite_images():
 def test_distill_with_defaults_runs(tmp_path):
     """The README's main job, at IPC 1: no model arguments at all."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    res = subprocess.run([sys.executable, "-m", "igds_fast.cli", "distill", "--ipc", "1", "--out", str(tmp_path / "d")],
-                         capture_output=True, text=True, timeout=900, env=env)
+    res = subprocess.run(
+        [sys.executable, "-m", "igds_fast.cli", "distill", "--ipc", "1", "--out", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert res.returncode == 0, res.stderr[-800:]
     rows = read_manifest(tmp_path / "d" / "manifest.parquet")
     assert sorted(r["wnid"] for r in rows) == sorted(c.wnid for c in subset("imagenette"))

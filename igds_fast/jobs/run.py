@@ -85,20 +85,13 @@ def build_engine(req: DistillRequest, cfg: StepConfig, batch_size: int, memory_r
     den, vae, crit = model_paths(req)
     if req.engines is not None:
         from ..backends.build import expect_for
-        from ..backends.manifest import read_manifest
+        from ..backends.manifest import manifest_view, read_manifest
         from ..backends.registry import load_engine
 
-        manifest = read_manifest(req.engines)
-        expect = expect_for(
-            den,
-            vae,
-            crit,
-            cfg,
-            batch_size,
-            int(manifest.get("memory_size", 1)),
-            str(manifest.get("precision")),
-            str(manifest.get("backend")),
-        )
+        # Models, step config and batch must match; memory rows need only suffice (checked below),
+        # and precision/backend are the engine's own choice.
+        have = manifest_view(read_manifest(req.engines))
+        expect = expect_for(den, vae, crit, cfg, batch_size, have["memory_size"], have["precision"], have["backend"])
         engine = load_engine(req.engines, expect, device=req.device)
         if memory_rows > engine.memory_size:
             raise UserError(

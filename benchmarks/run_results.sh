@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# The pipeline behind docs/results.md (DESIGN §2 protocol, scaled down for a CPU).
+#
+# Imagenette (the 64 px copy in $IGDS_DATA/imagenette-64), the embedded 32 px pixel DiT and its
+# critics, IPC in $IPCS; per IPC three sets:
+#   random-real  igds-fast baseline random-real
+#   dit          igds-fast distill --guidance off
+#   igds         igds-fast distill --guidance igds
+# each trained on with ConvNet-3 at 32 px over $SEEDS seeds and tested on the real val split
+# (igds-fast evaluate), then one table + plot (igds-fast report) with the commands and the
+# scale-down written under it.
+#
+# Distilling is the slow part on a CPU: unless BACKEND=eager, each (method, IPC) first exports an
+# ONNX Runtime engine (igds-fast export) with the distill call's exact step settings, batch B and
+# the memory rows that IPC needs, and distill runs on it (--engines; distill refuses an engine
+# built for other models or settings).
+#
+# Everything goes under $WORK, so a rerun resumes: an existing engine is reused, distill and the
+# baseline finish an interrupted set and do nothing on a finished one, an evaluate whose results
+# file exists is skipped. Changing a setting needs a fresh $WORK (distill refuses to mix configs).
+#
+#   bash benchmarks/run_results.sh            # the real run (hours on 2 CPU cores)
+#
+# Environment (defaults in brackets); relative paths are relative to the repository root:
+#   IGDS_DATA [../shared/data]   WORK [runs/results]   DOCS_DIR [docs]
+#   IPCS ["1 10 50"]   METHODS ["random-real dit igds"]   SEEDS [3]   SEED [0] (picks / noise)
+#   EPOCHS_IPC1 [300]  EPOCHS_IPC10 [300]  EPOCHS_IPC50 [150]: evaluate epochs for IPC 1, 2..10,
+#     above 10 (the protocol's tiers; protocol 3000 / 2000 / 1500); EPOCHS, if set, for every IPC
+#   STEPS [50]   GUIDANCE_SCALE, BETA [CLI defaults: 1, 0.5 ln IPC]   BATCH [min(IPC, 25)]
+#   BACKEND [onnxruntime | eager]   DENOISER, CRITICS [embedded]   DEVICE [cpu]
+#   NET [convnet3]   RESOLUTION [32]   IGDS_ORT_THREADS (ONNX Runtime threads, 0 = all cores)
+set -euo pipefail
+export LC_ALL=C # decimal points in $EPOCHREALTIME and printf
+cd "$(dirname "$0")/.."
+
+if ! command -v igds-fast >/dev/null && [[ -f .venv/bin/activate ]]; then
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+fi
+command -v igds-fast >/dev/null || { echo "error: igds-fast is not on PATH (bash scripts/setup.sh)" >&2; exit 2; }
+
+IGDS_DATA=${IGDS_DATA:-../shared/data}
+DATA=$IGDS_DATA/imagenette-64
+WORK=${WORK:-runs/results}
+DOCS_DIR=${DOCS_DIR:-docs}
+IPCS=${IPCS:-1 10 50}
+METHODS=${METHODS:-random-real dit igds}
+SEEDS=${SEEDS:-3}
+SEED=${SEED:-0}
+EPOCHS_IPC1=${EPOCHS_IPC1:-300}
+EPOCHS_IPC10=${EPOCHS_IPC10:-300}
+EPOCHS_IPC50=${EPOCHS_IPC50:-150}
+EPOCHS=${EPOCHS:-}
+STEPS=${STEPS:-50}
+GUIDANCE_SCALE=${GUIDANCE_SCALE:-}
+BETA=${BETA:-}
+BATCH=${BATCH:-}
+BACKEND=${BACKEND:-onnxruntime}
+DENOISER=${DENOISER:-}
+CRITICS=${CRITICS:-}
+DEVICE=${DEVICE:-cpu}
+NET=${NET:-convnet3}
+RESOLUTION=${RESOLUTION:-32}
+
+die() { echo "error: $*" >&2; exit 2; }
+is_int() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
+[[ -d $DATA/train && -d $DATA/val ]] || die "no Imagenette at '$DATA' (train/ and val/); set IGDS_DATA"
+[[ $BACKEND == onnxruntime || $BACKEND == eager ]] || die "BACKEND must be onnxruntime or eager, got '$BACKEND'"
+for v in $IPCS $SEEDS $EPOCHS_IPC1 $EPOCHS_IPC10 $EPOCHS_IPC50 $EPOCHS $BATCH; do
+  is_int "$v" || die "'$v' is not a positive integer (IPCS, SEEDS, EPOCHS*, BATCH)"
+done
+for m in $METHODS; do
+  [[ $m == random-real || $m == dit || $m == igds ]] || die "unknown method '$m' in METHODS"
+done
+[[ -z $DENOISER || -e $DENOISER ]] || die "DENOISER '$DENOISER' does not exist"
+[[ -z $CRITICS || -e $CRITICS ]] || die "CRITICS '$CRITICS' does not exist"
+mkdir -p "$WORK/sets" "$WORK/engines" "$WORK/results" "$DOCS_DIR"
+
+# --- stages: every command is echoed, recorded for the docs, timed into $WORK/timings.json -------
+COMMANDS=()
+TIMINGS=()
+RUN_T0=$EPOCHREALTIME
+STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+
+write_timings() {
+  local total body
+  total=$(awk -v a="$RUN_T0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+  body=$(IFS=,; echo "${TIMINGS[*]}")
+  printf '{"started": "%s", "total_s": %s, "stages": [%s]}\n' "$STARTED" "$total" "$body" >"$WORK/timings.json.tmp"
+  mv "$WORK/timings.json.tmp" "$WORK/timings.json"
+}
+
+record() { # record STAGE METHOD IPC STATUS SECONDS
+  TIMINGS+=("$(printf '\n  {"stage": "%s", "method": "%s", "ipc": %s, "status": "%s", "seconds": %s}' "$@")")
+  printf '[time] %-9s %-12s IPC %-4s %8s s  (%s)\n' "$1" "$2" "$3" "$5" "$4"
+  write_timings
+}
+
+stage() { # stage STAGE METHOD IPC -- COMMAND...
+  local name=$1 method=$2 ipc=$3 t0 cmd
+  shift 4
+  cmd=$(printf '%q ' "$@")
+  COMMANDS+=("${cmd% }")
+  echo "+ ${cmd% }"
+  t0=$EPOCHREALTIME
+  "$@"
+  record "$name" "$method" "$ipc" ran "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')"
+}
+
+skip() { # skip STAGE METHOD IPC WHY -- COMMAND...  (recorded for the docs, not run)
+  local name=$1 method=$2 ipc=$3 why=$4 cmd
+  shift 5
+  cmd=$(printf '%q ' "$@")
+  COMMANDS+=("${cmd% }")
+  echo "= ${cmd% }   # skipped: $why"
+  record "$name" "$method" "$ipc" "skipped: $why" 0.0
+}
+
+epochs_for() { # the scaled-down evaluate epochs for an IPC
+  if [[ -n $EPOCHS ]]; then echo "$EPOCHS"
+  elif (($1 <= 1)); then echo "$EPOCHS_IPC1"
+  elif (($1 <= 10)); then echo "$EPOCHS_IPC10"
+  else echo "$EPOCHS_IPC50"; fi
+}
+
+# The beta distill uses when BETA is unset (0.5 ln IPC), from the library itself: the engine must be
+# exported with exactly this float or distill refuses it.
+default_beta() {
+  python -c 'import sys; from igds_fast.pipeline import resolve_beta; print(repr(resolve_beta(None, int(sys.argv[1]), "igds")))' "$1"
+}
+
+MODEL_ARGS=()
+[[ -n $DENOISER ]] && MODEL_ARGS+=(--denoiser "$DENOISER")
+CRITIC_ARGS=()
+[[ -n $CRITICS ]] && CRITIC_ARGS+=(--critics "$CRITICS")
+
+RESULTS=()
+for ipc in $IPCS; do
+  batch=${BATCH:-$((ipc < 25 ? ipc : 25))}
+  rows=$(((ipc - 1) / batch * batch)) # memory rows distill needs: features of all earlier chunks
+  memory=$((rows > 0 ? rows : 1))
+  for method in $METHODS; do
+    set_dir=$WORK/sets/$method-ipc$ipc
+    if [[ $method == random-real ]]; then
+      stage baseline "$method" "$ipc" -- igds-fast baseline random-real --data "$DATA/train" --subset imagenette \
+        --ipc "$ipc" --seed "$SEED" --out "$set_dir"
+    else
+      step_args=(--steps "$STEPS")
+      if [[ $method == igds ]]; then
+        step_args+=(--guidance igds)
+        [[ -n $GUIDANCE_SCALE ]] && step_args+=(--guidance-scale "$GUIDANCE_SCALE")
+        distill_args=("${MODEL_ARGS[@]}" "${CRITIC_ARGS[@]}" "${step_args[@]}")
+        [[ -n $BETA ]] && distill_args+=(--beta "$BETA")
+        export_args=("${distill_args[@]}" --beta "${BETA:-$(default_beta "$ipc")}")
+      else
+        step_args+=(--guidance off)
+        distill_args=("${MODEL_ARGS[@]}" "${step_args[@]}")
+        export_args=("${distill_args[@]}")
+      fi
+      engine_args=()
+      if [[ $BACKEND != eager ]]; then
+        engine=$WORK/engines/$method-ipc$ipc-b$batch-m$memory
+        export_cmd=(igds-fast export --backend "$BACKEND" --out "$engine" --batch-size "$batch"
+          --memory-size "$memory" "${export_args[@]}")
+        if [[ -f $engine/manifest.json ]]; then
+          skip export "$method" "$ipc" "engine exists" -- "${export_cmd[@]}"
+        else
+          stage export "$method" "$ipc" -- "${export_cmd[@]}"
+        fi
+        engine_args=(--engines "$engine")
+      fi
+      stage distill "$method" "$ipc" -- igds-fast distill --out "$set_dir" --subset imagenette --ipc "$ipc" \
+        --batch-size "$batch" --seed "$SEED" "${engine_args[@]}" "${distill_args[@]}" --device "$DEVICE"
+    fi
+    result=$WORK/results/$method-ipc$ipc-$NET-${RESOLUTION}px.json
+    eval_cmd=(igds-fast evaluate --train "$set_dir" --val "$DATA/val" --net "$NET" --resolution "$RESOLUTION"
+      --seeds "$SEEDS" --epochs "$(epochs_for "$ipc")" --device "$DEVICE" --out "$result")
+    if [[ -f $result ]]; then
+      skip evaluate "$method" "$ipc" "results exist" -- "${eval_cmd[@]}"
+    else
+      stage evaluate "$method" "$ipc" -- "${eval_cmd[@]}"
+    fi
+    RESULTS+=("$result")
+  done
+done
+
+report=$DOCS_DIR/results.md
+stage report all 0 -- igds-fast report "${RESULTS[@]}" --out "$report" --plot "$DOCS_DIR/accuracy_vs_ipc.png"
+
+# --- docs: the report's tables between a preamble (what was scaled down) and the exact commands ---
+scale_rows=$(python - "${RESULTS[@]}" <<'EOF'
+import json, sys
+seen = {}
+for path in sys.argv[1:]:
+    r = json.load(open(path))
+    seen.setdefault(r["ipc"], set()).add((r["epochs"], r["epochs_protocol"], len(r["accuracies"])))
+for ipc in sorted(seen):
+    for used, proto, seeds in sorted(seen[ipc]):
+        print(f"| {ipc} | {used} | {proto} | {seeds} |")
+EOF
+)
+model="the embedded default (32 px pixel-space DiT + critics, igds_fast/data/MODEL_CARD.md)"
+[[ -n $DENOISER ]] && model="denoiser \`$DENOISER\`${CRITICS:+, critics \`$CRITICS\`}"
+engine_note="ONNX Runtime engines exported once per (method, IPC)"
+[[ $BACKEND == eager ]] && engine_note="the eager backend"
+{
+  cat <<EOF
+# Evaluation results
+
+Made by \`benchmarks/run_results.sh\` (commands at the end; per-stage seconds in
+\`$WORK/timings.json\`). Imagenette, 10 classes; sets from $model, sampled with $STEPS respaced DDPM
+steps on $engine_note; distill seed $SEED. **Scaled down for a CPU** from the MinimaxDiffusion
+protocol (DESIGN §2, docs/evaluation.md): $NET at $RESOLUTION px instead of ConvNet-6 / ResNetAP-10 at
+224 px, $SEEDS seed(s), and fewer epochs (milestones at 2/3 and 5/6 of the epochs used):
+
+| IPC | epochs used | protocol epochs | seeds |
+|---|---|---|---|
+$scale_rows
+
+These numbers are not comparable with the papers' (published ImageWoof/ImageNette figures use
+224 px, a DiT-XL/2 and the full schedule); they compare the methods with each other under one setup.
+Accuracy is the final epoch's top-1 on all 3,925 real val images (no best-epoch selection).
+
+EOF
+  tail -n +2 "$report" # the report's tables (its own title line dropped)
+  cat <<EOF
+
+![accuracy vs IPC](accuracy_vs_ipc.png)
+
+## Commands
+
+Run from the repository root on $(uname -sm), $(nproc) CPU(s), $(igds-fast --version 2>/dev/null || echo igds-fast);
+started $STARTED. Skipped commands (engine or results already there) are listed too.
+
+\`\`\`bash
+EOF
+  printf '%s\n' "${COMMANDS[@]}"
+  echo '```'
+} >"$report.tmp"
+mv "$report.tmp" "$report"
+write_timings
+echo "wrote $report, $DOCS_DIR/accuracy_vs_ipc.png and $WORK/timings.json"
