@@ -139,35 +139,12 @@ def step_config(args: argparse.Namespace, guidance: str) -> StepConfig:
     )
 
 
-def record_last_step(step: GuidedStep) -> tuple[list[torch.Tensor], list[torch.Tensor], Any]:
-    """Collect (log q, H2) that the guided step returns at step index 0, batch by batch."""
-    log_q: list[torch.Tensor] = []
-    h2: list[torch.Tensor] = []
-
-    def hook(_module: nn.Module, inputs: tuple[Any, ...], outputs: tuple[torch.Tensor, ...]) -> None:
-        if int(inputs[1]) == 0:
-            log_q.append(outputs[2].cpu())
-            h2.append(outputs[3].cpu())
-
-    return log_q, h2, step.register_forward_hook(hook)
-
-
-def sampling_batch(batch_size: int, n_per_class: int) -> int:
-    """Whole classes per batch: ``sample_classes`` passes no feature memory, so the H2 term sees only
-    the class's samples in the same batch; a batch of whole classes lets it see the full set."""
-    return n_per_class * max(1, batch_size // n_per_class)
-
-
 def generate(pipe: Pipeline, labels: list[int], args: argparse.Namespace) -> SampleSet:
-    log_q, h2, handle = record_last_step(pipe.step)
-    batch = sampling_batch(args.batch_size, args.n_per_class)
-    try:
-        space, images = sample_classes(pipe, labels, args.n_per_class, args.seed, batch)
-    finally:
-        handle.remove()
+    """Per-class chunks with the entropy memory, as a distill run with this batch size does."""
+    space, images, log_q, h2 = sample_classes(pipe, labels, args.n_per_class, args.seed, args.batch_size)
     if pipe.step.critic is None:
         return SampleSet(images, space)
-    return SampleSet(images, space, torch.cat(log_q), torch.cat(h2))
+    return SampleSet(images, space, log_q, h2)
 
 
 @torch.no_grad()
@@ -431,7 +408,6 @@ def main(argv: list[str] | None = None) -> None:
             "data_val": str(args.data_val),
             "device": args.device,
             "batch_size": args.batch_size,
-            "sampling_batch": sampling_batch(args.batch_size, args.n_per_class),
         },
         "classes": classes,
         "labels": labels,

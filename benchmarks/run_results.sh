@@ -75,6 +75,9 @@ done
 [[ -z $DENOISER || -e $DENOISER ]] || die "DENOISER '$DENOISER' does not exist"
 [[ -z $CRITICS || -e $CRITICS ]] || die "CRITICS '$CRITICS' does not exist"
 mkdir -p "$WORK/sets" "$WORK/engines" "$WORK/results" "$DOCS_DIR"
+if [[ -f $WORK/timings.json ]]; then # keep an earlier run's timings (a resumed run times mostly no-ops)
+  mv "$WORK/timings.json" "$WORK/timings-$(date -u -r "$WORK/timings.json" +%Y%m%dT%H%M%SZ).json"
+fi
 
 # --- stages: every command is echoed, recorded for the docs, timed into $WORK/timings.json -------
 COMMANDS=()
@@ -128,6 +131,14 @@ epochs_for() { # the scaled-down evaluate epochs for an IPC
 default_beta() {
   python -c 'import sys; from igds_fast.pipeline import resolve_beta; print(repr(resolve_beta(None, int(sys.argv[1]), "igds")))' "$1"
 }
+
+# The settings of this run, as the one line that repeats it.
+SETTINGS=$(printf '%q ' IGDS_DATA="$IGDS_DATA" WORK="$WORK" DOCS_DIR="$DOCS_DIR" IPCS="$IPCS" METHODS="$METHODS" \
+  SEEDS="$SEEDS" SEED="$SEED" EPOCHS_IPC1="$EPOCHS_IPC1" EPOCHS_IPC10="$EPOCHS_IPC10" EPOCHS_IPC50="$EPOCHS_IPC50" \
+  ${EPOCHS:+EPOCHS="$EPOCHS"} STEPS="$STEPS" ${GUIDANCE_SCALE:+GUIDANCE_SCALE="$GUIDANCE_SCALE"} ${BETA:+BETA="$BETA"} \
+  ${BATCH:+BATCH="$BATCH"} BACKEND="$BACKEND" ${DENOISER:+DENOISER="$DENOISER"} ${CRITICS:+CRITICS="$CRITICS"} \
+  DEVICE="$DEVICE" NET="$NET" RESOLUTION="$RESOLUTION")
+SETTINGS=${SETTINGS% }
 
 MODEL_ARGS=()
 [[ -n $DENOISER ]] && MODEL_ARGS+=(--denoiser "$DENOISER")
@@ -220,7 +231,6 @@ $scale_rows
 These numbers are not comparable with the papers' (published ImageWoof/ImageNette figures use
 224 px, a DiT-XL/2 and the full schedule); they compare the methods with each other under one setup.
 Accuracy is the final epoch's top-1 on all 3,925 real val images (no best-epoch selection).
-
 EOF
   tail -n +2 "$report" # the report's tables (its own title line dropped)
   cat <<EOF
@@ -229,8 +239,14 @@ EOF
 
 ## Commands
 
-Run from the repository root on $(uname -sm), $(nproc) CPU(s), $(igds-fast --version 2>/dev/null || echo igds-fast);
-started $STARTED. Skipped commands (engine or results already there) are listed too.
+Run from the repository root on $(uname -sm), $(getconf _NPROCESSORS_ONLN) CPU(s), $(igds-fast --version 2>/dev/null || echo igds-fast),
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset}, IGDS_ORT_THREADS=${IGDS_ORT_THREADS:-unset}; started $STARTED. The whole run:
+
+\`\`\`bash
+$SETTINGS bash benchmarks/run_results.sh
+\`\`\`
+
+which ran these (commands skipped because their engine or results were already there included):
 
 \`\`\`bash
 EOF

@@ -121,7 +121,7 @@ def sample(
         if path is not None and not path.parent.exists():
             raise UserError(f"output folder '{path.parent}' does not exist")
     pipe = build_pipeline(den, vae, crit, cfg, device=device, dtype=dtype)
-    latents, images = sample_classes(pipe, labels, n_per_class, seed, batch_size, init_noise=noise)
+    latents, images, _, _ = sample_classes(pipe, labels, n_per_class, seed, batch_size, init_noise=noise)
     save_picture(grid(images, rows=len(labels)), out)
     typer.echo(f"wrote {out} ({len(images)} images, {len(labels)} classes)")
     if latents_out is not None:
@@ -242,9 +242,7 @@ def distill(
     vae: str | None = typer.Option(None, help="VAE folder for latent models, or 'none'."),
     critics: Path | None = typer.Option(None, help="Critics (default: the embedded ones with the embedded model)."),
     guidance: str = typer.Option("igds", help="igds (information guidance) or off (plain DiT sampling)."),
-    guidance_scale: float | None = typer.Option(
-        None, help="IGDS gradient scale s (default: the critics' recommendation or 1)."
-    ),
+    guidance_scale: float | None = typer.Option(None, help="IGDS gradient scale s [1]."),
     beta: float | None = typer.Option(None, help="Contextual-term weight; default beta(IPC) = 0.5 ln IPC."),
     steps: str = typer.Option("50", help="Respaced steps."),
     sampler: str = typer.Option("ddpm", help="ddpm or ddim."),

@@ -23,7 +23,8 @@ DEFAULTS: dict[str, Any] = {
     "cfg_channels": "3",
     "guidance": "igds",
     "guidance_scale": 1.0,
-    "beta": 0.0,
+    "beta": None,  # None: beta(IPC), the same default as distill
+    "ipc": 10,
     "window_lo": 0,
     "window_hi": 999,
     "precision": "fp32",
@@ -76,7 +77,8 @@ def export(
     cfg_channels: str | None = typer.Option(None, help="Channels CFG applies to: 3 or all [3]."),
     guidance: str | None = typer.Option(None, help="igds or off [igds]."),
     guidance_scale: float | None = typer.Option(None, help="IGDS gradient scale s [1]."),
-    beta: float | None = typer.Option(None, help="Weight of the H2 term (a constant of the engine) [0]."),
+    beta: float | None = typer.Option(None, help="Weight of the H2 term, a constant of the engine [beta(IPC)]."),
+    ipc: int | None = typer.Option(None, help="Images per class the engine is for, for the default beta [10]."),
     precision: str | None = typer.Option(None, help="fp32, fp16, bf16 (fp8: see docs/export.md) [fp32]."),
     backend: str | None = typer.Option(None, help="onnxruntime, tensorrt or compiled [onnxruntime]."),
     split: bool | None = typer.Option(None, "--split/--no-split", help="Also write denoiser/critic graphs."),
@@ -88,6 +90,7 @@ def export(
     from .cli import parse_cfg_channels
     from .guidance.step import StepConfig
     from .models.embedded import critics_or_default, denoiser_or_default
+    from .pipeline import resolve_beta
 
     flags = dict(locals())
     for k in ("out", "recipe", "verify", "overwrite"):
@@ -101,7 +104,7 @@ def export(
         cfg_channels=parse_cfg_channels(str(s["cfg_channels"])),
         guidance=s["guidance"],
         guidance_scale=float(s["guidance_scale"]),
-        beta=float(s["beta"]) if s["guidance"] == "igds" else 0.0,
+        beta=resolve_beta(None if s["beta"] is None else float(s["beta"]), int(s["ipc"]), s["guidance"]),
         window_lo=int(s["window_lo"]),
         window_hi=int(s["window_hi"]),
     )

@@ -1,74 +1,117 @@
-"""Read a torchvision-style ImageFolder (``root/<wnid>/*.jpg``) into uint8 tensors, with a cache.
+"""Read torchvision-style ImageFolders (``root/<wnid>/*.jpg``) into uint8 tensors, with a cache.
 
-Labels are positions in the WNID list the caller gives (never the folder sort order), so an
-ImageFolder and a paper's class list can never be silently misaligned.
+Labels are positions in a WNID list the caller gives, never each folder's own sort order, so an
+ImageFolder and a paper's class list can never be silently misaligned. No torchvision needed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from .errors import UserError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+WNID = re.compile(r"n\d{8}")
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 
 
-def list_images(root: Path, wnids: list[str]) -> list[tuple[Path, int]]:
+def scan_image_folder(root: Path, what: str) -> dict[str, list[Path]]:
+    """``root/<wnid>/<image>`` -> {wnid: sorted image files}.
+
+    Only folders named by a WNID are classes (a set's other folders, e.g. contact sheets, are not),
+    and hidden files (temporary names of interrupted writes) are skipped.
+    """
     if not root.is_dir():
-        raise UserError(f"image folder '{root}' does not exist")
-    items: list[tuple[Path, int]] = []
-    for label, wnid in enumerate(wnids):
-        folder = root / wnid
-        if not folder.is_dir():
-            raise UserError(f"'{root}' has no folder for class {wnid}")
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        raise UserError(f"{what} folder '{root}' does not exist")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and WNID.fullmatch(p.name))
+    if not folders:
+        raise UserError(f"{what} folder '{root}' has no class folders named by WNID: expected {root}/n01440764/...")
+    found = {}
+    for folder in folders:
+        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
         if not files:
-            raise UserError(f"class folder '{folder}' holds no images")
-        items += [(p, label) for p in files]
-    return items
+            raise UserError(f"class folder '{folder}' has no images")
+        found[folder.name] = files
+    return found
 
 
-def load_image(path: Path, resolution: int) -> np.ndarray:
-    """Center-crop to square, resize (bicubic), RGB uint8 HWC."""
+def match_classes(order: list[str] | None, train: set[str], val: set[str]) -> list[str]:
+    """The class order that labels index into: ``order`` if given, else the train WNIDs sorted.
+
+    Train must hold exactly these classes and val all of them. Val may hold more only when an order
+    is given, so a full ImageNet val folder can serve any subset.
+    """
+    classes = list(order) if order is not None else sorted(train)
+    wanted = set(classes)
+    if order is None:
+        checks = [("only in train", train - val), ("only in val", val - train)]
+    else:
+        checks = [
+            ("missing from train", wanted - train),
+            ("train has classes outside the class list", train - wanted),
+            ("missing from val", wanted - val),
+        ]
+    problems = [f"{label}: {', '.join(sorted(names))}" for label, names in checks if names]
+    if problems:
+        raise UserError(f"train and val class sets differ: {'; '.join(problems)}")
+    return classes
+
+
+def read_image(path: Path, resolution: int | None = None) -> np.ndarray:
+    """RGB uint8 HWC; with ``resolution``, resized (bicubic, shorter side) and center-cropped to a square."""
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
-            w, h = im.size
-            s = min(w, h)
-            im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-            if s != resolution:
-                im = im.resize((resolution, resolution), Image.BICUBIC)
+            if resolution is not None and im.size != (resolution, resolution):
+                im = ImageOps.fit(im, (resolution, resolution), Image.Resampling.BICUBIC)
             return np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        # PIL reports broken files as OSError, or SyntaxError/ValueError for some malformed headers
         raise UserError(f"cannot read image '{path}': {e}") from None
+
+
+def load_split(
+    files: dict[str, list[Path]], classes: list[str], resolution: int, workers: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 images (N, 3, R, R), int64 labels (N,)), label = position of the WNID in ``classes``."""
+    paths = [p for wnid in classes for p in files[wnid]]
+    labels = [label for label, wnid in enumerate(classes) for _ in files[wnid]]
+    # PIL decodes without the GIL, so threads overlap the decoding
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        arrays = list(pool.map(lambda p: read_image(p, resolution), paths))
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return images, torch.tensor(labels, dtype=torch.int64)
 
 
 def load_imagefolder(
     root: str | Path, wnids: list[str], resolution: int, cache_dir: str | Path | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images uint8 (N, 3, R, R), labels int64 (N,)); cached as .npz keyed by the file list."""
+    """(images uint8 (N, 3, R, R), labels int64 (N,)) of the given classes; cached as .npz keyed
+    by the file list."""
     root = Path(root)
-    items = list_images(root, wnids)
-    key = hashlib.sha256(
-        "\n".join([str(resolution), *wnids, *(f"{p}:{p.stat().st_size}" for p, _ in items)]).encode()
-    ).hexdigest()[:16]
+    files = scan_image_folder(root, "image")
+    missing = [w for w in wnids if w not in files]
+    if missing:
+        raise UserError(f"'{root}' has no folder for class {missing[0]}")
+    listing = [f"{p}:{p.stat().st_size}" for w in wnids for p in files[w]]
+    key = hashlib.sha256("\n".join([str(resolution), *wnids, *listing]).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"images_{resolution}px_{key}.npz" if cache_dir is not None else None
     if cache is not None and cache.exists():
         with np.load(cache) as z:
             return torch.from_numpy(z["images"]), torch.from_numpy(z["labels"])
-    images = np.stack([load_image(p, resolution) for p, _ in items]).transpose(0, 3, 1, 2)
-    labels = np.array([lab for _, lab in items], dtype=np.int64)
+    images, labels = load_split(files, wnids, resolution)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(cache.name + ".tmp.npz")
-        np.savez(tmp, images=images, labels=labels)
+        np.savez(tmp, images=images.numpy(), labels=labels.numpy())
         tmp.replace(cache)
-    return torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels)
+    return images, labels
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:

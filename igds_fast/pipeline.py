@@ -15,8 +15,7 @@ from .guidance.step import GuidedStep, StepConfig
 from .models.critics import load_critic
 from .models.loading import load_denoiser
 from .models.vae import PixelSpace, load_vae
-from .sampling import run_chain
-from .seeds import SampleNoise, sample_seed
+from .sampling import run_chunk
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_BETA0 = 0.5
@@ -90,28 +89,44 @@ def sample_classes(
     batch_size: int,
     init_noise: np.ndarray | None = None,
     progress: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Samples in class-major order: (final latents (N, C, H, W), images in [-1, 1])."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Samples in class-major order: (final latents (N, C, H, W), images in [-1, 1], log q, H2).
+
+    Batches never mix classes and later chunks of a class see the earlier ones' features (the
+    entropy term's memory), exactly as in a distill run with the same batch size.
+    """
     from tqdm import tqdm
+
+    from .backends.eager import EagerEngine
+    from .jobs.units import class_units
 
     if n_per_class <= 0:
         raise UserError(f"--n-per-class must be >= 1, got {n_per_class}")
     if batch_size <= 0:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     pipe.step.check_labels(labels)
-    items = [(c, k) for c in labels for k in range(n_per_class)]
-    if init_noise is not None and init_noise.shape != (len(items), *pipe.shape):
-        raise UserError(f"--init-noise has shape {init_noise.shape}, expected {(len(items), *pipe.shape)}")
+    total = len(labels) * n_per_class
+    if init_noise is not None and init_noise.shape != (total, *pipe.shape):
+        raise UserError(f"--init-noise has shape {init_noise.shape}, expected {(total, *pipe.shape)}")
+    engine = EagerEngine(pipe.step, pipe.vae)
+    engine.device = pipe.device
     n_steps = len(pipe.step.schedule)
-    bar = tqdm(total=len(items) * n_steps, desc="sampling", unit="step", disable=not progress, leave=False)
-    latents, images = [], []
-    for start in range(0, len(items), batch_size):
-        batch = items[start : start + batch_size]
-        noise = SampleNoise([sample_seed(seed, c, k) for c, k in batch], pipe.shape, pipe.device)
-        x_init = None if init_noise is None else torch.from_numpy(init_noise[start : start + len(batch)]).float()
-        y = torch.tensor([c for c, _ in batch])
-        res = run_chain(pipe.step, n_steps, y, noise, x_init=x_init, on_step=lambda _i, _x, n=len(batch): bar.update(n))
-        latents.append(res.x0.cpu())
-        images.append(pipe.decode(res.x0).cpu())
+    bar = tqdm(total=total * n_steps, desc="sampling", unit="step", disable=not progress, leave=False)
+    latents, images, log_q, h2 = [], [], [], []
+    for k, label in enumerate(labels):
+        memory: list[np.ndarray] = []
+        for unit in class_units(str(label), label, n_per_class, batch_size):
+            x_init = None
+            if init_noise is not None:
+                first = k * n_per_class + unit.start
+                x_init = torch.from_numpy(init_noise[first : first + unit.count]).float()
+            x, feats, lq, h = run_chunk(
+                engine, seed, unit, memory, x_init=x_init, on_step=lambda _i, _x, n=unit.count: bar.update(n)
+            )
+            memory.append(feats)
+            latents.append(x.cpu())
+            images.append(pipe.decode(x).cpu())
+            log_q.append(torch.from_numpy(lq))
+            h2.append(torch.from_numpy(h))
     bar.close()
-    return torch.cat(latents), torch.cat(images)
+    return torch.cat(latents), torch.cat(images), torch.cat(log_q), torch.cat(h2)

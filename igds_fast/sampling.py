@@ -1,15 +1,21 @@
-"""Run a guided step over a whole schedule for one batch (the loop every command shares)."""
+"""Run a guided step over a whole schedule: one batch (``run_chain``) or one chunk of a class with
+the memory of its earlier chunks (``run_chunk``). Every command samples through these two."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
-from .seeds import SampleNoise
+from .errors import UserError
+from .jobs.units import WorkUnit
+from .seeds import SampleNoise, sample_seed
 
 # (x, i, y, noise, memory, memory_mask) -> (x_prev, feats, log_q, h2); a GuidedStep or an engine.
+# StepEngine (backends.base) is the object form; only .step/.batch_size/.memory_size/... are used.
 StepFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
@@ -51,3 +57,69 @@ def run_chain(
         if on_step is not None:
             on_step(i, x)
     return ChainResult(x0=x, feats=feats, log_q=log_q, h2=h2)
+
+
+def memory_inputs(
+    memory: list[np.ndarray], step_index: int, batch: int, rows: int, feat_dim: int, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Memory (M, D) and mask (B, M) at one step: earlier chunks' features, zero-padded to M rows."""
+    have = np.concatenate([m[step_index] for m in memory], axis=0) if memory else np.zeros((0, feat_dim), np.float32)
+    if len(have) > rows:
+        raise UserError(
+            f"the class needs {len(have)} memory rows, the engine takes {rows}; re-export with a larger --memory-size"
+        )
+    mem = np.zeros((rows, feat_dim), np.float32)
+    mem[: len(have)] = have
+    mask = np.zeros((batch, rows), np.float32)
+    mask[:, : len(have)] = 1.0
+    return torch.from_numpy(mem).to(device), torch.from_numpy(mask).to(device)
+
+
+def run_chunk(
+    engine: Any,
+    seed: int,
+    unit: WorkUnit,
+    memory: list[np.ndarray],
+    x_init: torch.Tensor | None = None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+    """Denoise one chunk of a class: (x0, features (N, n, D) at every step, log q, H2).
+
+    ``memory`` holds the features of the class's earlier chunks; pads to the engine's static
+    batch; refuses non-finite samples."""
+    device = getattr(engine, "device", "cpu")
+    batch = engine.batch_size or unit.count
+    if unit.count > batch:
+        raise UserError(f"--batch-size {unit.count} exceeds the engine's static batch {batch}")
+    seeds = [sample_seed(seed, unit.label, i) for i in unit.indices]
+    # Padding rows get their own (unused) streams so real rows never depend on the padding.
+    seeds += [sample_seed(seed, -1 - unit.label, i) for i in range(batch - unit.count)]
+    noise = SampleNoise(seeds, engine.shape, device)
+    y = torch.full((batch,), unit.label, dtype=torch.int32)
+    n_mem = sum(m.shape[1] for m in memory)
+    rows = max(engine.memory_size, 1) if engine.batch_size is not None else max(n_mem, 1)
+    # Padding rows must not enter the entropy term of the real rows: they get another label.
+    pad_label = unit.label + 1 if unit.label + 1 < 2**31 else unit.label - 1
+    y[unit.count :] = pad_label
+
+    def mem_fn(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        mem, mask = memory_inputs(memory, i, batch, rows, engine.feat_dim, device)
+        mask[unit.count :] = 0
+        return mem, mask
+
+    def check(i: int, x: torch.Tensor) -> None:
+        if not torch.isfinite(x[: unit.count]).all():
+            raise UserError(
+                f"non-finite values at step {i} for class {unit.wnid}, "
+                f"samples {unit.start}..{unit.start + unit.count - 1}; "
+                "nothing was written for them (lower --guidance-scale or check the model)"
+            )
+        if on_step is not None:
+            on_step(i, x)
+
+    if x_init is not None:
+        x_init = torch.cat([x_init, torch.zeros(batch - unit.count, *engine.shape)]) if batch > unit.count else x_init
+    res = run_chain(engine.step, engine.num_steps, y, noise, x_init=x_init, memory=mem_fn, on_step=check)
+    feats = np.stack([f[: unit.count].float().cpu().numpy() for f in res.feats])
+    x = res.x0[: unit.count]
+    return x, feats, res.log_q[: unit.count].float().cpu().numpy(), res.h2[: unit.count].float().cpu().numpy()

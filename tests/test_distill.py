@@ -73,35 +73,19 @@ def models(tmp_path_factory) -> dict[str, Path]:
 def request(models: dict[str, Path], out: Path, **kw) -> DistillRequest:
     base = dict(
         out=out,
-        subset=None,
         classes=TWO,
-        classes_file=None,
         ipc=5,
         batch_size=2,
         seed=3,
-        engines=None,
-        backend="eager",
         denoiser=models["dit"],
         vae="none",
         critics=models["critic"],
-        guidance="igds",
         guidance_scale=2.0,
         beta=1.0,
         steps="4",
-        sampler="ddpm",
         cfg_scale=2.0,
-        cfg_channels="3",
-        image_format="png",
-        resolution=None,
-        shard=None,
-        ray=None,
-        overwrite=False,
-        device="cpu",
-        dtype="fp32",
-        log_json=False,
     )
-    base.update(kw)
-    return DistillRequest(**base)
+    return DistillRequest(**(base | kw))
 
 
 def snapshot(out: Path) -> dict[str, str]:

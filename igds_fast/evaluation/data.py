@@ -1,6 +1,5 @@
-"""ImageFolder reading without torchvision (PIL + numpy), and the training augmentation as batched torch ops.
+"""The training augmentation as batched torch ops (ImageFolder reading lives in igds_fast.imagefolder).
 
-Labels are positions in a WNID list shared by train and val, never each folder's own sort order.
 The augmentation runs on whole batches on the training device, with every random draw from one
 CPU ``torch.Generator`` so that a seed fixes a run whatever the device.
 """
@@ -8,89 +7,14 @@ CPU ``torch.Generator`` so that a seed fixes a run whatever the device.
 from __future__ import annotations
 
 import math
-import re
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
 
-from ..errors import UserError
+from ..imagefolder import load_split, match_classes, read_image, scan_image_folder
 
-WNID = re.compile(r"n\d{8}")
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def scan_image_folder(root: Path, what: str) -> dict[str, list[Path]]:
-    """``root/<wnid>/<image>`` -> {wnid: sorted image files}.
-
-    Only folders named by a WNID are classes (a set's other folders, e.g. contact sheets, are not),
-    and hidden files (temporary names of interrupted writes) are skipped.
-    """
-    if not root.is_dir():
-        raise UserError(f"{what} folder '{root}' does not exist")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and WNID.fullmatch(p.name))
-    if not folders:
-        raise UserError(f"{what} folder '{root}' has no class folders named by WNID: expected {root}/n01440764/...")
-    found = {}
-    for folder in folders:
-        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
-        if not files:
-            raise UserError(f"class folder '{folder}' has no images")
-        found[folder.name] = files
-    return found
-
-
-def match_classes(order: list[str] | None, train: set[str], val: set[str]) -> list[str]:
-    """The class order that labels index into: ``order`` if given, else the train WNIDs sorted.
-
-    Train must hold exactly these classes and val all of them. Val may hold more only when an order
-    is given, so a full ImageNet val folder can serve any subset.
-    """
-    classes = list(order) if order is not None else sorted(train)
-    wanted = set(classes)
-    if order is None:
-        checks = [("only in train", train - val), ("only in val", val - train)]
-    else:
-        checks = [
-            ("missing from train", wanted - train),
-            ("train has classes outside the class list", train - wanted),
-            ("missing from val", wanted - val),
-        ]
-    problems = [f"{label}: {', '.join(sorted(names))}" for label, names in checks if names]
-    if problems:
-        raise UserError(f"train and val class sets differ: {'; '.join(problems)}")
-    return classes
-
-
-def read_image(path: Path, resolution: int | None = None) -> np.ndarray:
-    """RGB uint8 HWC; with ``resolution``, resized (bicubic, shorter side) and center-cropped to a square."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if resolution is not None and im.size != (resolution, resolution):
-                im = ImageOps.fit(im, (resolution, resolution), Image.Resampling.BICUBIC)
-            return np.asarray(im, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        # PIL reports broken files as OSError, or SyntaxError/ValueError for some malformed headers
-        raise UserError(f"cannot read image '{path}': {e}") from None
-
-
-def load_split(
-    files: dict[str, list[Path]], classes: list[str], resolution: int, workers: int = 4
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(uint8 images (N, 3, R, R), int64 labels (N,)), label = position of the WNID in ``classes``."""
-    paths = [p for wnid in classes for p in files[wnid]]
-    labels = [label for label, wnid in enumerate(classes) for _ in files[wnid]]
-    # PIL decodes without the GIL, so threads overlap the decoding
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        arrays = list(pool.map(lambda p: read_image(p, resolution), paths))
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return images, torch.tensor(labels, dtype=torch.int64)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -145,3 +69,14 @@ def cutmix(images: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, to
     mixed[:, :, y0:y1, x0:x1] = images[perm.to(images.device), :, y0:y1, x0:x1]
     kept = 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
     return mixed, perm, kept
+
+
+__all__ = [
+    "cutmix",
+    "load_split",
+    "match_classes",
+    "normalize",
+    "random_resized_crop_flip",
+    "read_image",
+    "scan_image_folder",
+]

@@ -27,35 +27,7 @@ def default_val_dir() -> Path | None:
 
 
 def demo_request(out: Path, engines: Path | None) -> DistillRequest:
-    return DistillRequest(
-        out=out,
-        subset="imagenette",
-        classes=None,
-        classes_file=None,
-        ipc=DEMO_IPC,
-        batch_size=DEMO_IPC,
-        seed=0,
-        engines=engines,
-        backend="eager",
-        denoiser=None,
-        vae=None,
-        critics=None,
-        guidance="igds",
-        guidance_scale=None,
-        beta=None,
-        steps="50",
-        sampler="ddpm",
-        cfg_scale=4.0,
-        cfg_channels="3",
-        image_format="png",
-        resolution=None,
-        shard=None,
-        ray=None,
-        overwrite=False,
-        device="cpu",
-        dtype="fp32",
-        log_json=False,
-    )
+    return DistillRequest(out=out, subset="imagenette", ipc=DEMO_IPC, batch_size=DEMO_IPC, engines=engines)
 
 
 def ensure_engine(engine_dir: Path, req: DistillRequest) -> Path:

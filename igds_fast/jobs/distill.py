@@ -29,8 +29,8 @@ from ..backends.base import StepEngine
 from ..errors import UserError
 from ..imageio import encode_image, grid, save_picture, write_atomic
 from ..models.vae import to_uint8
-from ..sampling import run_chain
-from ..seeds import SampleNoise, sample_seed
+from ..sampling import run_chunk
+from ..seeds import sample_seed
 from ..subsets import class_info
 from .manifest import write_manifest
 from .units import WorkUnit, class_units, shard_classes
@@ -234,7 +234,7 @@ def distill_class(
             memory.append(_load_feats(out, unit))
             continue
         t0 = time.perf_counter()
-        x, feats, log_q, h2 = run_unit(engine, cfg, unit, memory)
+        x, feats, log_q, h2 = run_chunk(engine, cfg.seed, unit, memory)
         images = to_uint8(engine.decode(x)).cpu().numpy()
         writer.submit(unit, images, feats, log_q, h2, time.perf_counter() - t0)
         memory.append(feats)
@@ -242,60 +242,6 @@ def distill_class(
         if on_images is not None:
             on_images(unit.count)
     return made
-
-
-def memory_inputs(
-    memory: list[np.ndarray], step_index: int, batch: int, rows: int, feat_dim: int, device: torch.device | str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Memory (M, D) and mask (B, M) at one step: earlier chunks' features, zero-padded to M rows."""
-    have = np.concatenate([m[step_index] for m in memory], axis=0) if memory else np.zeros((0, feat_dim), np.float32)
-    if len(have) > rows:
-        raise UserError(
-            f"the class needs {len(have)} memory rows, the engine takes {rows}; re-export with a larger --memory-size"
-        )
-    mem = np.zeros((rows, feat_dim), np.float32)
-    mem[: len(have)] = have
-    mask = np.zeros((batch, rows), np.float32)
-    mask[:, : len(have)] = 1.0
-    return torch.from_numpy(mem).to(device), torch.from_numpy(mask).to(device)
-
-
-def run_unit(
-    engine: StepEngine, cfg: DistillConfig, unit: WorkUnit, memory: list[np.ndarray]
-) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
-    """Denoise one chunk; pads to the engine's static batch. Refuses non-finite samples."""
-    device = getattr(engine, "device", "cpu")
-    batch = engine.batch_size or unit.count
-    if unit.count > batch:
-        raise UserError(f"--batch-size {cfg.batch_size} exceeds the engine's static batch {batch}")
-    seeds = [sample_seed(cfg.seed, unit.label, i) for i in unit.indices]
-    # Padding rows get their own (unused) streams so real rows never depend on the padding.
-    seeds += [sample_seed(cfg.seed, -1 - unit.label, i) for i in range(batch - unit.count)]
-    noise = SampleNoise(seeds, engine.shape, device)
-    y = torch.full((batch,), unit.label, dtype=torch.int32)
-    n_mem = sum(m.shape[1] for m in memory)
-    rows = max(engine.memory_size, 1) if engine.batch_size is not None else max(n_mem, 1)
-    # Padding rows must not enter the entropy term of the real rows: they get another label.
-    pad_label = unit.label + 1 if unit.label + 1 < 2**31 else unit.label - 1
-    y[unit.count :] = pad_label
-
-    def mem_fn(i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        mem, mask = memory_inputs(memory, i, batch, rows, engine.feat_dim, device)
-        mask[unit.count :] = 0
-        return mem, mask
-
-    def check(i: int, x: torch.Tensor) -> None:
-        if not torch.isfinite(x[: unit.count]).all():
-            raise UserError(
-                f"non-finite values at step {i} for class {unit.wnid}, "
-                f"samples {unit.start}..{unit.start + unit.count - 1}; "
-                "that unit was not written (lower --guidance-scale or check the model)"
-            )
-
-    res = run_chain(engine.step, engine.num_steps, y, noise, memory=mem_fn, on_step=check)
-    feats = np.stack([f[: unit.count].float().cpu().numpy() for f in res.feats])
-    x = res.x0[: unit.count]
-    return x, feats, res.log_q[: unit.count].float().cpu().numpy(), res.h2[: unit.count].float().cpu().numpy()
 
 
 def all_units(cfg: DistillConfig) -> list[WorkUnit]:

@@ -22,33 +22,35 @@ DEFAULT_GUIDANCE_SCALE = 1.0
 
 @dataclass
 class DistillRequest:
-    out: Path
-    subset: str | None
-    classes: str | None
-    classes_file: Path | None
-    ipc: int
-    batch_size: int | None
-    seed: int
-    engines: Path | None
-    backend: str
-    denoiser: Path | None
-    vae: str | None
-    critics: Path | None
-    guidance: str
-    guidance_scale: float | None
-    beta: float | None
-    steps: str
-    sampler: str
-    cfg_scale: float
-    cfg_channels: str
-    image_format: str
-    resolution: int | None
-    shard: str | None
-    ray: str | None
-    overwrite: bool
-    device: str
-    dtype: str
-    log_json: bool
+    """Everything ``igds-fast distill`` takes; the defaults are the CLI's."""
+
+    out: Path = Path("distilled")
+    subset: str | None = None
+    classes: str | None = None
+    classes_file: Path | None = None
+    ipc: int = 10
+    batch_size: int | None = None
+    seed: int = 0
+    engines: Path | None = None
+    backend: str = "eager"
+    denoiser: Path | None = None
+    vae: str | None = None
+    critics: Path | None = None
+    guidance: str = "igds"
+    guidance_scale: float | None = None
+    beta: float | None = None
+    steps: str = "50"
+    sampler: str = "ddpm"
+    cfg_scale: float = 4.0
+    cfg_channels: str = "3"
+    image_format: str = "png"
+    resolution: int | None = None
+    shard: str | None = None
+    ray: str | None = None
+    overwrite: bool = False
+    device: str = "cpu"
+    dtype: str = "fp32"
+    log_json: bool = False
 
 
 def step_config(req: DistillRequest) -> StepConfig:

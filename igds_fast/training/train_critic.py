@@ -74,6 +74,14 @@ def load_split(
     return z, labels
 
 
+def lr_factor(step: int, total: int) -> float:
+    """Linear warm-up over the first 5% of the steps, then cosine decay to 0 (any total >= 1)."""
+    warm = max(1, total // 20)
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
 def balanced_subsample(x: torch.Tensor, y: torch.Tensor, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """At most n images, the same number from each class (the first ones: deterministic)."""
     per = max(1, n // k)
@@ -174,7 +182,11 @@ def train_critic(
     tab = Schedule.create(1000).tables()
     untrained = evaluate_critic(critic.eval(), xv, yv, tab)
     opt = torch.optim.AdamW(critic.parameters(), lr=cfg.lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
+    warm = max(1, cfg.steps // 20)  # linear warm-up over 5% of the steps, then cosine decay to 0
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda k: (k + 1) / warm if k < warm else 0.5 * (1 + math.cos(math.pi * (k - warm) / max(1, cfg.steps - warm))),
+    )
     step, state_path = 0, out / "train_state.pt"
     if state_path.exists():
         st = torch.load(state_path, map_location=dev, weights_only=True)
