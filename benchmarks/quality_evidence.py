@@ -66,8 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--denoiser", type=Path, default=None, help="denoiser file (default: the embedded model)")
     p.add_argument("--critics", type=Path, default=None, help="critics file (default: the embedded critics)")
-    p.add_argument("--data-train", type=Path, default=Path("/work/shared/data/imagenette-64/train"))
-    p.add_argument("--data-val", type=Path, default=Path("/work/shared/data/imagenette-64/val"))
+    data = Path(os.environ.get("IGDS_DATA", "../shared/data")) / "imagenette-64"
+    p.add_argument("--data-train", type=Path, default=data / "train")
+    p.add_argument("--data-val", type=Path, default=data / "val")
     p.add_argument("--subset", default="imagenette", help="classes when the denoiser does not name its own")
     p.add_argument("--n-per-class", type=int, default=20)
     p.add_argument("--steps", default="50", help="respaced sampling steps")

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from igds_fast.models.dit import DiT, DiTConfig, sincos_pos_embed_2d
+
+# The shared real data (Imagenette at 64 px); CI sets IGDS_DATA, the default is ../shared/data.
+DATA_ROOT = Path(os.environ.get("IGDS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def randomize_(module: nn.Module, seed: int, scale: float = 1.0) -> nn.Module:

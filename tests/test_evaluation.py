@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import sys
@@ -29,7 +28,9 @@ from igds_fast.evaluation.train import epochs_for_ipc, train_net
 from igds_fast.jobs.manifest import MANIFEST_SCHEMA, read_manifest, write_manifest
 from igds_fast.subsets import class_info
 
-DATA = Path(os.environ.get("IGDS_DATA", "/work/shared/data")) / "imagenette-64"
+from .conftest import DATA_ROOT
+
+DATA = DATA_ROOT / "imagenette-64"
 WNIDS = ["n03888257", "n01440764"]  # deliberately not in sorted order
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "evaluation.md"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"test data not found at {DATA}")

@@ -4,8 +4,6 @@ the bounds the right way with a critic trained on real Imagenette."""
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,11 +25,11 @@ from igds_fast.seeds import SampleNoise, sample_seed
 from igds_fast.subsets import subset
 from igds_fast.training.train_critic import TrainCriticConfig, train_critic
 
-from .conftest import randomize_
+from .conftest import DATA_ROOT, randomize_
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-DATA = Path(os.environ.get("IGDS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "imagenette-64"
+DATA = DATA_ROOT / "imagenette-64"
 WNIDS = [c.wnid for c in subset("imagenette")]
 
 
