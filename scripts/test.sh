@@ -2,9 +2,9 @@
 # The README's test command: set up, lint, run the test suite (exit 5 = no tests counts as failure).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh dev
 . .venv/bin/activate
-ruff check igds_fast tests benchmarks
+ruff check igds_fast tests benchmarks scripts
 set +e
 python -m pytest tests "$@"
 rc=$?
