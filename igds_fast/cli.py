@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from . import __version__
+from .defaults import GUIDANCE_SCALE
 from .errors import UserError
 
 app = typer.Typer(
@@ -78,7 +79,7 @@ def sample(
     cfg_scale: float = typer.Option(4.0, help="Classifier-free guidance scale (1 = off)."),
     cfg_channels: str = typer.Option("3", help="Channels CFG applies to: 3 (DiT/Minimax) or all (diffusers)."),
     guidance: str = typer.Option("off", help="igds (our information guidance) or off."),
-    guidance_scale: float = typer.Option(1.0, help="IGDS gradient scale s."),
+    guidance_scale: float = typer.Option(GUIDANCE_SCALE, help="IGDS gradient scale s."),
     beta: float | None = typer.Option(None, help="Weight of the contextual (H2) term; default beta(IPC)."),
     ipc: int | None = typer.Option(None, help="Images per class, for the default beta(IPC)."),
     seed: int = typer.Option(0, help="Global seed; each sample's noise derives from (seed, class, index)."),
@@ -242,7 +243,7 @@ def distill(
     vae: str | None = typer.Option(None, help="VAE folder for latent models, or 'none'."),
     critics: Path | None = typer.Option(None, help="Critics (default: the embedded ones with the embedded model)."),
     guidance: str = typer.Option("igds", help="igds (information guidance) or off (plain DiT sampling)."),
-    guidance_scale: float | None = typer.Option(None, help="IGDS gradient scale s [1]."),
+    guidance_scale: float | None = typer.Option(None, help="IGDS gradient scale s [4]."),
     beta: float | None = typer.Option(None, help="Contextual-term weight; default beta(IPC) = 0.5 ln IPC."),
     steps: str = typer.Option("50", help="Respaced steps."),
     sampler: str = typer.Option("ddpm", help="ddpm or ddim."),

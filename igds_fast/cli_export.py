@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from .defaults import GUIDANCE_SCALE
 from .errors import UserError
 
 # Recipe keys (TOML, same names as the flags with '_' for '-') and their defaults.
@@ -22,7 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "cfg_scale": 4.0,
     "cfg_channels": "3",
     "guidance": "igds",
-    "guidance_scale": 1.0,
+    "guidance_scale": GUIDANCE_SCALE,
     "beta": None,  # None: beta(IPC), the same default as distill
     "ipc": 10,
     "window_lo": 0,
@@ -76,7 +77,7 @@ def export(
     cfg_scale: float | None = typer.Option(None, help="Classifier-free guidance scale [4]."),
     cfg_channels: str | None = typer.Option(None, help="Channels CFG applies to: 3 or all [3]."),
     guidance: str | None = typer.Option(None, help="igds or off [igds]."),
-    guidance_scale: float | None = typer.Option(None, help="IGDS gradient scale s [1]."),
+    guidance_scale: float | None = typer.Option(None, help="IGDS gradient scale s [4]."),
     beta: float | None = typer.Option(None, help="Weight of the H2 term, a constant of the engine [beta(IPC)]."),
     ipc: int | None = typer.Option(None, help="Images per class the engine is for, for the default beta [10]."),
     precision: str | None = typer.Option(None, help="fp32, fp16, bf16 (fp8: see docs/export.md) [fp32]."),

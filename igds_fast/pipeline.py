@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .defaults import BETA0
 from .errors import UserError
 from .guidance.bounds import default_beta
 from .guidance.step import GuidedStep, StepConfig
@@ -18,7 +19,6 @@ from .models.vae import PixelSpace, load_vae
 from .sampling import run_chunk
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-DEFAULT_BETA0 = 0.5
 
 
 def resolve_device(name: str) -> torch.device:
@@ -36,7 +36,7 @@ def resolve_beta(beta: float | None, ipc: int | None, guidance: str) -> float:
         if beta < 0:
             raise UserError(f"--beta must be >= 0, got {beta}")
         return beta
-    return default_beta(ipc or 1, DEFAULT_BETA0)
+    return default_beta(ipc or 1, BETA0)
 
 
 @dataclass

@@ -11,13 +11,12 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..defaults import GUIDANCE_SCALE
 from ..errors import UserError
 from ..guidance.step import StepConfig
 from ..subsets import resolve_classes
 from .distill import DistillConfig, run_distill
 from .units import parse_shard
-
-DEFAULT_GUIDANCE_SCALE = 1.0
 
 
 @dataclass
@@ -63,7 +62,7 @@ def step_config(req: DistillRequest) -> StepConfig:
         cfg_scale=req.cfg_scale,
         cfg_channels=parse_cfg_channels(req.cfg_channels),
         guidance=req.guidance,
-        guidance_scale=DEFAULT_GUIDANCE_SCALE if req.guidance_scale is None else req.guidance_scale,
+        guidance_scale=GUIDANCE_SCALE if req.guidance_scale is None else req.guidance_scale,
         beta=resolve_beta(req.beta, req.ipc, req.guidance),
     ).validate()
 
