@@ -6,7 +6,7 @@ bash scripts/setup.sh dev
 . .venv/bin/activate
 ruff check igds_fast tests benchmarks scripts
 set +e
-python -m pytest tests "$@"
+python -m pytest tests -q "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then echo "no tests were collected" >&2; exit 1; fi
