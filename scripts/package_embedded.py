@@ -62,6 +62,7 @@ from ImageNet quality; use a DiT-XL/2 checkpoint for real work.
 | input | 3 x {cfg["input_size"]} x {cfg["input_size"]} pixels in [-1, 1]; labels 0..9 = the WNIDs in the config, null class 10 |
 | data | `imagenette-64/train` (9,469 images, center-cropped, resized to 32 px bicubic), horizontal flips |
 | training | `igds-fast train-dit --config small --resolution 32 --batch-size 64 --lr 5e-4` for {d["train_steps"]} steps (AdamW, warm-up 500, label dropout 0.1, EMA with warm-up, max decay 0.999), DiT linear schedule, eps MSE + VLB (learned range) |
+| how it went | {args.note or "-"} |
 | final loss | {d["final_loss"]:.4f} (mse {d["final_mse"]:.4f}, vb {d["final_vb"]:.4f}) |
 | machine | {card["machine"]["processor"]}, 2 cores, {card["machine"]["platform"]} |
 
@@ -99,6 +100,7 @@ def main() -> None:
     ap.add_argument("--dit", type=Path, required=True, help="train-dit output folder")
     ap.add_argument("--critic", type=Path, required=True, help="train-critics output folder")
     ap.add_argument("--evidence", type=Path, default=None, help="quality_evidence.py JSON to quote")
+    ap.add_argument("--note", default="", help="free text for the card's training row (history, wall time)")
     args = ap.parse_args()
 
     dit = load_denoiser(args.dit / "denoiser.safetensors")
