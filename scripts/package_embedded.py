@@ -11,11 +11,12 @@ import argparse
 import hashlib
 import json
 import platform
+import shutil
 from pathlib import Path
 
 import torch
 
-from igds_fast.models.critics import load_critic, save_critic
+from igds_fast.models.critics import load_critic
 from igds_fast.models.loading import load_denoiser, save_denoiser
 
 DATA = Path(__file__).resolve().parents[1] / "igds_fast" / "data"
@@ -110,7 +111,7 @@ def main() -> None:
     parity = fp16_parity(dit, dit_out)
     critic = load_critic(args.critic / "critic.safetensors")
     crit_out = DATA / "embedded_critic.safetensors"
-    save_critic(critic, crit_out, critic.metrics)
+    shutil.copyfile(args.critic / "critic.safetensors", crit_out)  # as trained: re-saving reorders metadata
 
     log = [json.loads(ln) for ln in (args.dit / "log.jsonl").read_text().splitlines() if ln.strip()]
     last = log[-1]
