@@ -109,7 +109,6 @@ def sample_classes(
     if init_noise is not None and init_noise.shape != (total, *pipe.shape):
         raise UserError(f"--init-noise has shape {init_noise.shape}, expected {(total, *pipe.shape)}")
     engine = EagerEngine(pipe.step, pipe.vae)
-    engine.device = pipe.device
     n_steps = len(pipe.step.schedule)
     bar = tqdm(total=total * n_steps, desc="sampling", unit="step", disable=not progress, leave=False)
     latents, images, log_q, h2 = [], [], [], []

@@ -18,6 +18,7 @@ class EagerEngine:
     ):
         self.module = step
         self.codec = codec
+        self.device = step.tab_timestep.device  # where the step's inputs must live
         self.batch_size: int | None = None
         self.memory_size = memory_size
         self.feat_dim = step.feat_dim

@@ -106,7 +106,6 @@ def build_engine(req: DistillRequest, cfg: StepConfig, batch_size: int, memory_r
         )
     pipe = build_pipeline(den, vae, crit, cfg, device=req.device, dtype=req.dtype)
     engine = EagerEngine(pipe.step, pipe.vae, memory_size=max(1, memory_rows))
-    engine.device = pipe.device
     return engine
 
 
