@@ -64,8 +64,8 @@ class ExportSpec:
             raise UserError("--guidance igds needs --critics PATH (or --guidance off)")
         if self.out.exists() and not self.overwrite:
             raise UserError(f"'{self.out}' already exists; pass --overwrite to replace it, or choose another --out")
-        if not self.out.parent.exists():
-            raise UserError(f"output folder '{self.out.parent}' does not exist")
+        if self.out.parent.exists() and not self.out.parent.is_dir():
+            raise UserError(f"'{self.out.parent}' is a file; --out must be inside a folder")
         return self
 
 
@@ -158,6 +158,7 @@ def export_engine(spec: ExportSpec) -> Path:
     dtype = spec.precision if spec.precision in ("fp16", "bf16") else "fp32"
     pipe = build_pipeline(spec.denoiser, spec.vae, spec.critics, spec.cfg, device=spec.device, dtype=dtype)
     shapes = step_shapes(pipe.step, spec.batch_size, spec.memory_size)
+    spec.out.parent.mkdir(parents=True, exist_ok=True)  # e.g. engines/ in a fresh clone
     tmp = spec.out.parent / f".{spec.out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
