@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import shutil
 import sys
@@ -198,8 +199,6 @@ def resize(img: np.ndarray, size: int | None) -> np.ndarray:
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.save(buf, a)
     return buf.getvalue()
@@ -207,13 +206,6 @@ def _npy_bytes(a: np.ndarray) -> bytes:
 
 def _load_feats(out: Path, unit: WorkUnit) -> np.ndarray:
     return np.load(_unit_feats(out, unit))
-
-
-@dataclass
-class Progress:
-    total: int
-    done: int = 0
-    on_images: Callable[[int], None] | None = None
 
 
 def distill_class(
