@@ -34,16 +34,14 @@ def _root(
     pass
 
 
-def parse_classes(text: str) -> list[int]:
-    """``"207,3"`` (model labels) or WNIDs ``"n01440764,..."`` (mapped to ImageNet-1k indices)."""
-    from .subsets import class_info
-
-    out = []
+def parse_classes(text: str) -> list[int | str]:
+    """``"207,3"`` (the model's labels) or WNIDs ``"n01440764,..."`` (mapped through the model later)."""
+    out: list[int | str] = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
         if part.startswith("n") and part[1:].isdigit():
-            out.append(class_info(part).imagenet_index)
+            out.append(part)
         else:
             try:
                 out.append(int(part))
@@ -52,6 +50,13 @@ def parse_classes(text: str) -> list[int]:
     if not out:
         raise UserError("--classes is empty: pass labels like 207,3")
     return out
+
+
+def model_labels(classes: list[int | str], denoiser: object) -> list[int]:
+    """Labels as given, and WNIDs through the model's class names (or ImageNet-1k indices)."""
+    from .models.labels import class_labels
+
+    return [c if isinstance(c, int) else class_labels(denoiser, [c])[0] for c in classes]
 
 
 def parse_cfg_channels(text: str) -> int | None:
@@ -122,6 +127,7 @@ def sample(
         if path is not None and not path.parent.exists():
             raise UserError(f"output folder '{path.parent}' does not exist")
     pipe = build_pipeline(den, vae, crit, cfg, device=device, dtype=dtype)
+    labels = model_labels(labels, pipe.step.denoiser)
     latents, images, _, _ = sample_classes(pipe, labels, n_per_class, seed, batch_size, init_noise=noise)
     save_picture(grid(images, rows=len(labels)), out)
     typer.echo(f"wrote {out} ({len(images)} images, {len(labels)} classes)")

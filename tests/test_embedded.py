@@ -74,3 +74,35 @@ def test_distill_with_defaults_runs(tmp_path):
     assert sorted(r["wnid"] for r in rows) == sorted(c.wnid for c in subset("imagenette"))
     run = json.loads((tmp_path / "d" / "run.json").read_text())
     assert run["complete"] and run["guidance"] == "igds" and run["ipc"] == 1
+
+
+def test_sample_by_wnid_maps_through_the_models_class_names(tmp_path):
+    """WNIDs address the embedded model by its own class list (parachute is label 9, not 701)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = tmp_path / "g.png"
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "igds_fast.cli",
+            "sample",
+            "--classes",
+            "n03888257",
+            "--guidance",
+            "igds",
+            "--n-per-class",
+            "2",
+            "--steps",
+            "3",
+            "--out",
+            str(out),
+            "--latents-out",
+            str(tmp_path / "z.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr[-500:]
+    assert out.stat().st_size > 0
