@@ -33,6 +33,7 @@ from .errors import UserError
 from .guidance.step import GuidedStep, StepConfig
 from .models.critics import CriticConfig, NoiseCritic
 from .models.dit import DiT, DiTConfig
+from .models.vae import decode_images
 
 SCHEMA = "igds-fast/bench-v1"
 MODELS = ("embedded", "dit-s2", "dit-b2", "dit-xl2", "tiny")
@@ -425,7 +426,7 @@ class BenchContext:
 
         def decode(x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return codec.decode(x.to(dt)).float().clamp(-1, 1)
+                return decode_images(codec, x.to(dt))
 
         return decode
 
@@ -504,6 +505,10 @@ def stage_fns(ctx: BenchContext, step: GuidedStep) -> dict[str, tuple[Callable[.
     return out
 
 
+def compiled_manifest(ctx: BenchContext, mode: str) -> dict[str, Any]:
+    return {"backend": "compiled", "mode": mode, "shapes": ctx.shapes.as_dict(), "num_steps": ctx.cfg.steps}
+
+
 def compiled(ctx: BenchContext, mode: str) -> Runner:
     """torch.compile of the traced step (the graph every exporter writes); compiles on first call."""
     from .backends.compiled import CompiledEngine
@@ -514,7 +519,7 @@ def compiled(ctx: BenchContext, mode: str) -> Runner:
     step = ctx.step(ctx.cfg.dtype)
     gm = trace_step(step, ctx.inputs(0))
     fn = torch.compile(gm, mode=None if mode == "default" else mode, dynamic=False, fullgraph=True)
-    engine = CompiledEngine(fn, ctx.shapes, ctx.cfg.steps, {"backend": "compiled", "mode": mode})
+    engine = CompiledEngine(fn, compiled_manifest(ctx, mode))
     notes = [f"torch.compile mode={mode} of the make_fx graph; fused step only", "decode: eager codec"]
     return Runner(engine.step, ctx.eager_decode(ctx.cfg.dtype), ctx.cfg.dtype, notes)
 
@@ -525,7 +530,7 @@ def aoti(ctx: BenchContext) -> Runner:
     step = ctx.step(ctx.cfg.dtype)
     path = build_step_package(step, ctx.inputs(0), ctx.tmp / "step.pt2")
     fn = load_package(path, ctx.device)
-    engine = CompiledEngine(fn, ctx.shapes, ctx.cfg.steps, {"backend": "compiled", "mode": "aoti"})
+    engine = CompiledEngine(fn, compiled_manifest(ctx, "aoti"))
     notes = ["AOTInductor .pt2 of the make_fx graph; fused step only", "decode: eager codec"]
     return Runner(engine.step, ctx.eager_decode(ctx.cfg.dtype), ctx.cfg.dtype, notes)
 

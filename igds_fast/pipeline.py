@@ -15,7 +15,7 @@ from .guidance.bounds import default_beta
 from .guidance.step import GuidedStep, StepConfig
 from .models.critics import load_critic
 from .models.loading import load_denoiser
-from .models.vae import PixelSpace, load_vae
+from .models.vae import PixelSpace, decode_images, load_vae
 from .sampling import run_chunk
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -53,7 +53,7 @@ class Pipeline:
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Denoiser space -> images in [-1, 1]."""
         with torch.no_grad():
-            return self.vae.decode(x).float().clamp(-1, 1)
+            return decode_images(self.vae, x)
 
 
 def build_pipeline(

@@ -59,19 +59,21 @@ def run_chain(
     return ChainResult(x0=x, feats=feats, log_q=log_q, h2=h2)
 
 
-def memory_inputs(
-    memory: list[np.ndarray], step_index: int, batch: int, rows: int, feat_dim: int, device: torch.device | str
+def memory_tensors(
+    memory: list[np.ndarray], num_steps: int, batch: int, rows: int, feat_dim: int, device: torch.device | str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Memory (M, D) and mask (B, M) at one step: earlier chunks' features, zero-padded to M rows."""
-    have = np.concatenate([m[step_index] for m in memory], axis=0) if memory else np.zeros((0, feat_dim), np.float32)
-    if len(have) > rows:
+    """Memory (N steps, M, D) and mask (B, M) for a chunk: the earlier chunks' features at every
+    step, zero-padded to M rows; moved to the device once per chunk, indexed per step."""
+    have = np.concatenate(memory, axis=1) if memory else np.zeros((num_steps, 0, feat_dim), np.float32)
+    if have.shape[1] > rows:
         raise UserError(
-            f"the class needs {len(have)} memory rows, the engine takes {rows}; re-export with a larger --memory-size"
+            f"the class needs {have.shape[1]} memory rows, the engine takes {rows}; "
+            "re-export with a larger --memory-size"
         )
-    mem = np.zeros((rows, feat_dim), np.float32)
-    mem[: len(have)] = have
+    mem = np.zeros((num_steps, rows, feat_dim), np.float32)
+    mem[:, : have.shape[1]] = have
     mask = np.zeros((batch, rows), np.float32)
-    mask[:, : len(have)] = 1.0
+    mask[:, : have.shape[1]] = 1.0
     return torch.from_numpy(mem).to(device), torch.from_numpy(mask).to(device)
 
 
@@ -98,28 +100,31 @@ def run_chunk(
     y = torch.full((batch,), unit.label, dtype=torch.int32)
     n_mem = sum(m.shape[1] for m in memory)
     rows = max(engine.memory_size, 1) if engine.batch_size is not None else max(n_mem, 1)
-    # Padding rows must not enter the entropy term of the real rows: they get another label.
-    pad_label = unit.label + 1 if unit.label + 1 < 2**31 else unit.label - 1
-    y[unit.count :] = pad_label
+    # Padding rows must not enter the entropy term of the real rows: they get the next label (at
+    # most the null class, a valid embedding row) and no memory.
+    y[unit.count :] = unit.label + 1
+    mem_all, mask = memory_tensors(memory, engine.num_steps, batch, rows, engine.feat_dim, device)
+    mask[unit.count :] = 0
+    finite: list[torch.Tensor] = []  # one device flag per step; read once at the end (no per-step sync)
 
-    def mem_fn(i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        mem, mask = memory_inputs(memory, i, batch, rows, engine.feat_dim, device)
-        mask[unit.count :] = 0
-        return mem, mask
-
-    def check(i: int, x: torch.Tensor) -> None:
-        if not torch.isfinite(x[: unit.count]).all():
-            raise UserError(
-                f"non-finite values at step {i} for class {unit.wnid}, "
-                f"samples {unit.start}..{unit.start + unit.count - 1}; "
-                "nothing was written for them (lower --guidance-scale or check the model)"
-            )
+    def watch(i: int, x: torch.Tensor) -> None:
+        finite.append(torch.isfinite(x[: unit.count]).all())
         if on_step is not None:
             on_step(i, x)
 
     if x_init is not None:
         x_init = torch.cat([x_init, torch.zeros(batch - unit.count, *engine.shape)]) if batch > unit.count else x_init
-    res = run_chain(engine.step, engine.num_steps, y, noise, x_init=x_init, memory=mem_fn, on_step=check)
+    res = run_chain(
+        engine.step, engine.num_steps, y, noise, x_init=x_init, memory=lambda i: (mem_all[i], mask), on_step=watch
+    )
+    ok = torch.stack(finite).cpu()
+    if not ok.all():
+        first = engine.num_steps - 1 - int(torch.nonzero(~ok)[0])  # steps run N-1 .. 0
+        raise UserError(
+            f"non-finite values at step {first} for class {unit.wnid}, "
+            f"samples {unit.start}..{unit.start + unit.count - 1}; "
+            "nothing was written for them (lower --guidance-scale or check the model)"
+        )
     feats = np.stack([f[: unit.count].float().cpu().numpy() for f in res.feats])
     x = res.x0[: unit.count]
     return x, feats, res.log_q[: unit.count].float().cpu().numpy(), res.h2[: unit.count].float().cpu().numpy()

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .io import StepShapes, prepare_inputs, run_in_batches
+from ..models.vae import decode_images
+from .io import ExportedEngine, StepShapes
 from .onnx_export import math_attention, trace, trace_step
 
 StepFn = Callable[..., Any]
@@ -53,7 +54,7 @@ def build_step_package(step: nn.Module, args: tuple[torch.Tensor, ...], path: Pa
 
 def build_decoder_package(vae: nn.Module, latents: torch.Tensor, path: Path) -> Path:
     def decode(z: torch.Tensor) -> tuple[torch.Tensor]:
-        return (vae.decode(z).float().clamp(-1, 1),)
+        return (decode_images(vae, z),)
 
     with math_attention(vae), torch.no_grad():
         return aoti_package(decode, (latents,), path)
@@ -75,58 +76,37 @@ def jit_step(step: nn.Module, args: tuple[torch.Tensor, ...]) -> StepFn:
     return torch.compile(trace_step(step, args), dynamic=False, fullgraph=True)
 
 
-class CompiledEngine:
+class CompiledEngine(ExportedEngine):
     backend = "compiled"
 
-    def __init__(
-        self,
-        fn: StepFn,
-        shapes: StepShapes,
-        num_steps: int,
-        manifest: dict[str, Any],
-        decoder: StepFn | None = None,
-    ):
+    def __init__(self, fn: StepFn, manifest: dict[str, Any], decoder: StepFn | None = None):
+        super().__init__(manifest)
         self.fn = fn
-        self.shapes = shapes
-        self.batch_size = shapes.batch_size
-        self.memory_size = shapes.memory_size
-        self.feat_dim = shapes.feat_dim
-        self.shape = (shapes.channels, shapes.height, shapes.width)
-        self.num_steps = num_steps
-        self.manifest = manifest
         self.decoder = decoder
+        self.has_decoder = decoder is not None
 
     @classmethod
     def load(cls, engine_dir: str | Path, manifest: dict[str, Any], device: str = "cpu") -> CompiledEngine:
         folder, dev = Path(engine_dir), torch.device(device)
         fn = load_package(folder / manifest["graphs"]["step"], dev)
         dec = manifest["graphs"].get("decoder")
-        decoder = load_package(folder / dec, dev) if dec else None
-        return cls(fn, StepShapes.from_dict(manifest["shapes"]), int(manifest["num_steps"]), manifest, decoder)
+        return cls(fn, manifest, load_package(folder / dec, dev) if dec else None)
 
     @classmethod
     def jit(cls, step: nn.Module, shapes: StepShapes, example: tuple[torch.Tensor, ...]) -> CompiledEngine:
-        manifest = {"backend": "compiled", "mode": "torch.compile", "step": step.cfg.to_dict()}
-        return cls(jit_step(step, example), shapes, len(step.schedule), manifest)
+        manifest = {
+            "backend": "compiled",
+            "mode": "torch.compile",
+            "step": step.cfg.to_dict(),
+            "shapes": shapes.as_dict(),
+            "num_steps": len(step.schedule),
+        }
+        return cls(jit_step(step, example), manifest)
 
-    def step(
-        self,
-        x: torch.Tensor,
-        i: torch.Tensor | int,
-        y: torch.Tensor,
-        noise: torch.Tensor,
-        memory: torch.Tensor | None = None,
-        memory_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, ...]:
-        args = prepare_inputs(self.shapes, x, i, y, noise, memory, memory_mask)
+    def _run(self, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         with torch.no_grad():
             return tuple(self.fn(*args))
 
-    __call__ = step
-
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        if self.decoder is None:
-            return x.float().clamp(-1, 1)
-        dec = self.decoder
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return run_in_batches(lambda z: dec(z.float().contiguous())[0], x, self.batch_size)
+            return self.decoder(z.float().contiguous())[0]

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..guidance.step import GuidedStep
+from ..models.vae import decode_images
 
 
 class EagerEngine:
@@ -43,4 +44,4 @@ class EagerEngine:
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.codec.decode(x).float().clamp(-1, 1)
+            return decode_images(self.codec, x)

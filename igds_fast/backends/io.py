@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -101,6 +102,48 @@ def prepare_inputs(
         memory.float().contiguous(),
         memory_mask.float().contiguous(),
     )
+
+
+class ExportedEngine:
+    """What every exported engine shares: its static shapes from the manifest, input checks and
+    casts (``prepare_inputs``), and batch-padded decoding. Subclasses run the graph: ``_run``
+    (the step's six inputs -> its four outputs) and ``_decode`` (one static batch of latents)."""
+
+    backend = ""
+    has_decoder = False
+
+    def __init__(self, manifest: dict[str, Any]):
+        self.manifest = manifest
+        self.shapes = StepShapes.from_dict(manifest["shapes"])
+        self.batch_size = self.shapes.batch_size
+        self.memory_size = self.shapes.memory_size
+        self.feat_dim = self.shapes.feat_dim
+        self.shape = (self.shapes.channels, self.shapes.height, self.shapes.width)
+        self.num_steps = int(manifest["num_steps"])
+
+    def step(
+        self,
+        x: torch.Tensor,
+        i: torch.Tensor | int,
+        y: torch.Tensor,
+        noise: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        return self._run(prepare_inputs(self.shapes, x, i, y, noise, memory, memory_mask))
+
+    __call__ = step
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.has_decoder:  # pixel space
+            return x.float().clamp(-1, 1)
+        return run_in_batches(self._decode, x, self.batch_size).to(x.device)
+
+    def _run(self, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
 
 def run_in_batches(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int) -> torch.Tensor:

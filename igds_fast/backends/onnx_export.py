@@ -21,6 +21,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import UserError
+from ..models.vae import decode_images
 from .io import STEP_INPUTS, STEP_OUTPUTS
 
 DEFAULT_OPSET = 18
@@ -160,7 +161,7 @@ class _Decode(nn.Module):
         self.vae = vae
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(z).float().clamp(-1, 1)
+        return decode_images(self.vae, z)
 
 
 def export_decoder(vae: nn.Module, latents: torch.Tensor, path: Path, opset: int = DEFAULT_OPSET) -> Path:

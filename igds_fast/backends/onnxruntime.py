@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .io import STEP_INPUTS, StepShapes, prepare_inputs, run_in_batches
+from .io import STEP_INPUTS, ExportedEngine
 
 # What --providers accepts, in the order "auto" prefers them. TensorRT EP is opt-in: its first
 # run builds an engine (minutes for a DiT), so nobody should get it by accident.
@@ -84,7 +84,7 @@ def open_session(path: Path, providers: list, threads: int | None = None) -> Any
 _NP = {torch.float32: np.float32, torch.float16: np.float16, torch.int32: np.int32, torch.int64: np.int64}
 
 
-class OrtEngine:
+class OrtEngine(ExportedEngine):
     backend = "onnxruntime"
 
     def __init__(
@@ -94,40 +94,24 @@ class OrtEngine:
         providers: str = "auto",
         threads: int | None = None,
     ):
+        super().__init__(manifest)
         folder = Path(engine_dir)
-        self.manifest = manifest
-        self.shapes = StepShapes.from_dict(manifest["shapes"])
-        self.batch_size = self.shapes.batch_size
-        self.memory_size = self.shapes.memory_size
-        self.feat_dim = self.shapes.feat_dim
-        self.shape = (self.shapes.channels, self.shapes.height, self.shapes.width)
-        self.num_steps = int(manifest["num_steps"])
         plist = provider_list(providers, folder / "ort_trt_cache", manifest["precision"])
         self.session = open_session(folder / manifest["graphs"]["step"], plist, threads)
         dec = manifest["graphs"].get("decoder")
         self.decoder = open_session(folder / dec, plist, threads) if dec else None
+        self.has_decoder = self.decoder is not None
         self.on_cuda = self.session.get_providers()[0] != "CPUExecutionProvider"
         # Inputs the exporter kept (a graph without guidance may not read memory at all).
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
 
-    def step(
-        self,
-        x: torch.Tensor,
-        i: torch.Tensor | int,
-        y: torch.Tensor,
-        noise: torch.Tensor,
-        memory: torch.Tensor | None = None,
-        memory_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, ...]:
-        args = dict(zip(STEP_INPUTS, prepare_inputs(self.shapes, x, i, y, noise, memory, memory_mask), strict=True))
-        if self.on_cuda and x.is_cuda:
-            return self._run_bound(args)
-        feed = {k: args[k].cpu().numpy() for k in self.inputs}
-        outs = self.session.run(self.outputs, feed)
-        return tuple(torch.from_numpy(o).to(x.device) for o in outs)
-
-    __call__ = step
+    def _run(self, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        named = dict(zip(STEP_INPUTS, args, strict=True))
+        if self.on_cuda and args[0].is_cuda:
+            return self._run_bound(named)
+        outs = self.session.run(self.outputs, {k: named[k].cpu().numpy() for k in self.inputs})
+        return tuple(torch.from_numpy(o).to(args[0].device) for o in outs)
 
     def _run_bound(self, args: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """IO binding: inputs and outputs stay in CUDA memory (no host round trip per step)."""
@@ -144,12 +128,6 @@ class OrtEngine:
         self.session.run_with_iobinding(binding)
         return tuple(outs)
 
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        if self.decoder is None:  # pixel space
-            return x.float().clamp(-1, 1)
-
-        def run(z: torch.Tensor) -> torch.Tensor:
-            (images,) = self.decoder.run(None, {"latents": z.detach().float().cpu().numpy()})
-            return torch.from_numpy(images)
-
-        return run_in_batches(run, x, self.batch_size).to(x.device)
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        (images,) = self.decoder.run(None, {"latents": z.detach().float().cpu().numpy()})
+        return torch.from_numpy(images)

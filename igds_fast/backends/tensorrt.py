@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
-from .io import STEP_INPUTS, StepShapes, prepare_inputs, run_in_batches
+from .io import STEP_INPUTS, STEP_OUTPUTS, ExportedEngine
 
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
 
@@ -170,43 +170,24 @@ class TrtRunner:
         return outs
 
 
-class TrtEngine:
+class TrtEngine(ExportedEngine):
     backend = "tensorrt"
 
     def __init__(self, engine_dir: str | Path, manifest: dict[str, Any], device: str = "cuda", cuda_graph: bool = True):
+        super().__init__(manifest)
         folder = Path(engine_dir)
         dev = torch.device(device)
         if dev.type != "cuda":
             raise UserError("the tensorrt backend runs on a CUDA device: pass --device cuda")
-        self.manifest = manifest
-        self.shapes = StepShapes.from_dict(manifest["shapes"])
-        self.batch_size = self.shapes.batch_size
-        self.memory_size = self.shapes.memory_size
-        self.feat_dim = self.shapes.feat_dim
-        self.shape = (self.shapes.channels, self.shapes.height, self.shapes.width)
-        self.num_steps = int(manifest["num_steps"])
         self.device = dev
         self.runner = TrtRunner(folder / manifest["graphs"]["step"], dev, cuda_graph)
         dec = manifest["graphs"].get("decoder")
         self.decoder = TrtRunner(folder / dec, dev, cuda_graph) if dec else None
+        self.has_decoder = self.decoder is not None
 
-    def step(
-        self,
-        x: torch.Tensor,
-        i: torch.Tensor | int,
-        y: torch.Tensor,
-        noise: torch.Tensor,
-        memory: torch.Tensor | None = None,
-        memory_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, ...]:
-        args = prepare_inputs(self.shapes, x.to(self.device), i, y, noise.to(self.device), memory, memory_mask)
+    def _run(self, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         outs = self.runner(dict(zip(STEP_INPUTS, (a.to(self.device) for a in args), strict=True)))
-        return outs["x_prev"], outs["feats"], outs["log_q"], outs["h2"]
+        return tuple(outs[name] for name in STEP_OUTPUTS)
 
-    __call__ = step
-
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        if self.decoder is None:
-            return x.float().clamp(-1, 1)
-        dec = self.decoder
-        return run_in_batches(lambda z: dec({"latents": z.to(self.device).float()})["images"], x, self.batch_size)
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder({"latents": z.to(self.device).float()})["images"]

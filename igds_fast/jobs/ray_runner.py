@@ -19,9 +19,9 @@ def _distill_shard(req: Any, dcfg: DistillConfig, shard: tuple[int, int]) -> dic
     # Runs inside a Ray worker process: build its own engine, then the ordinary local job on its shard.
     from .distill import run_distill
     from .run import build_engine, step_config
+    from .units import memory_rows
 
-    memory_rows = max(0, (dcfg.ipc - 1) // dcfg.batch_size) * dcfg.batch_size
-    engine = build_engine(req, step_config(req), dcfg.batch_size, memory_rows)
+    engine = build_engine(req, step_config(req), dcfg.batch_size, memory_rows(dcfg.ipc, dcfg.batch_size))
     return run_distill(engine, dcfg, req.out, shard=shard, progress=False, prepared=True)
 
 

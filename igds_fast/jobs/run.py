@@ -16,7 +16,7 @@ from ..errors import UserError
 from ..guidance.step import StepConfig
 from ..subsets import resolve_classes
 from .distill import DistillConfig, run_distill
-from .units import parse_shard
+from .units import memory_rows, parse_shard
 
 
 @dataclass
@@ -78,7 +78,7 @@ def model_paths(req: DistillRequest) -> tuple[Path, str | None, Path | None]:
     return den, vae, crit
 
 
-def build_engine(req: DistillRequest, cfg: StepConfig, batch_size: int, memory_rows: int) -> Any:
+def build_engine(req: DistillRequest, cfg: StepConfig, batch_size: int, rows_needed: int) -> Any:
     """The engine to run: an exported one (checked against the models and config) or eager."""
     from ..backends.eager import EagerEngine
     from ..pipeline import build_pipeline
@@ -94,10 +94,10 @@ def build_engine(req: DistillRequest, cfg: StepConfig, batch_size: int, memory_r
         have = manifest_view(read_manifest(req.engines))
         expect = expect_for(den, vae, crit, cfg, batch_size, have["memory_size"], have["precision"], have["backend"])
         engine = load_engine(req.engines, expect, device=req.device)
-        if memory_rows > engine.memory_size:
+        if rows_needed > engine.memory_size:
             raise UserError(
-                f"IPC {req.ipc} with batch {batch_size} needs {memory_rows} memory rows, the engine takes "
-                f"{engine.memory_size}; re-export with --memory-size {memory_rows}"
+                f"IPC {req.ipc} with batch {batch_size} needs {rows_needed} memory rows, the engine takes "
+                f"{engine.memory_size}; re-export with --memory-size {rows_needed}"
             )
         return engine
     if req.backend != "eager":
@@ -105,7 +105,7 @@ def build_engine(req: DistillRequest, cfg: StepConfig, batch_size: int, memory_r
             f"--backend {req.backend} needs an engine folder: build one with `igds-fast export`, pass --engines"
         )
     pipe = build_pipeline(den, vae, crit, cfg, device=req.device, dtype=req.dtype)
-    engine = EagerEngine(pipe.step, pipe.vae, memory_size=max(1, memory_rows))
+    engine = EagerEngine(pipe.step, pipe.vae, memory_size=max(1, rows_needed))
     return engine
 
 
@@ -141,8 +141,7 @@ def run_request(req: DistillRequest) -> dict[str, Any]:
     infos = resolve_classes(req.subset, req.classes, req.classes_file)
     shard = parse_shard(req.shard)
     cfg = step_config(req)
-    memory_rows = max(0, (req.ipc - 1) // batch) * batch  # features of all earlier chunks
-    engine = build_engine(req, cfg, batch, memory_rows)
+    engine = build_engine(req, cfg, batch, memory_rows(req.ipc, batch))
     den, vae, crit = model_paths(req)
     wnids = [c.wnid for c in infos]
     labels = labels_for(engine, den, crit, wnids)

@@ -37,6 +37,11 @@ def class_units(wnid: str, label: int, ipc: int, batch_size: int) -> list[WorkUn
     ]
 
 
+def memory_rows(ipc: int, batch_size: int) -> int:
+    """Memory rows the last chunk of a class needs: the features of all earlier chunks."""
+    return max(0, (ipc - 1) // batch_size) * batch_size
+
+
 def parse_shard(text: str | None) -> tuple[int, int]:
     """``"i/n"`` -> (i, n) with 0 <= i < n; None -> (0, 1)."""
     if text is None:
