@@ -12,6 +12,7 @@ import torch
 
 from ..errors import UserError
 from ..guidance.step import GuidedStep, StepConfig
+from ..models.labels import model_class_names
 from .io import STEP_OUTPUTS, StepShapes, random_inputs, rel_error
 from .manifest import build_manifest, file_sha256, optional_sha256, write_manifest
 from .registry import EXPORT_BACKENDS
@@ -184,6 +185,7 @@ def export_engine(spec: ExportSpec) -> Path:
             extra={
                 "num_steps": len(pipe.step.schedule),
                 "num_classes": pipe.step.num_classes,
+                "class_wnids": model_class_names(pipe.step.denoiser),  # distill maps WNIDs without the weights
                 "labels": example_labels(pipe.step),
                 "opset": None if spec.backend == "compiled" else spec.graph_opset,
                 **spec.extra,

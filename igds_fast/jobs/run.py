@@ -109,14 +109,17 @@ def build_engine(req: DistillRequest, cfg: StepConfig, batch_size: int, rows_nee
     return engine
 
 
-def labels_for(engine: Any, denoiser: Path, critics: Path | None, wnids: list[str]) -> list[int]:
+def labels_for(engine: Any, critics: Path | None, wnids: list[str]) -> list[int]:
     """The denoiser's labels for the classes; refuses classes the denoiser or critics lack."""
     from ..models.critics import load_critic
-    from ..models.labels import class_labels
-    from ..models.loading import load_denoiser
+    from ..models.labels import class_labels, labels_for_wnids
 
-    model = engine.module.denoiser if hasattr(engine, "module") else load_denoiser(denoiser)
-    labels = class_labels(model, wnids)
+    if hasattr(engine, "module"):
+        labels = class_labels(engine.module.denoiser, wnids)
+    elif "class_wnids" in engine.manifest:  # the engine records the classes: no need to load the weights
+        labels = labels_for_wnids(engine.manifest["class_wnids"], int(engine.manifest["num_classes"]), wnids)
+    else:
+        raise UserError("this engine's manifest does not record the model's classes: re-export it")
     if critics is not None:
         known = set(load_critic(critics).config.class_ids)
         missing = [w for w, lab in zip(wnids, labels, strict=True) if lab not in known]
@@ -144,7 +147,7 @@ def run_request(req: DistillRequest) -> dict[str, Any]:
     engine = build_engine(req, cfg, batch, memory_rows(req.ipc, batch))
     den, vae, crit = model_paths(req)
     wnids = [c.wnid for c in infos]
-    labels = labels_for(engine, den, crit, wnids)
+    labels = labels_for(engine, crit, wnids)
     dcfg = DistillConfig(
         wnids=wnids,
         labels=labels,

@@ -8,11 +8,14 @@ from ..errors import UserError
 from ..subsets import class_info
 
 
-def class_labels(denoiser: nn.Module, wnids: list[str]) -> list[int]:
-    """Our checkpoints name their classes (label k = wnids[k]); other models with 1000 classes
-    are ImageNet-1k models (label = ImageNet-1k index)."""
-    config = getattr(denoiser, "config", None)
-    own = list(getattr(config, "wnids", []) or [])
+def model_class_names(denoiser: nn.Module) -> list[str]:
+    """The WNIDs our checkpoints name their classes with (label k = names[k]); [] for other models."""
+    return list(getattr(getattr(denoiser, "config", None), "wnids", []) or [])
+
+
+def labels_for_wnids(own: list[str], num_classes: int, wnids: list[str]) -> list[int]:
+    """Labels of ``wnids`` for a model whose classes are named ``own``; a model with unnamed
+    classes must be an ImageNet-1k model (label = ImageNet-1k index)."""
     if own:
         missing = [w for w in wnids if w not in own]
         if missing:
@@ -20,9 +23,13 @@ def class_labels(denoiser: nn.Module, wnids: list[str]) -> list[int]:
                 f"class {missing[0]} is not in the model (it knows {len(own)} classes: {', '.join(own[:4])}, ...)"
             )
         return [own.index(w) for w in wnids]
-    if int(denoiser.num_classes) != 1000:
+    if num_classes != 1000:
         raise UserError(
-            f"the model has {denoiser.num_classes} unnamed classes; only ImageNet-1k models (1000 classes) "
+            f"the model has {num_classes} unnamed classes; only ImageNet-1k models (1000 classes) "
             "or checkpoints that name their classes can be addressed by WNID"
         )
     return [class_info(w).imagenet_index for w in wnids]
+
+
+def class_labels(denoiser: nn.Module, wnids: list[str]) -> list[int]:
+    return labels_for_wnids(model_class_names(denoiser), int(denoiser.num_classes), wnids)

@@ -60,7 +60,7 @@ def encode_space(images: torch.Tensor, vae: nn.Module, batch: int = 64) -> torch
         return torch.cat([vae.encode(x[k : k + batch]) for k in range(0, len(x), batch)])
 
 
-def load_split(
+def load_encoded(
     root: str, wnids: list[str], resolution: int, vae: nn.Module, cache: Path
 ) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = load_imagefolder(root, wnids, resolution, cache_dir=cache)
@@ -156,11 +156,11 @@ def train_critic(
     ids = class_labels(denoiser, cfg.wnids)
     size, chans = int(denoiser.input_size), int(denoiser.in_channels)
     resolution = size * getattr(vae, "downsample", 1)
-    x, y = load_split(cfg.data, cfg.wnids, resolution, vae, out / "cache")
+    x, y = load_encoded(cfg.data, cfg.wnids, resolution, vae, out / "cache")
     if x.shape[1:] != (chans, size, size):
         raise UserError(f"encoded data has shape {tuple(x.shape[1:])}, the denoiser expects {(chans, size, size)}")
     if cfg.val is not None:
-        xv, yv = load_split(cfg.val, cfg.wnids, resolution, vae, out / "cache")
+        xv, yv = load_encoded(cfg.val, cfg.wnids, resolution, vae, out / "cache")
     else:  # hold out every 10th image
         held = torch.arange(len(x)) % 10 == 0
         xv, yv, x, y = x[held], y[held], x[~held], y[~held]
