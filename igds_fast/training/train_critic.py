@@ -8,6 +8,7 @@ Kernel widths: median pairwise feature distance per (t bucket, class) on held-ou
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -63,14 +64,21 @@ def encode_space(images: torch.Tensor, vae: nn.Module, batch: int = 64) -> torch
 def load_encoded(
     root: str, wnids: list[str], resolution: int, vae: nn.Module, cache: Path
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split in the denoiser's input space; latents are encoded once and cached under a key of
+    the exact images and VAE weights (another VAE or image set never reuses them)."""
     images, labels = load_imagefolder(root, wnids, resolution, cache_dir=cache)
     if isinstance(vae, PixelSpace):
-        return to_model_range(images), labels
-    key = cache / f"latents_{Path(root).name}_{resolution}_{len(images)}.pt"
+        return encode_space(images, vae), labels
+    h = hashlib.sha256(images.numpy().tobytes())
+    for v in vae.state_dict().values():
+        h.update(v.detach().cpu().numpy().tobytes())
+    key = cache / f"latents_{h.hexdigest()[:16]}.pt"
     if key.exists():
         return torch.load(key, weights_only=True), labels
     z = encode_space(images, vae)
-    torch.save(z, key)
+    tmp = key.with_suffix(".tmp")
+    torch.save(z, tmp)
+    tmp.replace(key)
     return z, labels
 
 
