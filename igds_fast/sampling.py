@@ -47,10 +47,10 @@ def run_chain(
     feats: list[torch.Tensor] = [torch.empty(0)] * num_steps
     log_q = h2 = torch.zeros(len(labels))
     y = labels.to(noise.device)
+    indices = torch.arange(num_steps, dtype=torch.int32, device=noise.device)  # one upload, a view per step
     for i in reversed(range(num_steps)):
         mem = memory(i) if memory is not None else None
-        i_t = torch.tensor(i, dtype=torch.int32, device=noise.device)
-        args = (x, i_t, y, noise.step()) + (mem if mem is not None else ())
+        args = (x, indices[i], y, noise.step()) + (mem if mem is not None else ())
         with torch.no_grad():
             x, f, log_q, h2 = step(*args)
         feats[i] = f

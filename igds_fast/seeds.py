@@ -26,7 +26,10 @@ class SampleNoise:
         self.device = device
 
     def _draw(self) -> torch.Tensor:
-        return torch.stack([torch.randn(self.shape, generator=g) for g in self.gens]).to(self.device)
+        noise = torch.stack([torch.randn(self.shape, generator=g) for g in self.gens])
+        if torch.device(self.device).type == "cuda":  # pinned + non_blocking: the copy does not stall the GPU
+            return noise.pin_memory().to(self.device, non_blocking=True)
+        return noise
 
     def initial(self) -> torch.Tensor:
         return self._draw()
