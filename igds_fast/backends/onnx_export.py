@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from ..errors import UserError
 from ..models.vae import decode_images
@@ -26,23 +25,6 @@ from .io import STEP_INPUTS, STEP_OUTPUTS
 
 DEFAULT_OPSET = 18
 DOUBLE = 11  # onnx.TensorProto.DOUBLE
-
-
-class ScalarIndexAsGather(TorchFunctionMode):
-    """``table[i]`` with a 0-d integer tensor ``i`` normally reads ``i`` as a Python int, which
-    make_fx cannot trace; record it as a tensor gather (``aten.index``) with the same value."""
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        if func is torch.Tensor.__getitem__ and len(args) == 2:
-            idx = args[1]
-            if (
-                isinstance(idx, torch.Tensor)
-                and idx.dim() == 0
-                and not idx.is_floating_point()
-                and idx.dtype != torch.bool
-            ):
-                return torch.ops.aten.index.Tensor(args[0], [idx])
-        return func(*args, **(kwargs or {}))
 
 
 @contextlib.contextmanager
@@ -66,11 +48,7 @@ def trace(fn: Callable[..., Any], args: tuple[torch.Tensor, ...]) -> torch.fx.Gr
     from torch._decomp import core_aten_decompositions
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    def traced(*a: torch.Tensor) -> Any:
-        with ScalarIndexAsGather():
-            return fn(*a)
-
-    gm = make_fx(traced, decomposition_table=core_aten_decompositions())(*args)
+    gm = make_fx(fn, decomposition_table=core_aten_decompositions())(*args)
     gm.eval()
     leftover = sorted(
         {str(n.target) for n in gm.graph.nodes if n.op == "call_function" and "backward" in str(n.target)}

@@ -151,7 +151,7 @@ class GuidedStep(nn.Module):
         memory_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         x = x.float()
-        i = i.long().reshape(())
+        i = i.long().reshape(1)  # a 1-element index: table[i] is a tensor gather, traceable as is
         y = y.long()
         eps, var = self.eps(x, i, y)
         b = x.shape[0]
