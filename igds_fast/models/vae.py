@@ -1,16 +1,17 @@
-"""The image <-> denoiser-space codec: a diffusers ``AutoencoderKL`` or none (pixel space).
+"""The image <-> denoiser-space codec: an SD ``AutoencoderKL`` or none (pixel space).
 
 Both map images in [-1, 1] to the denoiser's input space and back; ``decode`` returns [-1, 1].
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import UserError
+from .autoencoder_kl import load_autoencoder_kl
 
 
 class PixelSpace(nn.Module):
@@ -28,40 +29,36 @@ class PixelSpace(nn.Module):
 
 
 class LatentVAE(nn.Module):
-    """``AutoencoderKL`` with its latent scale (0.18215 for sd-vae-ft-mse/ema)."""
+    """``AutoencoderKL`` with its latent scale (0.18215 for sd-vae-ft-mse/ema).
+
+    Wraps our :class:`~igds_fast.models.autoencoder_kl.AutoencoderKL`, or a diffusers one (tests
+    compare against it), which differ only in how encode/decode wrap their results."""
 
     def __init__(self, vae: nn.Module):
         super().__init__()
         self.vae = vae
-        self.scaling_factor = float(vae.config.get("scaling_factor", 0.18215))
-        self.channels = int(vae.config["latent_channels"])
-        self.downsample = 2 ** (len(vae.config["block_out_channels"]) - 1)
+        conf = vae.config
+        conf = asdict(conf) if is_dataclass(conf) else dict(conf)
+        self.scaling_factor = float(conf.get("scaling_factor") or 0.18215)
+        self.channels = int(conf["latent_channels"])
+        self.downsample = 2 ** (len(conf["block_out_channels"]) - 1)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(images).latent_dist.mean * self.scaling_factor
+        posterior = self.vae.encode(images)
+        posterior = getattr(posterior, "latent_dist", posterior)  # diffusers wraps it in an output object
+        return posterior.mean * self.scaling_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(z / self.scaling_factor).sample
+        out = self.vae.decode(z / self.scaling_factor)
+        return out if isinstance(out, torch.Tensor) else out.sample
 
 
 def load_vae(path: str | Path | None) -> nn.Module:
-    """``None``/"none" -> pixel space; otherwise a local diffusers AutoencoderKL folder."""
+    """``None``/"none" -> pixel space; otherwise a local AutoencoderKL: a diffusers folder, a pipeline
+    folder (with ``vae/``) or a single weights file (diffusers or CompVis/ldm keys). No diffusers needed."""
     if path is None or str(path).lower() == "none":
         return PixelSpace()
-    path = Path(path)
-    if (path / "vae" / "config.json").exists():  # a pipeline folder
-        path = path / "vae"
-    if not (path / "config.json").exists():
-        raise UserError(f"VAE '{path}' is not a diffusers AutoencoderKL folder (no config.json); or pass --vae none")
-    try:
-        from diffusers import AutoencoderKL
-    except ImportError:
-        raise UserError("a latent VAE needs diffusers: pip install 'igds-fast[diffusers]'") from None
-    try:
-        vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load VAE from {path}: {str(e).splitlines()[0][:200]}") from None
-    return LatentVAE(vae).eval()
+    return LatentVAE(load_autoencoder_kl(path)).eval()
 
 
 def decode_images(codec: nn.Module, x: torch.Tensor) -> torch.Tensor:
