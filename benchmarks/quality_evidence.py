@@ -32,18 +32,20 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from igds_fast.config import StepConfig, resolve_beta
 from igds_fast.errors import UserError
-from igds_fast.evaluation.data import load_split, scan_image_folder
 from igds_fast.evaluation.networks import build_net
-from igds_fast.evaluation.train import top1_accuracy, train_net, versions
-from igds_fast.guidance.step import GuidedStep, StepConfig
-from igds_fast.imagefolder import to_model_range
+from igds_fast.evaluation.train import top1_accuracy, train_net
+from igds_fast.guidance.step import GuidedStep
+from igds_fast.imagefolder import load_split, scan_image_folder, to_model_range
 from igds_fast.imageio import grid, save_picture
+from igds_fast.jobs.sample import sample_classes
+from igds_fast.machine import library_versions as versions
 from igds_fast.models.critics import load_critic
-from igds_fast.models.embedded import critics_or_default, denoiser_or_default
+from igds_fast.models.embedded import resolve_models
 from igds_fast.models.labels import class_labels
 from igds_fast.models.vae import to_uint8
-from igds_fast.pipeline import Pipeline, build_pipeline, resolve_beta, sample_classes
+from igds_fast.sampling.pipeline import Pipeline, build_pipeline
 from igds_fast.subsets import class_info, subset
 
 CLASSIFIER_NET = "convnet3"
@@ -355,8 +357,8 @@ def command_line(argv: list[str] | None) -> str:
 
 def build_pipes(args: argparse.Namespace) -> tuple[Path, Path, dict[str, Pipeline]]:
     """Denoiser and critic paths, and one pipeline per guidance mode (otherwise the same config)."""
-    denoiser = denoiser_or_default(args.denoiser)
-    critics = critics_or_default(args.critics, args.denoiser is not None)
+    models = resolve_models(args.denoiser, None, args.critics, "igds")
+    denoiser, critics = models.denoiser, models.critics
     if critics is None:
         raise UserError("--critics is needed with your own --denoiser")
     pipes = {g: build_pipeline(denoiser, None, critics, step_config(args, g), device=args.device) for g in SETS[1:]}

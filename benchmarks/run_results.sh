@@ -129,7 +129,7 @@ epochs_for() { # the scaled-down evaluate epochs for an IPC
 # The beta distill uses when BETA is unset (0.5 ln IPC), from the library itself: the engine must be
 # exported with exactly this float or distill refuses it.
 default_beta() {
-  python -c 'import sys; from igds_fast.pipeline import resolve_beta; print(repr(resolve_beta(None, int(sys.argv[1]), "igds")))' "$1"
+  python -c 'import sys; from igds_fast.config import resolve_beta; print(repr(resolve_beta(None, int(sys.argv[1]), "igds")))' "$1"
 }
 
 # The settings of this run, as the one line that repeats it.

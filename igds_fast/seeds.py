@@ -18,21 +18,16 @@ def sample_seed(seed: int, class_label: int, index: int) -> int:
 
 
 class SampleNoise:
-    """Per-sample noise streams for one batch: ``initial()`` first, then ``step()`` per update."""
+    """Per-sample noise streams for one batch: each ``draw()`` gives the next (B, *shape) noise; the
+    first draw is x_T, then one per ancestral update."""
 
     def __init__(self, seeds: list[int], shape: tuple[int, ...], device: torch.device | str = "cpu"):
         self.gens = [torch.Generator().manual_seed(s) for s in seeds]
         self.shape = tuple(shape)
         self.device = device
 
-    def _draw(self) -> torch.Tensor:
+    def draw(self) -> torch.Tensor:
         noise = torch.stack([torch.randn(self.shape, generator=g) for g in self.gens])
         if torch.device(self.device).type == "cuda":  # pinned + non_blocking: the copy does not stall the GPU
             return noise.pin_memory().to(self.device, non_blocking=True)
         return noise
-
-    def initial(self) -> torch.Tensor:
-        return self._draw()
-
-    def step(self) -> torch.Tensor:
-        return self._draw()

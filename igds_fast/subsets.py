@@ -29,10 +29,6 @@ def _table() -> dict[str, list[ClassInfo]]:
     return {k: [ClassInfo(*e) for e in v] for k, v in raw.items() if not k.startswith("_")}
 
 
-def subset_names() -> list[str]:
-    return list(_table())
-
-
 def subset(name: str) -> list[ClassInfo]:
     """The classes of a named subset, in the papers' order."""
     table = _table()

@@ -9,10 +9,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from igds_fast import bench
+from igds_fast.bench import BenchConfig, run_bench, runners
+from igds_fast.bench.models import CRITIC_CLASSES, random_critic, random_dit
 from igds_fast.cli import app
 from igds_fast.errors import UserError
+from igds_fast.models.critics import CriticConfig
 from igds_fast.models.dit import DiTConfig
+from igds_fast.models.flops import counted_flops, dit_forward_flops
 
 TOP_KEYS = {
     "schema",
@@ -87,12 +90,16 @@ def test_cli_bench_writes_every_field(tmp_path):
 
 
 def test_failing_and_unavailable_backends_are_recorded(tmp_path, monkeypatch):
-    def broken(ctx):
-        raise RuntimeError("boom")
+    real = runners.exported
 
-    monkeypatch.setattr(bench, "aoti", broken)
-    backends = ["aoti", "compiled-cg", "tensorrt"]
-    cfg = bench.BenchConfig(
+    def broken(ctx, name):
+        if name == "compiled":
+            raise RuntimeError("boom")
+        return real(ctx, name)
+
+    monkeypatch.setattr(runners, "exported", broken)
+    backends = ["compiled", "torch-compile-cg", "tensorrt"]
+    cfg = BenchConfig(
         model="tiny",
         batch_size=2,
         steps=2,
@@ -102,32 +109,32 @@ def test_failing_and_unavailable_backends_are_recorded(tmp_path, monkeypatch):
         peak_tflops=1.0,
         threads=1,
     )
-    rows = bench.run_bench(cfg, json_path=tmp_path / "b.json", log=lambda _m: None)["results"]
-    assert (rows["aoti"]["status"], rows["aoti"]["error"]) == ("error", "RuntimeError: boom")
-    assert rows["compiled-cg"]["status"] == "skipped"  # CUDA graphs on a CPU
+    rows = run_bench(cfg, json_path=tmp_path / "b.json", log=lambda _m: None)["results"]
+    assert (rows["compiled"]["status"], rows["compiled"]["error"]) == ("error", "RuntimeError: boom")
+    assert rows["torch-compile-cg"]["status"] == "skipped"  # CUDA graphs on a CPU
     assert json.loads((tmp_path / "b.json").read_text())["results"].keys() == rows.keys()
 
 
 def test_dit_flops_formula():
-    xl = bench.dit_forward_flops(DiTConfig.from_arch("DiT-XL/2", input_size=32, in_channels=4))
-    assert round(xl / 1e9, 1) == 237.3  # DESIGN §2, the DiT paper's 118.6 GMAC
+    xl = dit_forward_flops(DiTConfig.from_arch("DiT-XL/2", input_size=32, in_channels=4))
+    assert round(xl / 1e9, 1) == 237.3  # the DiT paper's 118.6 GMAC
     # Against torch's counter (matmuls + conv only; the formula adds the h*N^2 score scaling).
     c = DiTConfig(input_size=16, patch_size=4, in_channels=3, hidden_size=64, depth=2, num_heads=2, num_classes=10)
-    dit = bench.random_dit(c, 0)
+    dit = random_dit(c, 0)
     dit.set_attention("math")
     x, t, y = torch.zeros(1, 3, 16, 16), torch.zeros(1), torch.zeros(1, dtype=torch.long)
-    counted = bench.counted_flops(lambda: dit(x, t, y))
+    counted = counted_flops(lambda: dit(x, t, y))
     n = (16 // 4) ** 2
-    assert bench.dit_forward_flops(c) - counted == 2 * c.depth * c.num_heads * n * n
+    assert dit_forward_flops(c) - counted == 2 * c.depth * c.num_heads * n * n
 
 
 def test_critic_is_small_next_to_xl2():
-    cfg = bench.BenchConfig(model="dit-xl2", resolution=256).validate()
-    critic = bench.random_critic(
-        bench.CriticConfig(in_channels=4, input_size=32, patch_size=2, width=256, depth=4, heads=4,
-                           class_ids=bench.CRITIC_CLASSES), 0,
+    cfg = BenchConfig(model="dit-xl2", resolution=256).validate()
+    critic = random_critic(
+        CriticConfig(in_channels=4, input_size=32, patch_size=2, width=256, depth=4, heads=4,
+                           class_ids=CRITIC_CLASSES), 0,
     )  # fmt: skip
-    xl = bench.dit_forward_flops(DiTConfig.from_arch("DiT-XL/2", input_size=cfg.resolution // 8, in_channels=4))
+    xl = dit_forward_flops(DiTConfig.from_arch("DiT-XL/2", input_size=cfg.resolution // 8, in_channels=4))
     assert 3 * critic.flops_per_image() / (2 * xl) < 0.15
 
 
@@ -142,4 +149,4 @@ def test_critic_is_small_next_to_xl2():
 )
 def test_bad_config_is_a_user_error(kw):
     with pytest.raises(UserError):
-        bench.BenchConfig(**kw).validate()
+        BenchConfig(**kw).validate()

@@ -19,8 +19,9 @@ import torch
 
 from igds_fast.errors import UserError
 from igds_fast.jobs import distill as distill_mod
-from igds_fast.jobs.manifest import read_manifest
-from igds_fast.jobs.run import DistillRequest, run_request
+from igds_fast.jobs.image_manifest import read_image_manifest as read_manifest
+from igds_fast.jobs.job import DistillJob, distill_job
+from igds_fast.jobs.run import run_job as run_request
 from igds_fast.models.critics import CriticConfig, NoiseCritic, save_critic
 from igds_fast.models.dit import DiT, DiTConfig
 from igds_fast.models.loading import save_denoiser
@@ -70,7 +71,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def request(models: dict[str, Path], out: Path, **kw) -> DistillRequest:
+def request(models: dict[str, Path], out: Path, **kw) -> DistillJob:
     base = dict(
         out=out,
         classes=TWO,
@@ -85,7 +86,7 @@ def request(models: dict[str, Path], out: Path, **kw) -> DistillRequest:
         steps="4",
         cfg_scale=2.0,
     )
-    return DistillRequest(**(base | kw))
+    return distill_job(**(base | kw))
 
 
 def snapshot(out: Path) -> dict[str, str]:
@@ -305,15 +306,13 @@ def ort_engine(models, tmp_path_factory) -> Path:
     """An ONNX Runtime engine of the same tiny models and step settings as ``request``."""
     pytest.importorskip("onnxruntime")
     from igds_fast.backends.build import ExportSpec, export_engine
-    from igds_fast.jobs.run import step_config
-
     req = request(models, tmp_path_factory.mktemp("unused") / "o")
     out = tmp_path_factory.mktemp("engines") / "tiny-ort"
     spec = ExportSpec(
         denoiser=models["dit"],
         vae="none",
         critics=models["critic"],
-        cfg=step_config(req),
+        cfg=req.step,
         batch_size=2,
         memory_size=4,
         precision="fp32",

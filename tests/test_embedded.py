@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from igds_fast.guidance.step import GuidedStep, StepConfig
-from igds_fast.jobs.manifest import read_manifest
+from igds_fast.jobs.image_manifest import read_image_manifest as read_manifest
 from igds_fast.models.critics import load_critic
 from igds_fast.models.embedded import CRITIC_FILE, DENOISER_FILE, embedded_path
 from igds_fast.models.loading import load_denoiser

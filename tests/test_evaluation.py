@@ -14,18 +14,15 @@ import torch
 
 from igds_fast.cli import main
 from igds_fast.errors import UserError
-from igds_fast.evaluation.baseline import random_real
-from igds_fast.evaluation.data import (
-    cutmix,
-    load_split,
-    match_classes,
-    random_resized_crop_flip,
-    scan_image_folder,
-)
+from igds_fast.evaluation.data import cutmix, random_resized_crop_flip
 from igds_fast.evaluation.networks import build_net, count_parameters
 from igds_fast.evaluation.report import write_report
 from igds_fast.evaluation.train import epochs_for_ipc, train_net
-from igds_fast.jobs.manifest import MANIFEST_SCHEMA, read_manifest, write_manifest
+from igds_fast.imagefolder import load_split, match_classes, scan_image_folder
+from igds_fast.jobs.baseline import random_real
+from igds_fast.jobs.image_manifest import MANIFEST_SCHEMA
+from igds_fast.jobs.image_manifest import read_image_manifest as read_manifest
+from igds_fast.jobs.image_manifest import write_image_manifest as write_manifest
 from igds_fast.subsets import class_info
 
 from .conftest import DATA_ROOT
@@ -200,7 +197,7 @@ def test_random_real_is_deterministic_per_seed(tmp_path: Path) -> None:
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         assert random_real(data, classes, 3, seed, tmp_path / name)
     a, b, c = (set_hashes(tmp_path / n) for n in "abc")
-    assert sorted(a) == [f"{w}/{i}.png" for w in sorted(WNIDS) for i in range(3)]  # IPC per class
+    assert sorted(a) == [f"{w}/{i:05d}.png" for w in sorted(WNIDS) for i in range(3)]  # IPC per class
     assert a == b and a != c
     rows = read_manifest(tmp_path / "a" / "manifest.parquet")
     assert {r["path"]: r["sha256"] for r in rows} == a
@@ -226,7 +223,7 @@ def test_random_real_rerun_is_a_no_op_and_refuses_another_run(tmp_path: Path) ->
     finished = set_hashes(out)
     run = json.loads((out / "run.json").read_text())
     (out / "run.json").write_text(json.dumps(run | {"complete": False}))
-    (out / WNIDS[0] / "1.png").unlink()
+    (out / WNIDS[0] / "00001.png").unlink()
     assert random_real(data, classes, 2, 0, out)
     assert set_hashes(out) == finished
     with pytest.raises(UserError, match=r"fewer than 5 images in class n03888257 \(4\)"):

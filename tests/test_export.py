@@ -25,8 +25,9 @@ from igds_fast.backends.build import (
     step_shapes,
     verify_engine,
 )
+from igds_fast.backends.engine_manifest import file_sha256
+from igds_fast.backends.engine_manifest import read_engine_manifest as read_manifest
 from igds_fast.backends.io import random_inputs, rel_error
-from igds_fast.backends.manifest import file_sha256, read_manifest
 from igds_fast.backends.registry import load_engine
 from igds_fast.cli import app
 from igds_fast.errors import UserError
@@ -34,7 +35,7 @@ from igds_fast.guidance.step import StepConfig
 from igds_fast.models.critics import CriticConfig, NoiseCritic, save_critic
 from igds_fast.models.dit import DiT, DiTConfig
 from igds_fast.models.loading import save_denoiser
-from igds_fast.pipeline import build_pipeline
+from igds_fast.sampling.pipeline import build_pipeline
 
 CLASSES = [1, 3, 5, 7]
 GUIDED = StepConfig(beta=0.5, guidance_scale=20.0)  # a large scale: a missing gradient would show
@@ -248,7 +249,7 @@ def test_export_refuses_existing_folder(models, engines) -> None:
 
 
 def test_recipes_parse() -> None:
-    from igds_fast.cli_export import read_recipe
+    from igds_fast.backends.build import read_recipe
 
     for path in sorted(Path(__file__).parents[1].joinpath("export").glob("*.toml")):
         r = read_recipe(path)

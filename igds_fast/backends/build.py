@@ -10,14 +10,79 @@ from typing import Any
 
 import torch
 
+from ..config import PRECISIONS, STEP_DEFAULTS, StepConfig, step_config
 from ..errors import UserError
-from ..guidance.step import GuidedStep, StepConfig
+from ..guidance.step import GuidedStep
+from ..models.embedded import resolve_models
 from ..models.labels import model_class_names
+from ..models.vae import PixelSpace
+from ..sampling.engine import StepEngine
+from ..sampling.pipeline import build_pipeline
+from .backend import ExportInputs, LoadOptions
+from .engine_manifest import build_manifest, file_sha256, is_engine_folder, optional_sha256, write_engine_manifest
 from .io import STEP_OUTPUTS, StepShapes, random_inputs, rel_error
-from .manifest import build_manifest, file_sha256, optional_sha256, write_manifest
-from .registry import EXPORT_BACKENDS
+from .registry import backend as backend_row
 
-PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
+# Export settings of a recipe (export/*.toml) or the flags, besides the step's (config.STEP_DEFAULTS).
+EXPORT_DEFAULTS: dict[str, Any] = {
+    "denoiser": None,
+    "vae": None,
+    "critics": None,
+    "batch_size": 16,
+    "memory_size": 64,
+    "ipc": 10,  # the IPC the engine is for: sets the default beta(IPC)
+    "precision": "fp32",
+    "backend": "onnxruntime",
+    "opset": 18,
+    "split": False,
+    "device": None,  # None: cpu (the device to trace and compile on)
+}
+
+
+def read_recipe(path: Path) -> dict[str, Any]:
+    """A TOML recipe: the flags' names with '_' or '-', any of the export and step settings."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        raise UserError("--recipe needs Python 3.11+ (tomllib)") from None
+    if not path.is_file():
+        raise UserError(f"recipe '{path}' does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid TOML ({e})") from None
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    known = {**EXPORT_DEFAULTS, **STEP_DEFAULTS}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise UserError(f"{path}: unknown recipe key '{unknown[0]}' (known: {', '.join(known)})")
+    return data
+
+
+def export_spec(recipe: Path | None, flags: dict[str, Any], out: Path, overwrite: bool = False) -> ExportSpec:
+    """Defaults, then the recipe, then every flag given (None = not given): the one way from export
+    options to what is built."""
+    layers = [read_recipe(recipe) if recipe is not None else {}, flags]
+    s = dict(EXPORT_DEFAULTS)
+    for layer in layers:
+        s.update({k: v for k, v in layer.items() if k in EXPORT_DEFAULTS and v is not None})
+    cfg = step_config(int(s["ipc"]), *layers)
+    m = resolve_models(s["denoiser"], s["vae"], s["critics"], cfg.guidance)
+    return ExportSpec(
+        denoiser=m.denoiser,
+        vae=m.vae,
+        critics=m.critics,
+        cfg=cfg,
+        batch_size=int(s["batch_size"]),
+        memory_size=int(s["memory_size"]),
+        precision=str(s["precision"]),
+        backend=str(s["backend"]),
+        out=out,
+        overwrite=overwrite,
+        split=bool(s["split"]),
+        opset=int(s["opset"]),
+        device=str(s["device"] or "cpu"),
+    )
 
 
 @dataclass
@@ -41,10 +106,14 @@ class ExportSpec:
     def graph_opset(self) -> int:
         return max(self.opset, 22) if self.precision == "bf16" else self.opset  # bf16 Conv needs opset 22
 
+    @property
+    def dtype(self) -> str:
+        """The denoiser's precision in the exported graph (the critic gradient stays fp32)."""
+        return self.precision if self.precision in ("fp16", "bf16") else "fp32"
+
     def validate(self) -> ExportSpec:
         self.cfg.validate()
-        if self.backend not in EXPORT_BACKENDS:
-            raise UserError(f"unknown backend '{self.backend}': use {', '.join(EXPORT_BACKENDS)}")
+        row = backend_row(self.backend, exporting=True)
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown precision '{self.precision}': use {', '.join(PRECISIONS)}")
         if self.precision == "fp8":
@@ -52,10 +121,10 @@ class ExportSpec:
                 "fp8 engines need FP8 Q/DQ nodes from a quantizer (NVIDIA ModelOpt), which this exporter "
                 "does not write; use --precision fp16 or bf16"
             )
-        if self.precision == "bf16" and self.backend == "onnxruntime":
+        if self.precision not in row.precisions:
             raise UserError(
-                "bf16 does not run on onnxruntime (ONNX Conv takes bf16 only from opset 22, and ORT has no "
-                "bf16 kernels for it); use --precision fp16, or --backend tensorrt/compiled for bf16"
+                f"--precision {self.precision} does not run on {self.backend} (it builds {', '.join(row.precisions)}); "
+                "choose one of those, or another --backend"
             )
         if self.batch_size < 1 or self.memory_size < 1:
             raise UserError("--batch-size and --memory-size must be >= 1")
@@ -63,8 +132,16 @@ class ExportSpec:
             raise UserError("exported engines use the collision-entropy bound; --entropy knn is eager only")
         if self.cfg.guidance == "igds" and self.critics is None:
             raise UserError("--guidance igds needs --critics PATH (or --guidance off)")
-        if self.out.exists() and not self.overwrite:
-            raise UserError(f"'{self.out}' already exists; pass --overwrite to replace it, or choose another --out")
+        if self.out.exists():
+            if not self.out.is_dir():
+                raise UserError(f"--out '{self.out}' is a file; choose a folder name for the engine")
+            if not self.overwrite:
+                raise UserError(f"'{self.out}' already exists; pass --overwrite to replace it, or choose another --out")
+            if not is_engine_folder(self.out):
+                raise UserError(
+                    f"--overwrite replaces only an engine folder, and '{self.out}' is not one (no engine "
+                    "manifest.json); choose another --out"
+                )
         if self.out.parent.exists() and not self.out.parent.is_dir():
             raise UserError(f"'{self.out.parent}' is a file; --out must be inside a folder")
         return self
@@ -94,9 +171,7 @@ def expect_for(
 
 
 def step_shapes(step: GuidedStep, batch_size: int, memory_size: int) -> StepShapes:
-    d = step.denoiser
-    size = int(d.input_size)
-    return StepShapes(batch_size, int(d.in_channels), size, size, memory_size, step.feat_dim)
+    return StepShapes(batch_size, *step.shape, memory_size, step.feat_dim)
 
 
 def example_labels(step: GuidedStep) -> list[int]:
@@ -110,38 +185,17 @@ def write_graphs(
     spec: ExportSpec, step: GuidedStep, codec: torch.nn.Module, shapes: StepShapes, folder: Path
 ) -> dict[str, Any]:
     """Write the backend's files into ``folder``; returns the manifest's ``graphs`` entry."""
-    from ..models.vae import PixelSpace
     from . import onnx_export as ox
 
     dev = torch.device(spec.device)
     args = tuple(a.to(dev) for a in random_inputs(shapes, len(step.schedule), example_labels(step), seed=0))
-    latents = torch.randn(shapes.batch_size, shapes.channels, shapes.height, shapes.width, device=dev)
-    has_decoder = not isinstance(codec, PixelSpace)
-    opset = spec.graph_opset
-    graphs: dict[str, Any] = {}
-    if spec.backend == "compiled":
-        from .compiled import build_decoder_package, build_step_package
-
-        graphs["step"] = build_step_package(step, args, folder / "step.pt2").name
-        if has_decoder:
-            graphs["decoder"] = build_decoder_package(codec, latents, folder / "decoder.pt2").name
-    else:
-        ox.export_step(step, args, folder / "step.onnx", opset)
-        graphs["step"] = "step.onnx"
-        if has_decoder:
-            graphs["decoder"] = ox.export_decoder(codec, latents, folder / "decoder.onnx", opset).name
-        if spec.backend == "tensorrt":
-            from .tensorrt import build_plan
-
-            cache = folder / "timing.cache"
-            graphs["onnx"] = {"step": graphs["step"], "decoder": graphs.get("decoder")}
-            graphs["step"] = build_plan(folder / "step.onnx", folder / "step.plan", spec.precision, cache).name
-            if has_decoder:
-                graphs["decoder"] = build_plan(
-                    folder / "decoder.onnx", folder / "decoder.plan", spec.precision, cache
-                ).name
+    latents = None
+    if not isinstance(codec, PixelSpace):
+        latents = torch.randn(shapes.batch_size, shapes.channels, shapes.height, shapes.width, device=dev)
+    row = backend_row(spec.backend, exporting=True)
+    graphs = row.write(ExportInputs(step, codec, args, latents, folder, spec.precision, spec.graph_opset))
     if spec.split:
-        graphs["split"] = ox.export_split(step, args, folder, opset)
+        graphs["split"] = ox.export_split(step, args, folder, spec.graph_opset)
     return graphs
 
 
@@ -149,15 +203,11 @@ def export_engine(spec: ExportSpec) -> Path:
     """Build ``spec.out``. Files go to a hidden temporary folder renamed at the end, so a crash
     never leaves a folder that looks like a finished engine; an existing engine is replaced only
     with ``overwrite`` and only once the new one is complete."""
-    from ..pipeline import build_pipeline
-
     spec.validate()
-    if spec.backend == "tensorrt":
-        from .tensorrt import import_tensorrt
-
-        import_tensorrt()  # fail before minutes of export
-    dtype = spec.precision if spec.precision in ("fp16", "bf16") else "fp32"
-    pipe = build_pipeline(spec.denoiser, spec.vae, spec.critics, spec.cfg, device=spec.device, dtype=dtype)
+    reason = backend_row(spec.backend).unavailable()
+    if reason:  # fail before minutes of export
+        raise UserError(f"the {spec.backend} backend cannot run here: {reason}")
+    pipe = build_pipeline(spec.denoiser, spec.vae, spec.critics, spec.cfg, device=spec.device, dtype=spec.dtype)
     shapes = step_shapes(pipe.step, spec.batch_size, spec.memory_size)
     spec.out.parent.mkdir(parents=True, exist_ok=True)  # e.g. engines/ in a fresh clone
     tmp = spec.out.parent / f".{spec.out.name}.tmp-{os.getpid()}"
@@ -187,11 +237,12 @@ def export_engine(spec: ExportSpec) -> Path:
                 "num_classes": pipe.step.num_classes,
                 "class_wnids": model_class_names(pipe.step.denoiser),  # distill maps WNIDs without the weights
                 "labels": example_labels(pipe.step),
-                "opset": None if spec.backend == "compiled" else spec.graph_opset,
+                "opset": spec.graph_opset if backend_row(spec.backend).onnx else None,
+                "device": torch.device(spec.device).type,  # compiled code is for this device type
                 **spec.extra,
             },
         )
-        write_manifest(tmp, manifest)
+        write_engine_manifest(tmp, manifest)
         _replace(tmp, spec.out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -209,16 +260,34 @@ def _replace(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
-def verify_engine(engine: Any, step: GuidedStep, steps: list[int] | None = None, seed: int = 1) -> list[dict[str, Any]]:
-    """Relative error of every output against the eager GuidedStep on fresh random inputs."""
+def verify_engine(
+    engine: StepEngine, step: GuidedStep, steps: list[int] | None = None, seed: int = 1
+) -> list[dict[str, Any]]:
+    """Relative error of every output against the eager GuidedStep on fresh random inputs (made on
+    the CPU: the engine moves them to its device)."""
     shapes = StepShapes(engine.batch_size, *engine.shape, engine.memory_size, engine.feat_dim)
     n = len(step.schedule)
+    dev = step.tab_timestep.device
     rows = []
     for k, i in enumerate(steps if steps is not None else sorted({n - 1, n // 2, 0}, reverse=True)):
         args = random_inputs(shapes, n, example_labels(step), seed=seed + k, i=i)
-        dev = next(step.parameters()).device
         with torch.no_grad():
             ref = step(*(a.to(dev) for a in args))
         out = engine.step(*args)
         rows.append({"i": i, **{name: rel_error(o, r) for name, o, r in zip(STEP_OUTPUTS, out, ref, strict=True)}})
+    return rows
+
+
+def verify_export(spec: ExportSpec) -> list[dict[str, Any]]:
+    """Open the engine just built and compare it with the eager step; refuse errors beyond the
+    precision's tolerance (fp32 1e-3 per output, reduced precision 5e-2; NaN never passes)."""
+    from .registry import load_engine
+
+    pipe = build_pipeline(spec.denoiser, spec.vae, spec.critics, spec.cfg, device=spec.device, dtype=spec.dtype)
+    engine = load_engine(spec.out, options=LoadOptions(device=spec.device))
+    rows = verify_engine(engine, pipe.step)
+    worst = max(v for r in rows for k, v in r.items() if k != "i")
+    tol = 1e-3 if spec.precision == "fp32" else 5e-2
+    if not worst <= tol:  # also catches NaN
+        raise UserError(f"--verify: worst relative error {worst:.2e} exceeds {tol:g}")
     return rows

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..models.vae import decode_images
+from .backend import Backend, ExportInputs, LoadOptions
 from .io import ExportedEngine, StepShapes
 from .onnx_export import math_attention, trace, trace_step
 
@@ -71,37 +72,51 @@ def load_package(path: Path, device: torch.device | None = None) -> StepFn:
         raise UserError(f"cannot load AOTInductor package {path.name}: {str(e).splitlines()[0][:300]}") from None
 
 
-def jit_step(step: nn.Module, args: tuple[torch.Tensor, ...]) -> StepFn:
-    """torch.compile of the traced step (compiles on the first call; static shapes)."""
-    return torch.compile(trace_step(step, args), dynamic=False, fullgraph=True)
+def jit_step(step: nn.Module, args: tuple[torch.Tensor, ...], mode: str | None = None) -> StepFn:
+    """torch.compile of the traced step (compiles on the first call; static shapes). ``mode``
+    "reduce-overhead" replays CUDA graphs."""
+    return torch.compile(trace_step(step, args), mode=mode, dynamic=False, fullgraph=True)
 
 
 class CompiledEngine(ExportedEngine):
     backend = "compiled"
 
-    def __init__(self, fn: StepFn, manifest: dict[str, Any], decoder: StepFn | None = None):
-        super().__init__(manifest)
+    def __init__(
+        self, fn: StepFn, manifest: dict[str, Any], decoder: StepFn | None = None, device: torch.device | str = "cpu"
+    ):
+        super().__init__(manifest, device)
         self.fn = fn
         self.decoder = decoder
         self.has_decoder = decoder is not None
 
     @classmethod
-    def load(cls, engine_dir: str | Path, manifest: dict[str, Any], device: str = "cpu") -> CompiledEngine:
-        folder, dev = Path(engine_dir), torch.device(device)
+    def load(
+        cls, engine_dir: str | Path, manifest: dict[str, Any], options: LoadOptions = LoadOptions()
+    ) -> CompiledEngine:
+        folder, dev = Path(engine_dir), torch.device(options.device)
+        built_on = manifest.get("device", "cpu")
+        if torch.device(built_on).type != dev.type:
+            raise UserError(
+                f"this AOTInductor engine was compiled for {built_on}, not {dev.type}; "
+                f"re-export it with --device {dev.type}"
+            )
         fn = load_package(folder / manifest["graphs"]["step"], dev)
         dec = manifest["graphs"].get("decoder")
-        return cls(fn, manifest, load_package(folder / dec, dev) if dec else None)
+        return cls(fn, manifest, load_package(folder / dec, dev) if dec else None, dev)
 
     @classmethod
-    def jit(cls, step: nn.Module, shapes: StepShapes, example: tuple[torch.Tensor, ...]) -> CompiledEngine:
+    def jit(
+        cls, step: nn.Module, shapes: StepShapes, example: tuple[torch.Tensor, ...], mode: str | None = None
+    ) -> CompiledEngine:
+        """torch.compile of the traced step in this process (no engine folder: benchmarks, tests)."""
         manifest = {
             "backend": "compiled",
-            "mode": "torch.compile",
+            "mode": f"torch.compile {mode or 'default'}",
             "step": step.cfg.to_dict(),
             "shapes": shapes.as_dict(),
             "num_steps": len(step.schedule),
         }
-        return cls(jit_step(step, example), manifest)
+        return cls(jit_step(step, example, mode), manifest, device=example[0].device)
 
     def _run(self, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         with torch.no_grad():
@@ -110,3 +125,26 @@ class CompiledEngine(ExportedEngine):
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self.decoder(z.float().contiguous())[0]
+
+
+def write_packages(inputs: ExportInputs) -> dict[str, Any]:
+    """AOTInductor packages of the traced step and, for latent models, of the decoder."""
+    graphs: dict[str, Any] = {"step": build_step_package(inputs.step, inputs.args, inputs.folder / "step.pt2").name}
+    if inputs.latents is not None:
+        graphs["decoder"] = build_decoder_package(inputs.codec, inputs.latents, inputs.folder / "decoder.pt2").name
+    return graphs
+
+
+def _unavailable() -> str | None:
+    return None if cxx_compiler() else "no C++ compiler (g++/clang++) on PATH: AOTInductor cannot build"
+
+
+BACKEND = Backend(
+    name="compiled",
+    summary="torch.compile / an AOTInductor .pt2 package of the traced step (reloads without recompiling)",
+    precisions=("fp32", "fp16", "bf16"),
+    unavailable=_unavailable,
+    describe=lambda: f"torch.compile + AOTInductor .pt2 via {cxx_compiler()}",
+    write=write_packages,
+    load=CompiledEngine.load,
+)

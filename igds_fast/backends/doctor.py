@@ -2,75 +2,27 @@
 
 from __future__ import annotations
 
-import importlib.metadata as md
-import os
-import platform
+import torch
 
-
-def _version(dist: str) -> str | None:
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return None
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from ..machine import library_versions, machine_facts
+from .registry import BACKENDS
 
 
 def facts() -> dict[str, object]:
-    import torch
-
-    cuda = torch.cuda.is_available()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    m = machine_facts(device)
     return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda if cuda else None,
-        "gpu": torch.cuda.get_device_name(0) if cuda else None,
-        "onnx": _version("onnx"),
-        "onnxscript": _version("onnxscript"),
-        "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
-        "tensorrt": _version("tensorrt") or _version("tensorrt-cu12"),
-        "polygraphy": _version("polygraphy"),
+        **{k: m[k] for k in ("platform", "cpu", "cores", "gpu", "cuda", "driver")},
+        **library_versions(),
     }
 
 
 def backend_table() -> list[tuple[str, str, str]]:
-    """(backend, status, detail) rows."""
-    import torch
-
-    from .compiled import cxx_compiler
-    from .onnxruntime import available_providers
-    from .tensorrt import unavailable_reason
-
-    cuda = torch.cuda.is_available()
-    rows = [("eager", "yes", "cpu" + (", cuda" if cuda else "") + "; the reference GuidedStep")]
-    cxx = cxx_compiler()
-    rows.append(
-        (
-            "compiled",
-            "yes" if cxx else "no",
-            f"torch.compile + AOTInductor .pt2 via {cxx}" if cxx else "no C++ compiler (g++/clang++) on PATH",
-        )
-    )
-    try:
-        provs = available_providers()
-        short = [p.removesuffix("ExecutionProvider") for p in provs]
-        rows.append(("onnxruntime", "yes", "providers: " + ", ".join(short)))
-    except ImportError:
-        rows.append(("onnxruntime", "no", "onnxruntime is not installed"))
-    reason = unavailable_reason()
-    rows.append(("tensorrt", "no" if reason else "yes", reason or "native TensorRT plans, CUDA graphs"))
+    """(backend, yes/no, what it can do here or why not) for every row of the backend table."""
+    rows = []
+    for name, row in BACKENDS.items():
+        reason = row.unavailable()
+        rows.append((name, "no" if reason else "yes", reason or row.describe()))
     return rows
 
 

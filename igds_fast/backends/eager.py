@@ -9,39 +9,58 @@ from torch import nn
 
 from ..guidance.step import GuidedStep
 from ..models.vae import decode_images
+from ..sampling.engine import check_step_index
+from .backend import Backend
 
 
 class EagerEngine:
     backend = "eager"
+    id = None  # no engine folder behind it
 
     def __init__(
         self, step: GuidedStep, codec: nn.Module, memory_size: int = 1, manifest: dict[str, Any] | None = None
     ):
         self.module = step
         self.codec = codec
-        self.device = step.tab_timestep.device  # where the step's inputs must live
+        self.device = step.tab_timestep.device  # where the step's weights, and so its inputs, live
         self.batch_size: int | None = None
         self.memory_size = memory_size
         self.feat_dim = step.feat_dim
-        d = step.denoiser
-        self.shape = (int(d.in_channels), int(d.input_size), int(d.input_size))
+        self.shape = step.shape
         self.num_steps = len(step.schedule)
         self.manifest = manifest or {"backend": "eager", "step": step.cfg.to_dict()}
 
     def step(
         self,
         x: torch.Tensor,
-        i: torch.Tensor,
+        i: torch.Tensor | int,
         y: torch.Tensor,
         noise: torch.Tensor,
         memory: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        check_step_index(i, self.num_steps)
+        dev = self.device
+        mem = None if memory is None else memory.to(dev)
+        mask = None if memory_mask is None else memory_mask.to(dev)
         with torch.no_grad():
-            return self.module(x, torch.as_tensor(i), y, noise, memory, memory_mask)
+            return self.module(x.to(dev), torch.as_tensor(i).to(dev), y.to(dev), noise.to(dev), mem, mask)
 
     __call__ = step
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return decode_images(self.codec, x)
+            return decode_images(self.codec, x.to(self.device))
+
+
+def _describe() -> str:
+    return "cpu" + (", cuda" if torch.cuda.is_available() else "") + "; the reference GuidedStep"
+
+
+BACKEND = Backend(
+    name="eager",
+    summary="the GuidedStep module in PyTorch (the reference every engine is checked against)",
+    precisions=("fp32", "fp16", "bf16"),
+    unavailable=lambda: None,
+    describe=_describe,
+)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from ..sampling.engine import check_step_index
 
 STEP_INPUTS = ("x", "i", "y", "noise", "memory", "memory_mask")
 STEP_OUTPUTS = ("x_prev", "feats", "log_q", "h2")
@@ -72,6 +73,7 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 def prepare_inputs(
     shapes: StepShapes,
+    device: torch.device,
     x: torch.Tensor,
     i: torch.Tensor | int,
     y: torch.Tensor,
@@ -79,12 +81,13 @@ def prepare_inputs(
     memory: torch.Tensor | None,
     memory_mask: torch.Tensor | None,
 ) -> tuple[torch.Tensor, ...]:
-    """Cast to the graph dtypes and refuse shapes the static engine was not built for."""
+    """Move to the engine's device, cast to the graph dtypes, and refuse shapes the static engine was
+    not built for."""
     b, m = shapes.batch_size, shapes.memory_size
     want = (b, shapes.channels, shapes.height, shapes.width)
     if tuple(x.shape) != want or tuple(noise.shape) != want:
         raise UserError(f"this engine was built for inputs {want}, got {tuple(x.shape)}; export one for this batch")
-    dev = x.device
+    dev = device
     if memory is None or memory_mask is None:  # no earlier samples: an all-zero mask counts no pairs
         memory = torch.zeros(m, shapes.feat_dim, device=dev)
         memory_mask = torch.zeros(b, m, device=dev)
@@ -93,27 +96,29 @@ def prepare_inputs(
             f"this engine takes memory ({m}, {shapes.feat_dim}) and mask ({b}, {m}), got "
             f"{tuple(memory.shape)} and {tuple(memory_mask.shape)}; export with --memory-size to match"
         )
-    i_t = torch.as_tensor(i, device=dev).reshape(1).to(torch.int32)
+    i_t = torch.as_tensor(i).reshape(1).to(device=dev, dtype=torch.int32)
     return (
-        x.float().contiguous(),
+        x.to(dev, torch.float32).contiguous(),
         i_t,
         y.to(device=dev, dtype=torch.int32).reshape(b),
-        noise.float().contiguous(),
-        memory.float().contiguous(),
-        memory_mask.float().contiguous(),
+        noise.to(dev, torch.float32).contiguous(),
+        memory.to(dev, torch.float32).contiguous(),
+        memory_mask.to(dev, torch.float32).contiguous(),
     )
 
 
 class ExportedEngine:
-    """What every exported engine shares: its static shapes from the manifest, input checks and
-    casts (``prepare_inputs``), and batch-padded decoding. Subclasses run the graph: ``_run``
+    """What every exported engine shares: its id, device and static shapes from the manifest, input
+    moves, checks and casts (``prepare_inputs``), and batch-padded decoding. Subclasses run the graph: ``_run``
     (the step's six inputs -> its four outputs) and ``_decode`` (one static batch of latents)."""
 
     backend = ""
     has_decoder = False
 
-    def __init__(self, manifest: dict[str, Any]):
+    def __init__(self, manifest: dict[str, Any], device: torch.device | str = "cpu"):
         self.manifest = manifest
+        self.id: str | None = manifest.get("id")
+        self.device = torch.device(device)
         self.shapes = StepShapes.from_dict(manifest["shapes"])
         self.batch_size = self.shapes.batch_size
         self.memory_size = self.shapes.memory_size
@@ -130,14 +135,16 @@ class ExportedEngine:
         memory: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        return self._run(prepare_inputs(self.shapes, x, i, y, noise, memory, memory_mask))
+        check_step_index(i, self.num_steps)
+        return self._run(prepare_inputs(self.shapes, self.device, x, i, y, noise, memory, memory_mask))
 
     __call__ = step
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
         if not self.has_decoder:  # pixel space
             return x.float().clamp(-1, 1)
-        return run_in_batches(self._decode, x, self.batch_size).to(x.device)
+        return run_in_batches(self._decode, x, self.batch_size).to(self.device)
 
     def _run(self, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError

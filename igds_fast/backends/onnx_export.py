@@ -1,6 +1,6 @@
 """Trace the guided step (input-gradient included) into one graph and write it as ONNX.
 
-torch.export cannot trace ``torch.func.grad``; what works (DESIGN §2) is ``make_fx`` with the core
+torch.export cannot trace ``torch.func.grad``; what works is ``make_fx`` with the core
 ATen decompositions, which runs the GuidedStep once and records the critic's backward pass as
 ordinary forward ops, then ``torch.onnx.export(dynamo=True)`` of that graph. Shapes are static.
 """
@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..guidance.step import step_index
 from ..models.vae import decode_images
 from .io import STEP_INPUTS, STEP_OUTPUTS
 
@@ -66,18 +67,15 @@ def trace_step(step: nn.Module, args: tuple[torch.Tensor, ...]) -> torch.fx.Grap
 
 
 def _split_fns(step: nn.Module) -> dict[str, tuple[Callable[..., Any], tuple[str, ...], tuple[str, ...]]]:
-    """The step's two halves, for comparing timings and errors part by part (not an engine)."""
+    """The step's parts (``GuidedStep.eps`` and ``.guidance_grad``) as graphs of their own, for
+    comparing timings and errors part by part (not an engine)."""
 
     def denoiser_eps(x: torch.Tensor, i: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        eps, var = step.eps(x, i.long().reshape(()), y.long())
+        eps, var = step.eps(x, step_index(i), y.long())
         return (eps,) if var is None else (eps, var)
 
     def critic_grad(x: torch.Tensor, i: torch.Tensor, y: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor):
-        t = step.tab_timestep[i.long().reshape(())].expand(x.shape[0])
-        grad_fn = torch.func.grad(step.objective, has_aux=True)
-        with torch.enable_grad():
-            grad, aux = grad_fn(x, t, y.long(), memory, mask)
-        return (grad, *aux)
+        return step.guidance_grad(x, step_index(i), y.long(), memory, mask)
 
     out = {"denoiser_eps": (denoiser_eps, ("x", "i", "y"), ("eps", "var") if step.learn_sigma else ("eps",))}
     if step.critic is not None:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from .backend import Backend, ExportInputs, LoadOptions
 from .io import STEP_INPUTS, ExportedEngine
 
 # What --providers accepts, in the order "auto" prefers them. TensorRT EP is opt-in: its first
@@ -28,9 +29,16 @@ def available_providers() -> list[str]:
 
 
 def provider_list(
-    choice: str, cache_dir: Path, precision: str = "fp32", device_id: int = 0
+    choice: str, cache_dir: Path, device_id: int = 0, stream: int | None = None
 ) -> list[str | tuple[str, dict[str, Any]]]:
-    """``auto``: CUDA when available, else CPU; ``tensorrt``: TensorRT EP, CUDA and CPU as fallbacks."""
+    """``auto``: CUDA when available, else CPU; ``tensorrt``: TensorRT EP, CUDA and CPU as fallbacks.
+
+    ``stream``: the CUDA stream (a ``cudaStream_t`` as int) ORT computes on. Passing torch's stream
+    makes ORT's kernels run in order with torch's work on that stream (IO binding hands ORT raw
+    pointers of tensors torch may still be writing). Reduced precision is the typed graph's own
+    (the exporter writes fp16/bf16 where it belongs): TensorRT EP's fp16/bf16 flags would also
+    lower the fp32 critic gradient, whose tiny kernel values flush to 0 in fp16.
+    """
     have = set(available_providers())
     if choice == "auto":
         choice = "cuda" if PROVIDERS["cuda"] in have else "cpu"
@@ -41,11 +49,13 @@ def provider_list(
             f"onnxruntime here has no {PROVIDERS[choice]} (it has {', '.join(sorted(have))}); "
             "install onnxruntime-gpu for cuda/tensorrt"
         )
-    cuda = ("CUDAExecutionProvider", {"device_id": device_id})
+    cuda_opts: dict[str, Any] = {"device_id": device_id}
+    if stream is not None:
+        cuda_opts |= {"has_user_compute_stream": "1", "user_compute_stream": str(stream)}
     if choice == "cpu":
         return ["CPUExecutionProvider"]
     if choice == "cuda":
-        return [cuda, "CPUExecutionProvider"]
+        return [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
     cache_dir.mkdir(parents=True, exist_ok=True)
     trt_opts = {
         "device_id": device_id,
@@ -53,10 +63,21 @@ def provider_list(
         "trt_engine_cache_path": str(cache_dir),
         "trt_timing_cache_enable": True,
         "trt_timing_cache_path": str(cache_dir),
-        "trt_fp16_enable": precision == "fp16",
-        "trt_bf16_enable": precision == "bf16",
     }
-    return [("TensorrtExecutionProvider", trt_opts), cuda, "CPUExecutionProvider"]
+    if stream is not None:
+        trt_opts |= {"has_user_compute_stream": "1", "user_compute_stream": str(stream)}
+    return [("TensorrtExecutionProvider", trt_opts), ("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
+
+
+def check_providers(asked: list[str | tuple[str, dict[str, Any]]], used: list[str], name: str) -> None:
+    """ORT falls back to a later provider with only a warning (an option an older build does not
+    know, a missing CUDA library): refuse a session whose first provider is not the one asked for."""
+    want = asked[0] if isinstance(asked[0], str) else asked[0][0]
+    if not used or used[0] != want:
+        raise UserError(
+            f"onnxruntime opened {name} with {', '.join(used) or 'no provider'} instead of {want}: "
+            "check the onnxruntime-gpu install (CUDA/cuDNN/TensorRT libraries), or pass --providers cpu"
+        )
 
 
 def session_options(threads: int | None = None) -> Any:
@@ -76,58 +97,112 @@ def open_session(path: Path, providers: list, threads: int | None = None) -> Any
     import onnxruntime as ort
 
     try:
-        return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
+        session = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
     except Exception as e:  # ORT raises its own exception types for bad graphs and missing EPs
         raise UserError(f"onnxruntime cannot open {path.name}: {str(e).splitlines()[0][:300]}") from None
+    check_providers(providers, session.get_providers(), path.name)
+    return session
 
 
 _NP = {torch.float32: np.float32, torch.float16: np.float16, torch.int32: np.int32, torch.int64: np.int64}
 
 
 class OrtEngine(ExportedEngine):
+    """On CUDA, inputs and outputs stay in GPU memory (IO binding) and ORT computes on torch's
+    current stream of the device at load time; on CPU, tensors are shared with numpy (no copy)."""
+
     backend = "onnxruntime"
 
-    def __init__(
-        self,
-        engine_dir: str | Path,
-        manifest: dict[str, Any],
-        providers: str = "auto",
-        threads: int | None = None,
-    ):
-        super().__init__(manifest)
+    def __init__(self, engine_dir: str | Path, manifest: dict[str, Any], options: LoadOptions = LoadOptions()):
+        device = torch.device(options.device)
+        super().__init__(manifest, device)
         folder = Path(engine_dir)
-        plist = provider_list(providers, folder / "ort_trt_cache", manifest["precision"])
-        self.session = open_session(folder / manifest["graphs"]["step"], plist, threads)
+        self.stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+        if device.type == "cuda" and options.providers == "cpu":
+            raise UserError("--providers cpu cannot run an engine on --device cuda; use --providers cuda or tensorrt")
+        choice = options.providers if device.type == "cuda" or options.providers != "auto" else "cpu"
+        plist = provider_list(
+            choice,
+            folder / "ort_trt_cache",
+            device_id=device.index or 0,
+            stream=self.stream.cuda_stream if self.stream is not None else None,
+        )
+        self.session = open_session(folder / manifest["graphs"]["step"], plist, options.threads)
         dec = manifest["graphs"].get("decoder")
-        self.decoder = open_session(folder / dec, plist, threads) if dec else None
+        self.decoder = open_session(folder / dec, plist, options.threads) if dec else None
         self.has_decoder = self.decoder is not None
         self.on_cuda = self.session.get_providers()[0] != "CPUExecutionProvider"
+        if device.type != "cuda" and self.on_cuda:
+            raise UserError("an onnxruntime engine on a GPU provider needs --device cuda")
         # Inputs the exporter kept (a graph without guidance may not read memory at all).
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
 
     def _run(self, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         named = dict(zip(STEP_INPUTS, args, strict=True))
-        if self.on_cuda and args[0].is_cuda:
-            return self._run_bound(named)
-        outs = self.session.run(self.outputs, {k: named[k].cpu().numpy() for k in self.inputs})
-        return tuple(torch.from_numpy(o).to(args[0].device) for o in outs)
+        if self.on_cuda:
+            return self._run_bound(self.session, named, self.session.get_outputs())
+        outs = self.session.run(self.outputs, {k: named[k].numpy() for k in self.inputs})
+        return tuple(torch.from_numpy(o) for o in outs)
 
-    def _run_bound(self, args: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """IO binding: inputs and outputs stay in CUDA memory (no host round trip per step)."""
-        dev = args["x"].device
-        binding = self.session.io_binding()
-        for name in self.inputs:
-            t = args[name]
-            binding.bind_input(name, "cuda", dev.index or 0, _NP[t.dtype], list(t.shape), t.data_ptr())
+    def _run_bound(self, session: Any, args: dict[str, torch.Tensor], outputs: list[Any]) -> tuple[torch.Tensor, ...]:
+        """IO binding: ORT reads and writes our CUDA tensors in place (no host round trip per step)."""
+        dev = self.device
+        if torch.cuda.current_stream(dev) != self.stream:
+            # ORT computes on the stream it was opened with; make it wait for work queued elsewhere.
+            torch.cuda.current_stream(dev).synchronize()
+        binding = session.io_binding()
+        for name, t in args.items():
+            if name in {i.name for i in session.get_inputs()}:
+                binding.bind_input(name, "cuda", dev.index or 0, _NP[t.dtype], list(t.shape), t.data_ptr())
         outs = []
-        for meta in self.session.get_outputs():
+        for meta in outputs:
             t = torch.empty(meta.shape, dtype=torch.float32, device=dev)
             binding.bind_output(meta.name, "cuda", dev.index or 0, np.float32, list(t.shape), t.data_ptr())
             outs.append(t)
-        self.session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         return tuple(outs)
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
-        (images,) = self.decoder.run(None, {"latents": z.detach().float().cpu().numpy()})
+        z = z.detach().float().contiguous()
+        if self.on_cuda:
+            return self._run_bound(self.decoder, {"latents": z}, self.decoder.get_outputs())[0]
+        (images,) = self.decoder.run(None, {"latents": z.numpy()})
         return torch.from_numpy(images)
+
+
+def write_onnx(inputs: ExportInputs) -> dict[str, Any]:
+    """The fused step graph and, for latent models, the decoder graph."""
+    from . import onnx_export as ox
+
+    ox.export_step(inputs.step, inputs.args, inputs.folder / "step.onnx", inputs.opset)
+    graphs: dict[str, Any] = {"step": "step.onnx"}
+    if inputs.latents is not None:
+        graphs["decoder"] = ox.export_decoder(
+            inputs.codec, inputs.latents, inputs.folder / "decoder.onnx", inputs.opset
+        ).name
+    return graphs
+
+
+def _unavailable() -> str | None:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "onnxruntime is not installed"
+    return None
+
+
+def _describe() -> str:
+    return "providers: " + ", ".join(p.removesuffix("ExecutionProvider") for p in available_providers())
+
+
+BACKEND = Backend(
+    name="onnxruntime",
+    summary="one fused ONNX graph in ONNX Runtime (CPU, CUDA or TensorRT execution provider)",
+    precisions=("fp32", "fp16"),  # ORT has no bf16 kernels for this graph's convolutions
+    unavailable=_unavailable,
+    describe=_describe,
+    write=write_onnx,
+    load=lambda folder, manifest, options: OrtEngine(folder, manifest, options),
+    onnx=True,
+)

@@ -1,4 +1,4 @@
-"""Open an engine folder as a StepEngine, after checking its manifest and files."""
+"""The backend table, and opening an engine folder as a StepEngine after checking its manifest."""
 
 from __future__ import annotations
 
@@ -6,42 +6,44 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .base import StepEngine
-from .manifest import check_manifest, read_manifest, verify_files
+from ..sampling.engine import StepEngine
+from . import compiled, eager, onnxruntime, tensorrt
+from .backend import Backend, LoadOptions
+from .engine_manifest import check_manifest, read_engine_manifest, verify_files
 
-BACKENDS = ("eager", "compiled", "onnxruntime", "tensorrt")
-EXPORT_BACKENDS = ("onnxruntime", "tensorrt", "compiled")
+# One row per backend, in the order doctor and bench list them. A new backend: its module, one row.
+BACKENDS: dict[str, Backend] = {
+    b.name: b for b in (eager.BACKEND, compiled.BACKEND, onnxruntime.BACKEND, tensorrt.BACKEND)
+}
+EXPORT_BACKENDS = tuple(name for name, b in BACKENDS.items() if b.exports)
+
+
+def backend(name: str, exporting: bool = False) -> Backend:
+    names = EXPORT_BACKENDS if exporting else tuple(BACKENDS)
+    if name not in names:
+        raise UserError(f"unknown backend '{name}': use {', '.join(names)}")
+    return BACKENDS[name]
 
 
 def load_engine(
     engine_dir: str | Path,
     expect: dict[str, Any] | None = None,
-    *,
-    device: str = "cpu",
-    providers: str = "auto",
-    threads: int | None = None,
-    cuda_graph: bool = True,
+    options: LoadOptions = LoadOptions(),
     verify_hashes: bool = True,
 ) -> StepEngine:
     """The engine in ``engine_dir``; refuses one built for something else than ``expect`` (see
-    ``manifest.EXPECT_KEYS``) or whose files are missing, truncated or corrupt."""
-    manifest = read_manifest(engine_dir)
+    ``engine_manifest.EXPECT_KEYS``), or whose manifest or files are missing, edited, truncated or corrupt."""
+    manifest = read_engine_manifest(engine_dir)
     check_manifest(manifest, expect)
     if verify_hashes:
         verify_files(engine_dir, manifest)
-    backend = manifest.get("backend")
-    if backend == "onnxruntime":
-        from .onnxruntime import OrtEngine
-
-        return OrtEngine(engine_dir, manifest, providers=providers, threads=threads)
-    if backend == "compiled":
-        from .compiled import CompiledEngine
-
-        return CompiledEngine.load(engine_dir, manifest, device=device)
-    if backend == "tensorrt":
-        from .tensorrt import TrtEngine
-
-        return TrtEngine(engine_dir, manifest, device=device if device != "cpu" else "cuda", cuda_graph=cuda_graph)
-    raise UserError(
-        f"{engine_dir}: unknown engine backend '{backend}' (this version knows {', '.join(EXPORT_BACKENDS)})"
-    )
+    name = manifest.get("backend")
+    row = BACKENDS.get(str(name))
+    if row is None or row.load is None:
+        raise UserError(
+            f"{engine_dir}: unknown engine backend '{name}' (this version knows {', '.join(EXPORT_BACKENDS)})"
+        )
+    reason = row.unavailable()
+    if reason:
+        raise UserError(f"{engine_dir} is a {name} engine, which cannot run here: {reason}")
+    return row.load(Path(engine_dir), manifest, options)

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
+from ..config import PRECISIONS
 from ..errors import UserError
+from .backend import Backend, ExportInputs, LoadOptions
 from .io import STEP_INPUTS, STEP_OUTPUTS, ExportedEngine
-
-PRECISIONS = ("fp32", "fp16", "bf16", "fp8")
 
 
 def import_tensorrt() -> Any:
@@ -146,48 +146,86 @@ class TrtRunner:
             self.context.set_tensor_address(name, buf.data_ptr())
         self.graph: torch.cuda.CUDAGraph | None = None
         self.use_graph = cuda_graph
+        self.capture_error: str | None = None
 
     def _enqueue(self) -> None:
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError("TensorRT execute_async_v3 failed")
 
+    def _capture(self) -> None:
+        """Capture one execution as a CUDA graph; on failure keep running without one (the graph
+        is kept only once capture succeeded, so a failed capture never replays an empty graph)."""
+        self._enqueue()  # TensorRT must run once before capture
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, stream=self.stream):
+                self._enqueue()
+        except Exception as e:  # capture is an optimisation: plain execution stays correct
+            self.use_graph = False
+            self.capture_error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            return
+        self.graph = graph
+
     def __call__(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        caller = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(caller)
         with torch.cuda.stream(self.stream):
             for name, buf in self.inputs.items():  # an unused graph input may have been dropped
                 buf.copy_(feeds[name], non_blocking=True)
             if self.use_graph and self.graph is None:
-                self._enqueue()  # TensorRT must run once before capture
-                self.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self.graph, stream=self.stream):
-                    self._enqueue()
+                self._capture()
             if self.graph is not None:
                 self.graph.replay()
             else:
                 self._enqueue()
             outs = {k: v.clone() for k, v in self.outputs.items()}
-        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        caller.wait_stream(self.stream)
+        for t in outs.values():  # made on our stream, used on the caller's: keep the allocator honest
+            t.record_stream(caller)
         return outs
 
 
 class TrtEngine(ExportedEngine):
     backend = "tensorrt"
 
-    def __init__(self, engine_dir: str | Path, manifest: dict[str, Any], device: str = "cuda", cuda_graph: bool = True):
-        super().__init__(manifest)
+    def __init__(self, engine_dir: str | Path, manifest: dict[str, Any], options: LoadOptions = LoadOptions()):
+        dev = torch.device(options.device if options.device != "cpu" else "cuda")
+        super().__init__(manifest, dev)
         folder = Path(engine_dir)
-        dev = torch.device(device)
-        if dev.type != "cuda":
-            raise UserError("the tensorrt backend runs on a CUDA device: pass --device cuda")
-        self.device = dev
-        self.runner = TrtRunner(folder / manifest["graphs"]["step"], dev, cuda_graph)
+        self.runner = TrtRunner(folder / manifest["graphs"]["step"], dev, options.cuda_graph)
         dec = manifest["graphs"].get("decoder")
-        self.decoder = TrtRunner(folder / dec, dev, cuda_graph) if dec else None
+        self.decoder = TrtRunner(folder / dec, dev, options.cuda_graph) if dec else None
         self.has_decoder = self.decoder is not None
 
     def _run(self, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        outs = self.runner(dict(zip(STEP_INPUTS, (a.to(self.device) for a in args), strict=True)))
+        outs = self.runner(dict(zip(STEP_INPUTS, args, strict=True)))
         return tuple(outs[name] for name in STEP_OUTPUTS)
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder({"latents": z.to(self.device).float()})["images"]
+        return self.decoder({"latents": z.float()})["images"]
+
+
+def write_plans(inputs: ExportInputs) -> dict[str, Any]:
+    """The ONNX graphs (kept, for other runtimes), then a TensorRT plan of each."""
+    from .onnxruntime import write_onnx
+
+    import_tensorrt()  # fail before minutes of export
+    onnx = write_onnx(inputs)
+    folder, cache = inputs.folder, inputs.folder / "timing.cache"
+    graphs: dict[str, Any] = {"onnx": {"step": onnx["step"], "decoder": onnx.get("decoder")}}
+    for part, name in onnx.items():
+        plan = folder / (Path(name).stem + ".plan")
+        graphs[part] = build_plan(folder / name, plan, inputs.precision, cache).name
+    return graphs
+
+
+BACKEND = Backend(
+    name="tensorrt",
+    summary="native TensorRT 10 plans of the exported graphs, strongly typed fp16/bf16, CUDA graphs",
+    precisions=("fp32", "fp16", "bf16", "fp8"),
+    unavailable=unavailable_reason,
+    describe=lambda: "native TensorRT plans, CUDA graphs",
+    write=write_plans,
+    load=lambda folder, manifest, options: TrtEngine(folder, manifest, options),
+    onnx=True,
+)

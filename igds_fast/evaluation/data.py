@@ -1,4 +1,4 @@
-"""The training augmentation as batched torch ops (ImageFolder reading lives in igds_fast.imagefolder).
+"""The evaluation's input pipeline as batched torch ops: normalisation and the protocol's augmentation.
 
 The augmentation runs on whole batches on the training device, with every random draw from one
 CPU ``torch.Generator`` so that a seed fixes a run whatever the device.
@@ -10,8 +10,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-
-from ..imagefolder import load_split, match_classes, read_image, scan_image_folder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,14 +67,3 @@ def cutmix(images: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, to
     mixed[:, :, y0:y1, x0:x1] = images[perm.to(images.device), :, y0:y1, x0:x1]
     kept = 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
     return mixed, perm, kept
-
-
-__all__ = [
-    "cutmix",
-    "load_split",
-    "match_classes",
-    "normalize",
-    "random_resized_crop_flip",
-    "read_image",
-    "scan_image_folder",
-]

@@ -1,9 +1,8 @@
-"""Train on a distilled set, test on the real val set: MinimaxDiffusion's protocol (DESIGN §2)."""
+"""Train on a distilled set, test on the real val set: MinimaxDiffusion's protocol (docs/evaluation.md)."""
 
 from __future__ import annotations
 
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .. import __version__
 from ..errors import UserError
-from .data import cutmix, load_split, match_classes, normalize, random_resized_crop_flip, scan_image_folder
+from ..imagefolder import load_split, match_classes, scan_image_folder
+from ..machine import library_versions
+from .data import cutmix, normalize, random_resized_crop_flip
 from .networks import build_net
 
 
@@ -135,15 +135,6 @@ def images_per_class(info: dict[str, Any], files: dict[str, list[Path]], classes
     return max(counts.values())
 
 
-def versions() -> dict[str, str]:
-    return {
-        "igds_fast": __version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def evaluate_set(
     train_dir: Path,
     val_dir: Path,
@@ -201,7 +192,7 @@ def evaluate_set(
         "protocol": asdict(TrainProtocol())
         | {"milestones": "2/3, 5/6 of epochs", "augment": "random-resized-crop, flip, cutmix(beta 1, p 1)"},
         "device": device,
-        "versions": versions(),
+        "versions": library_versions(),
         "timings": {
             "load_s": round(t_loaded - t0, 3),
             "train_test_s": seconds,

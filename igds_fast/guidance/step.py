@@ -12,54 +12,22 @@ ordinary ops (make_fx), so exported engines compute exactly this function.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import nn
 
+from ..config import StepConfig
 from ..diffusion.schedule import Schedule
 from ..diffusion.updates import cfg_combine, ddim_update, ddpm_update
 from ..errors import UserError
 from ..models.critics import NoiseCritic
+from ..models.loading import denoiser_shape
 from .bounds import class_log_prob, collision_entropy, knn_entropy
-
-
-@dataclass
-class StepConfig:
-    steps: str = "50"
-    sampler: str = "ddpm"  # ddpm | ddim
-    eta: float = 0.0  # DDIM only
-    cfg_scale: float = 4.0
-    cfg_channels: int | None = 3  # None = all channels (diffusers)
-    guidance: str = "igds"  # igds | off
-    guidance_scale: float = 1.0
-    beta: float = 0.0
-    # Guide only where the training timestep t lies in [window_lo, window_hi].
-    window_lo: int = 0
-    window_hi: int = 999
-    entropy: str = "collision"  # collision | knn (eager only)
-
-    def validate(self) -> StepConfig:
-        if self.sampler not in ("ddpm", "ddim"):
-            raise UserError(f"unknown sampler '{self.sampler}': use ddpm or ddim")
-        if self.guidance not in ("igds", "off"):
-            raise UserError(f"unknown guidance '{self.guidance}': use igds or off")
-        if self.entropy not in ("collision", "knn"):
-            raise UserError(f"unknown entropy estimator '{self.entropy}': use collision or knn")
-        if self.cfg_scale < 1:
-            raise UserError(f"--cfg-scale must be >= 1 (1 disables classifier-free guidance), got {self.cfg_scale}")
-        if self.window_lo > self.window_hi:
-            raise UserError(f"empty guidance window [{self.window_lo}, {self.window_hi}]")
-        return self
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class GuidedStep(nn.Module):
     """(x_t, i, y, noise, memory, memory_mask) -> (x_{t-1}, features, log q, H2) for one schedule.
 
-    x: (B, C, H, W) float32; i: 0-d integer step index into the respaced schedule (N-1 first);
+    x: (B, C, H, W) float32; i: integer step index (0-d or 1 element) into the respaced schedule (N-1 first);
     y: (B,) denoiser class labels; noise: (B, C, H, W) for the ancestral update;
     memory: (M, D) critic features of earlier samples at this step; memory_mask: (B, M).
     Returned features are the critic's at (x_t, t) and feed later batches' memory.
@@ -72,6 +40,7 @@ class GuidedStep(nn.Module):
         self.schedule = Schedule.create(cfg.steps)
         self.num_classes = int(denoiser.num_classes)
         self.channels = int(denoiser.in_channels)
+        self.shape = denoiser_shape(denoiser)  # (C, H, W) of the denoiser space
         self.learn_sigma = bool(denoiser.learn_sigma)
         for name, tab in self.schedule.tables().items():
             self.register_buffer(f"tab_{name}", tab, persistent=False)
@@ -110,7 +79,8 @@ class GuidedStep(nn.Module):
                 )
 
     def eps(self, x: torch.Tensor, i: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Classifier-free guided eps and variance channels (one denoiser pass on 2B, or B at scale 1)."""
+        """Classifier-free guided eps and variance channels (one denoiser pass on 2B, or B at scale 1).
+        ``i``: the 1-element step index (``step_index``)."""
         t = self.tab_timestep[i].expand(x.shape[0])
         dt = next(self.denoiser.parameters()).dtype
         if self.cfg.cfg_scale == 1.0:
@@ -141,6 +111,38 @@ class GuidedStep(nn.Module):
         total = log_q.sum() + self.cfg.beta * h2.sum()
         return total, (feats.detach(), log_q.detach(), h2.detach())
 
+    def guidance_grad(
+        self,
+        x: torch.Tensor,
+        i: torch.Tensor,
+        y: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """grad_x of n x J at (x_t, t), and the per-sample auxiliaries (features, log q, H2)."""
+        b = x.shape[0]
+        if memory is None or memory_mask is None:  # no earlier samples: an all-zero mask counts no pairs
+            memory = torch.zeros(1, self.feat_dim, device=x.device)
+            memory_mask = torch.zeros(b, 1, device=x.device)
+        t = self.tab_timestep[i].expand(b)
+        grad_fn = torch.func.grad(self.objective, has_aux=True)
+        with torch.enable_grad():
+            grad, (feats, log_q, h2) = grad_fn(x, t, y, memory.float(), memory_mask.float())
+        return grad, feats, log_q, h2
+
+    def guide(self, eps: torch.Tensor, grad: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """eps_tilde = eps - s_t * sqrt(1 - alphabar_t) * grad (s_t = 0 outside the window)."""
+        s = self.cfg.guidance_scale * self.guide_on[i]
+        return eps - s * self.tab_sqrt_one_minus_alphas_cumprod[i] * grad
+
+    def update(
+        self, x: torch.Tensor, eps: torch.Tensor, var: torch.Tensor | None, i: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """x_{t-1} from eps: DDIM(eta), or ancestral DDPM with the learned-range variance."""
+        if self.cfg.sampler == "ddim":
+            return ddim_update(x, eps, i, noise, self.tables, self.cfg.eta)
+        return ddpm_update(x, eps, var if self.learn_sigma else None, i, noise, self.tables)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -151,29 +153,23 @@ class GuidedStep(nn.Module):
         memory_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         x = x.float()
-        i = i.long().reshape(1)  # a 1-element index: table[i] is a tensor gather, traceable as is
+        i = step_index(i)
         y = y.long()
         eps, var = self.eps(x, i, y)
-        b = x.shape[0]
         if self.critic is not None:
-            if memory is None or memory_mask is None:
-                memory = torch.zeros(1, self.feat_dim, device=x.device)
-                memory_mask = torch.zeros(b, 1, device=x.device)
-            t = self.tab_timestep[i].expand(b)
-            grad_fn = torch.func.grad(self.objective, has_aux=True)
-            with torch.enable_grad():
-                grad, (feats, log_q, h2) = grad_fn(x, t, y, memory.float(), memory_mask.float())
-            s = self.cfg.guidance_scale * self.guide_on[i]
-            eps = eps - s * self.tab_sqrt_one_minus_alphas_cumprod[i] * grad
+            grad, feats, log_q, h2 = self.guidance_grad(x, i, y, memory, memory_mask)
+            eps = self.guide(eps, grad, i)
         else:
+            b = x.shape[0]
             feats = torch.zeros(b, 1, device=x.device)
             log_q = torch.zeros(b, device=x.device)
             h2 = torch.zeros(b, device=x.device)
-        if self.cfg.sampler == "ddim":
-            x_prev = ddim_update(x, eps, i, noise, self.tables, self.cfg.eta)
-        else:
-            x_prev = ddpm_update(x, eps, var if self.learn_sigma else None, i, noise, self.tables)
-        return x_prev, feats, log_q, h2
+        return self.update(x, eps, var, i, noise), feats, log_q, h2
+
+
+def step_index(i: torch.Tensor | int) -> torch.Tensor:
+    """The step index as a 1-element int64 tensor: ``table[i]`` is then a tensor gather, traceable as is."""
+    return torch.as_tensor(i).long().reshape(1)
 
 
 def check_critic_matches(critic: NoiseCritic, denoiser: nn.Module) -> None:

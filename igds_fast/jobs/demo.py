@@ -3,16 +3,22 @@ evaluate the result quickly: the whole product in a few minutes on a laptop CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import typer
-
+from ..backends.build import ExportSpec, export_engine
+from ..config import step_config
 from ..errors import UserError
-from .run import DistillRequest, model_paths, run_request, step_config
+from ..evaluation.train import evaluate_set
+from ..models.embedded import resolve_models
+from ..subsets import subset
+from .job import DistillJob
+from .run import run_job
 
 DEMO_IPC = 10
 
@@ -26,47 +32,53 @@ def default_val_dir() -> Path | None:
     return None
 
 
-def demo_request(out: Path, engines: Path | None) -> DistillRequest:
-    return DistillRequest(out=out, subset="imagenette", ipc=DEMO_IPC, batch_size=DEMO_IPC, engines=engines)
+def demo_job(out: Path) -> DistillJob:
+    cfg = step_config(DEMO_IPC)
+    return DistillJob(
+        out=out,
+        classes=subset("imagenette"),
+        ipc=DEMO_IPC,
+        step=cfg,
+        models=resolve_models(None, None, None, cfg.guidance),
+        batch_size=DEMO_IPC,
+    )
 
 
-def ensure_engine(engine_dir: Path, req: DistillRequest) -> Path:
-    """Export the embedded step for ONNX Runtime once; later demos reuse the folder if it matches."""
-    from ..backends.build import ExportSpec, export_engine
-
+def ensure_engine(engine_dir: Path, job: DistillJob, log: Callable[[str], None]) -> Path:
+    """Export the embedded step for ONNX Runtime once; later demos reuse the folder (distill checks
+    its manifest against the job)."""
     if (engine_dir / "manifest.json").exists():
         return engine_dir
-    den, vae, crit = model_paths(req)
+    m = job.models
     spec = ExportSpec(
-        denoiser=den,
-        vae=vae,
-        critics=crit,
-        cfg=step_config(req),
-        batch_size=DEMO_IPC,
+        denoiser=m.denoiser,
+        vae=m.vae,
+        critics=m.critics,
+        cfg=job.step,
+        batch_size=job.batch,
         memory_size=1,
         precision="fp32",
         backend="onnxruntime",
         out=engine_dir,
     )
-    typer.echo(f"[1/3] exporting the fused guided step to {engine_dir} (once) ...")
+    log(f"[1/3] exporting the fused guided step to {engine_dir} (once) ...")
     return export_engine(spec)
 
 
-def run_demo(out: Path, engine_dir: Path, val: Path | None, epochs: int) -> dict[str, Any]:
-    from ..evaluation.train import evaluate_set
-
+def run_demo(
+    out: Path, engine_dir: Path, val: Path | None, epochs: int, log: Callable[[str], None] = print
+) -> dict[str, Any]:
     t0 = time.perf_counter()
-    req = demo_request(out, None)
-    ensure_engine(engine_dir, req)
-    typer.echo(f"[2/3] distilling Imagenette, IPC {DEMO_IPC}, with the ONNX Runtime engine into {out} ...")
-    req.engines = engine_dir
-    summary = run_request(req)
+    job = demo_job(out)
+    ensure_engine(engine_dir, job, log)
+    log(f"[2/3] distilling Imagenette, IPC {DEMO_IPC}, with the ONNX Runtime engine into {out} ...")
+    summary = run_job(dataclasses.replace(job, engines=engine_dir))
     result: dict[str, Any] = {"engine": str(engine_dir), "distilled": str(out), "distill": summary}
     val = val or default_val_dir()
     if val is None:
-        typer.echo("[3/3] skipped evaluation: no real Imagenette val folder found (pass --val PATH)")
+        log("[3/3] skipped evaluation: no real Imagenette val folder found (pass --val PATH)")
     else:
-        typer.echo(f"[3/3] training ConvNet-3 on the distilled set ({epochs} epochs), testing on {val} ...")
+        log(f"[3/3] training ConvNet-3 on the distilled set ({epochs} epochs), testing on {val} ...")
         res = evaluate_set(out, val, "convnet3", 32, [0], epochs=epochs)
         (out.parent / f"{out.name}_eval.json").write_text(json.dumps(res, indent=1))
         result["accuracy"] = res["mean"]

@@ -11,7 +11,6 @@ worker finishes last; assembling is idempotent).
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 import json
 import shutil
@@ -26,15 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..backends.base import StepEngine
 from ..errors import UserError
 from ..imageio import encode_image, grid, save_picture, write_atomic
 from ..models.vae import to_uint8
-from ..sampling import run_chunk
+from ..sampling import StepEngine, WorkUnit, class_units, run_class, shard_classes
 from ..seeds import sample_seed
 from ..subsets import class_info
-from .manifest import write_manifest
-from .units import WorkUnit, class_units, shard_classes
+from .image_manifest import image_name, image_row, write_image_manifest
 
 JOB_FILE = ".igds-job.json"
 
@@ -152,21 +149,21 @@ class UnitWriter:
             folder.mkdir(exist_ok=True)
             for k, idx in enumerate(unit.indices):
                 data = encode_image(resize(images[k], cfg.resolution), cfg.image_format)
-                rel = f"{unit.wnid}/{idx:05d}.{ext}"
+                rel = f"{unit.wnid}/{image_name(idx, ext)}"
                 write_atomic(out / rel, data)
                 rows.append(
-                    {
-                        "wnid": unit.wnid,
-                        "class_index": class_info(unit.wnid).imagenet_index,
-                        "sample_index": idx,
-                        "seed": sample_seed(cfg.seed, unit.label, idx),
-                        "path": rel,
-                        "sha256": hashlib.sha256(data).hexdigest(),
-                        "log_q": float(log_q[k]),
-                        "h2": float(h2[k]),
-                        "backend": cfg.backend,
-                        "engine_id": cfg.engine_id,
-                    }
+                    image_row(
+                        unit.wnid,
+                        class_info(unit.wnid).imagenet_index,
+                        idx,
+                        sample_seed(cfg.seed, unit.label, idx),
+                        rel,
+                        data,
+                        cfg.backend,
+                        cfg.engine_id,
+                        float(log_q[k]),
+                        float(h2[k]),
+                    )
                 )
             buf = _npy_bytes(feats)
             write_atomic(_unit_feats(out, unit), buf)
@@ -218,21 +215,19 @@ def distill_class(
     on_images: Callable[[int], None] | None = None,
 ) -> int:
     """Run the class's missing units in chunk order; returns the number of images produced."""
-    units = class_units(wnid, label, cfg.ipc, cfg.batch_size)
     made = 0
-    memory: list[np.ndarray] = []  # per finished chunk: (N steps, n, D) features
-    for unit in units:
-        if unit_done(out, unit):
-            memory.append(_load_feats(out, unit))
-            continue
-        t0 = time.perf_counter()
-        x, feats, log_q, h2 = run_chunk(engine, cfg.seed, unit, memory)
-        images = to_uint8(engine.decode(x)).cpu().numpy()
-        writer.submit(unit, images, feats, log_q, h2, time.perf_counter() - t0)
-        memory.append(feats)
-        made += unit.count
+    t0 = time.perf_counter()
+
+    def done(unit: WorkUnit) -> np.ndarray | None:  # a finished chunk: its stored features join the memory
+        return _load_feats(out, unit) if unit_done(out, unit) else None
+
+    for res in run_class(engine, cfg.seed, class_units(wnid, label, cfg.ipc, cfg.batch_size), done=done):
+        images = to_uint8(engine.decode(res.x0)).cpu().numpy()
+        writer.submit(res.unit, images, res.feats, res.log_q, res.h2, time.perf_counter() - t0)
+        made += res.unit.count
         if on_images is not None:
-            on_images(unit.count)
+            on_images(res.unit.count)
+        t0 = time.perf_counter()
     return made
 
 
@@ -252,7 +247,7 @@ def finalize(out: Path, cfg: DistillConfig, run_info: dict[str, Any]) -> bool:
         rec = json.loads(_unit_record(out, u).read_text())
         rows += rec["rows"]
         seconds += rec["seconds"]
-    write_manifest(rows, out / "manifest.parquet")
+    write_image_manifest(rows, out / "manifest.parquet")
     for wnid in cfg.wnids:
         from PIL import Image
 

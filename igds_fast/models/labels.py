@@ -33,3 +33,8 @@ def labels_for_wnids(own: list[str], num_classes: int, wnids: list[str]) -> list
 
 def class_labels(denoiser: nn.Module, wnids: list[str]) -> list[int]:
     return labels_for_wnids(model_class_names(denoiser), int(denoiser.num_classes), wnids)
+
+
+def model_labels(classes: list[int | str], denoiser: nn.Module) -> list[int]:
+    """Labels as given, and WNIDs through the model's class names (or ImageNet-1k indices)."""
+    return [c if isinstance(c, int) else class_labels(denoiser, [c])[0] for c in classes]

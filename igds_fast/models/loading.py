@@ -28,6 +28,12 @@ from .dit import DiT, DiTConfig
 OUR_FORMAT = "igds-fast/denoiser-v1"
 
 
+def denoiser_shape(denoiser: nn.Module) -> tuple[int, int, int]:
+    """(C, H, W) of the space a denoiser works in: the shape of one sample everywhere in the package."""
+    size = int(denoiser.input_size)
+    return (int(denoiser.in_channels), size, size)
+
+
 class UNetDenoiser(nn.Module):
     """A diffusers class-conditional ``UNet2DModel`` behind the ``forward(x, t, y)`` interface.
 

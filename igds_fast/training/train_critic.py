@@ -82,14 +82,6 @@ def load_encoded(
     return z, labels
 
 
-def lr_factor(step: int, total: int) -> float:
-    """Linear warm-up over the first 5% of the steps, then cosine decay to 0 (any total >= 1)."""
-    warm = max(1, total // 20)
-    if step < warm:
-        return (step + 1) / warm
-    return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-
 def balanced_subsample(x: torch.Tensor, y: torch.Tensor, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """At most n images, the same number from each class (the first ones: deterministic)."""
     per = max(1, n // k)

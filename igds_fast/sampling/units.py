@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import UserError
-
 
 @dataclass(frozen=True)
 class WorkUnit:
@@ -40,19 +38,6 @@ def class_units(wnid: str, label: int, ipc: int, batch_size: int) -> list[WorkUn
 def memory_rows(ipc: int, batch_size: int) -> int:
     """Memory rows the last chunk of a class needs: the features of all earlier chunks."""
     return max(0, (ipc - 1) // batch_size) * batch_size
-
-
-def parse_shard(text: str | None) -> tuple[int, int]:
-    """``"i/n"`` -> (i, n) with 0 <= i < n; None -> (0, 1)."""
-    if text is None:
-        return 0, 1
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise UserError(f"bad --shard '{text}': use i/n, e.g. 0/4") from None
-    if n < 1 or not 0 <= i < n:
-        raise UserError(f"bad --shard '{text}': need 0 <= i < n")
-    return i, n
 
 
 def shard_classes(wnids: list[str], shard: int, num_shards: int) -> list[str]:

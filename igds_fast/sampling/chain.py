@@ -1,21 +1,21 @@
-"""Run a guided step over a whole schedule: one batch (``run_chain``) or one chunk of a class with
-the memory of its earlier chunks (``run_chunk``). Every command samples through these two."""
+"""Run a guided step over a whole schedule: one batch (``run_chain``), one chunk of a class with the
+memory of its earlier chunks (``run_chunk``), or all chunks of a class in order (``run_class``).
+Every command samples through these."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
-from .errors import UserError
-from .jobs.units import WorkUnit
-from .seeds import SampleNoise, sample_seed
+from ..errors import UserError
+from ..seeds import SampleNoise, sample_seed
+from .engine import StepEngine
+from .units import WorkUnit
 
-# (x, i, y, noise, memory, memory_mask) -> (x_prev, feats, log_q, h2); a GuidedStep or an engine.
-# StepEngine (backends.base) is the object form; only .step/.batch_size/.memory_size/... are used.
+# (x, i, y, noise, memory, memory_mask) -> (x_prev, feats, log_q, h2): a GuidedStep or engine.step.
 StepFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
@@ -25,6 +25,15 @@ class ChainResult:
     feats: list[torch.Tensor]  # critic features at every step index (index i at position i)
     log_q: torch.Tensor  # critic log q(y|x) at the last step
     h2: torch.Tensor  # class H2 bound at the last step
+
+
+@dataclass
+class ChunkResult:
+    unit: WorkUnit
+    x0: torch.Tensor  # (n, C, H, W) final samples in the denoiser's space, on the engine's device
+    feats: np.ndarray  # (N steps, n, D) critic features: the memory of the class's later chunks
+    log_q: np.ndarray  # (n,)
+    h2: np.ndarray  # (n,)
 
 
 def run_chain(
@@ -39,18 +48,18 @@ def run_chain(
     """Denoise from x_T (drawn from ``noise`` unless ``x_init``) through step indices N-1 .. 0.
 
     ``memory(i)`` returns (features, mask) of earlier samples at step index i, or None;
-    ``on_step(i, x_prev)`` sees every step's result (progress, finiteness checks).
+    ``on_step(i, x_prev)`` sees every step's result (progress, finiteness checks). Nothing here
+    reads a device value back to the host, so a GPU runs the chain without a per-step stall.
     """
-    x = noise.initial() if x_init is None else x_init.to(noise.device)
-    if x_init is not None:
-        noise.initial()  # keep the per-sample streams aligned with the default path
+    first = noise.draw()  # drawn even with x_init: the per-sample streams stay aligned
+    x = first if x_init is None else x_init.to(noise.device)
     feats: list[torch.Tensor] = [torch.empty(0)] * num_steps
     log_q = h2 = torch.zeros(len(labels))
     y = labels.to(noise.device)
     indices = torch.arange(num_steps, dtype=torch.int32, device=noise.device)  # one upload, a view per step
     for i in reversed(range(num_steps)):
         mem = memory(i) if memory is not None else None
-        args = (x, indices[i], y, noise.step()) + (mem if mem is not None else ())
+        args = (x, indices[i : i + 1], y, noise.draw()) + (mem if mem is not None else ())
         with torch.no_grad():
             x, f, log_q, h2 = step(*args)
         feats[i] = f
@@ -78,18 +87,16 @@ def memory_tensors(
 
 
 def run_chunk(
-    engine: Any,
+    engine: StepEngine,
     seed: int,
     unit: WorkUnit,
     memory: list[np.ndarray],
     x_init: torch.Tensor | None = None,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
-) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
-    """Denoise one chunk of a class: (x0, features (N, n, D) at every step, log q, H2).
-
-    ``memory`` holds the features of the class's earlier chunks; pads to the engine's static
-    batch; refuses non-finite samples."""
-    device = getattr(engine, "device", "cpu")
+) -> ChunkResult:
+    """Denoise one chunk of a class. ``memory`` holds the features of the class's earlier chunks;
+    pads to the engine's static batch; refuses non-finite samples."""
+    device = engine.device
     batch = engine.batch_size or unit.count
     if unit.count > batch:
         raise UserError(f"--batch-size {unit.count} exceeds the engine's static batch {batch}")
@@ -112,8 +119,8 @@ def run_chunk(
         if on_step is not None:
             on_step(i, x)
 
-    if x_init is not None:
-        x_init = torch.cat([x_init, torch.zeros(batch - unit.count, *engine.shape)]) if batch > unit.count else x_init
+    if x_init is not None and batch > unit.count:
+        x_init = torch.cat([x_init, torch.zeros(batch - unit.count, *engine.shape)])
     res = run_chain(
         engine.step, engine.num_steps, y, noise, x_init=x_init, memory=lambda i: (mem_all[i], mask), on_step=watch
     )
@@ -125,6 +132,29 @@ def run_chunk(
             f"samples {unit.start}..{unit.start + unit.count - 1}; "
             "nothing was written for them (lower --guidance-scale or check the model)"
         )
-    feats = np.stack([f[: unit.count].float().cpu().numpy() for f in res.feats])
-    x = res.x0[: unit.count]
-    return x, feats, res.log_q[: unit.count].float().cpu().numpy(), res.h2[: unit.count].float().cpu().numpy()
+    n = unit.count
+    feats = np.stack([f[:n].float().cpu().numpy() for f in res.feats])
+    return ChunkResult(unit, res.x0[:n], feats, res.log_q[:n].float().cpu().numpy(), res.h2[:n].float().cpu().numpy())
+
+
+def run_class(
+    engine: StepEngine,
+    seed: int,
+    units: Sequence[WorkUnit],
+    done: Callable[[WorkUnit], np.ndarray | None] = lambda unit: None,
+    x_init: Callable[[WorkUnit], torch.Tensor | None] = lambda unit: None,
+    on_step: Callable[[WorkUnit, int, torch.Tensor], None] | None = None,
+) -> Iterator[ChunkResult]:
+    """The chunks of one class in order, each seeing the features of all earlier ones (the entropy
+    term's memory). ``done(unit)`` returns the stored features of a chunk finished earlier (it is
+    then skipped, its features still enter the memory), or None to run it."""
+    memory: list[np.ndarray] = []
+    for unit in units:
+        stored = done(unit)
+        if stored is not None:
+            memory.append(stored)
+            continue
+        step_cb = None if on_step is None else (lambda i, x, u=unit: on_step(u, i, x))
+        res = run_chunk(engine, seed, unit, memory, x_init=x_init(unit), on_step=step_cb)
+        memory.append(res.feats)
+        yield res

@@ -1,13 +1,12 @@
 """The random-real baseline: IPC real images per class, laid out exactly like a distilled set.
 
-``<out>/<wnid>/<index>.png`` (index 0..IPC-1, PNG at the source resolution), ``manifest.parquet``
+``<out>/<wnid>/<index:05d>.png`` (index 0..IPC-1, PNG at the source resolution), ``manifest.parquet``
 and ``run.json``. The picks depend only on (seed, class, the sorted file list), so a class's picks
 do not change with the other classes chosen.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -16,11 +15,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from ..imagefolder import read_image, scan_image_folder
 from ..imageio import encode_image, write_atomic
-from ..jobs.manifest import write_manifest
+from ..machine import library_versions
 from ..subsets import ClassInfo
-from .data import read_image, scan_image_folder
-from .train import versions
+from .image_manifest import image_name, image_row, write_image_manifest
 
 
 def pick_files(files: list[Path], ipc: int, seed: int, class_index: int) -> list[Path]:
@@ -79,29 +78,16 @@ def random_real(data: Path, classes: list[ClassInfo], ipc: int, seed: int, out: 
             pixels = read_image(src)
             sizes.add(pixels.shape[:2])
             png = encode_image(pixels, "png")
-            rel = f"{c.wnid}/{index}.png"
+            rel = f"{c.wnid}/{image_name(index)}"
             write_atomic(out / rel, png)
-            rows.append(
-                {
-                    "wnid": c.wnid,
-                    "class_index": c.imagenet_index,
-                    "sample_index": index,
-                    "seed": seed,
-                    "path": rel,
-                    "sha256": hashlib.sha256(png).hexdigest(),
-                    "log_q": None,
-                    "h2": None,
-                    "backend": "real",
-                    "engine_id": None,
-                }
-            )
-    write_manifest(rows, out / "manifest.parquet")
+            rows.append(image_row(c.wnid, c.imagenet_index, index, seed, rel, png, backend="real"))
+    write_image_manifest(rows, out / "manifest.parquet")
     (height, width), *others = sizes
     run = identity | {
         "complete": True,
         "resolution": height if not others and height == width else None,  # None: sizes vary
         "sources": sources,
-        "versions": versions(),
+        "versions": library_versions(),
         "timings": {"total_s": round(time.perf_counter() - t0, 3)},
     }
     write_atomic(out / "run.json", json.dumps(run, indent=2).encode())

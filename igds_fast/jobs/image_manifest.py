@@ -1,8 +1,8 @@
-"""The per-image manifest of a distilled (or random-real) set: one Parquet row per image file.
+"""The image manifest of a distilled (or random-real) set: one Parquet row per image file.
 
 Columns:
   wnid, class_index    the class, and its ImageNet-1k index (what a 1000-class DiT is conditioned on)
-  sample_index         the image's index within its class: the file is ``<wnid>/<sample_index>.png``
+  sample_index         the image's index within its class: the file is ``<wnid>/<sample_index:05d>.png``
   seed                 the seed the image derives from: the per-sample noise seed for generated
                        images (``seeds.sample_seed``), the run seed for real picks
   path                 the file, relative to the set's root
@@ -14,6 +14,7 @@ Columns:
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,39 @@ def _check_rows(rows: list[dict[str, Any]]) -> None:
                 raise ValueError(f"manifest row {i}: column '{field.name}' must not be null")
 
 
-def write_manifest(rows: list[dict[str, Any]], path: str | Path) -> None:
+def image_name(index: int, ext: str = "png") -> str:
+    """The file name of a set's ``index``-th image of a class (distilled and baseline sets alike)."""
+    return f"{index:05d}.{ext}"
+
+
+def image_row(
+    wnid: str,
+    class_index: int,
+    sample_index: int,
+    seed: int,
+    path: str,
+    data: bytes,
+    backend: str,
+    engine_id: str | None = None,
+    log_q: float | None = None,
+    h2: float | None = None,
+) -> dict[str, Any]:
+    """One manifest row for the image file ``path`` (relative to the set) whose bytes are ``data``."""
+    return {
+        "wnid": wnid,
+        "class_index": class_index,
+        "sample_index": sample_index,
+        "seed": seed,
+        "path": path,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "log_q": log_q,
+        "h2": h2,
+        "backend": backend,
+        "engine_id": engine_id,
+    }
+
+
+def write_image_manifest(rows: list[dict[str, Any]], path: str | Path) -> None:
     """Write the rows as Parquet, atomically (a reader sees the old file or the whole new one)."""
     _check_rows(rows)
     buf = io.BytesIO()
@@ -60,7 +93,7 @@ def write_manifest(rows: list[dict[str, Any]], path: str | Path) -> None:
     write_atomic(Path(path), buf.getvalue())
 
 
-def read_manifest(path: str | Path) -> list[dict[str, Any]]:
+def read_image_manifest(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"manifest '{path}' does not exist")

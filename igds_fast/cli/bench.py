@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from .errors import UserError
+from ..bench.config import DEFAULT_BACKENDS, variant_names
+from ..errors import UserError
 
 
 def parse_list(text: str, option: str) -> list[str]:
@@ -43,8 +44,8 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(8, help="Images per guided step."),
         steps: int = typer.Option(50, help="Respaced steps: the schedule, and the end-to-end chain length."),
         backends: str = typer.Option(
-            "eager-ref,eager,compiled,onnxruntime,tensorrt",
-            help="Comma list of eager-ref, eager, compiled, compiled-cg, aoti, onnxruntime, tensorrt.",
+            ",".join(DEFAULT_BACKENDS),
+            help="Comma list of " + ", ".join(variant_names()) + " (compiled = the AOTInductor engine).",
         ),
         e2e_backends: str | None = typer.Option(
             None, help="Backends that also run the full chain + decode + PNG (default: all; 'none' for none)."
@@ -55,14 +56,13 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
         dtype: str = typer.Option("fp32", help="Denoiser precision of all but eager-ref: fp32, bf16 or fp16."),
         memory_size: int = typer.Option(32, help="Rows of the critic-feature memory input."),
-        compile_mode: str = typer.Option("default", help="torch.compile mode of the compiled backend."),
         parity_inputs: int = typer.Option(1, help="Fresh inputs for the error check against eager fp32."),
         peak_tflops: float | None = typer.Option(None, help="Peak TFLOP/s to compare with (default: measured)."),
         threads: int | None = typer.Option(None, help="CPU threads for torch and onnxruntime."),
         json_out: Path | None = typer.Option(None, "--json", help="Write the results here."),
     ) -> None:
         """Time the guided step and the whole distill path (steps, decode, PNG) per backend."""
-        from .bench import BenchConfig, run_bench
+        from ..bench import BenchConfig, run_bench
 
         e2e = None
         if e2e_backends is not None:
@@ -81,7 +81,6 @@ def register(app: typer.Typer) -> None:
             device=device,
             dtype=dtype,
             memory_size=memory_size,
-            compile_mode=compile_mode,
             parity_inputs=parity_inputs,
             peak_tflops=peak_tflops,
             threads=threads,

@@ -2,8 +2,10 @@
 
 ``engines/NAME/manifest.json`` records the sha256 of the denoiser, VAE and critic weights, the
 step configuration, the static shapes, precision, backend, library versions and the size and
-sha256 of every file of the engine. ``check_manifest`` compares it with what a caller wants to
-run; ``verify_files`` catches truncated or corrupt engine files before a backend loads them.
+sha256 of every file of the engine, and an ``id``: a digest of all of that. Reading a manifest
+recomputes the id, so an edited or damaged manifest is refused; ``check_manifest`` compares it
+with what a caller wants to run; ``verify_files`` catches truncated or corrupt engine files
+before a backend loads them. Distilled images record the id of the engine that made them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..machine import library_versions
 
 MANIFEST = "manifest.json"
 ENGINE_FORMAT = "igds-fast/engine-v1"
@@ -61,25 +64,6 @@ def optional_sha256(path: str | Path | None) -> str | None:
     return file_sha256(path)
 
 
-def library_versions() -> dict[str, str | None]:
-    import importlib.metadata as md
-
-    out: dict[str, str | None] = {}
-    for name, dist in (
-        ("torch", "torch"),
-        ("onnx", "onnx"),
-        ("onnxscript", "onnxscript"),
-        ("onnxruntime", "onnxruntime"),
-        ("onnxruntime_gpu", "onnxruntime-gpu"),
-        ("tensorrt", "tensorrt"),
-    ):
-        try:
-            out[name] = md.version(dist)
-        except md.PackageNotFoundError:
-            continue
-    return out
-
-
 def describe_files(folder: Path) -> dict[str, dict[str, Any]]:
     """Size and sha256 of every engine file (all files of the folder but the manifest)."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
@@ -112,13 +96,28 @@ def build_manifest(
     }
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+def engine_id(manifest: dict[str, Any]) -> str:
+    """A digest of everything the manifest says (models, step, shapes, files' hashes, ...) but the id."""
+    body = {k: v for k, v in manifest.items() if k != "id"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def write_engine_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     manifest = {**manifest, "files": describe_files(folder)}
+    manifest["id"] = engine_id(manifest)
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     return manifest
 
 
-def read_manifest(engine_dir: str | Path) -> dict[str, Any]:
+def is_engine_folder(path: Path) -> bool:
+    """Whether ``path`` holds an igds-fast engine (what ``export --overwrite`` may replace)."""
+    try:
+        return json.loads((path / MANIFEST).read_text()).get("format") == ENGINE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_engine_manifest(engine_dir: str | Path) -> dict[str, Any]:
     path = Path(engine_dir) / MANIFEST
     if not Path(engine_dir).is_dir():
         raise UserError(f"engine '{engine_dir}' does not exist; build it with `igds-fast export`")
@@ -128,8 +127,14 @@ def read_manifest(engine_dir: str | Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: unreadable manifest ({e}); rebuild the engine") from None
-    if manifest.get("format") != ENGINE_FORMAT:
-        raise UserError(f"{path}: not an igds-fast engine manifest (format '{manifest.get('format')}')")
+    if not isinstance(manifest, dict) or manifest.get("format") != ENGINE_FORMAT:
+        fmt = manifest.get("format") if isinstance(manifest, dict) else None
+        raise UserError(f"{path}: not an igds-fast engine manifest (format '{fmt}')")
+    if manifest.get("id") != engine_id(manifest):
+        raise UserError(
+            f"{path} was edited or damaged (its content no longer matches its id {manifest.get('id')!r}); "
+            "rebuild the engine with `igds-fast export --overwrite`"
+        )
     return manifest
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from .errors import UserError
+from ..errors import UserError
 
 baseline_app = typer.Typer(help="Baseline sets laid out like a distilled set.", no_args_is_help=True)
 
@@ -32,9 +32,9 @@ def evaluate(
     out: Path = typer.Option(Path("results.json"), help="Results file."),
 ) -> None:
     """Train a network on a distilled set and test it on the real val set (MinimaxDiffusion's protocol)."""
-    from .evaluation.train import evaluate_set, seed_list
-    from .imageio import write_atomic
-    from .subsets import subset as subset_classes
+    from ..evaluation.train import evaluate_set, seed_list
+    from ..imageio import write_atomic
+    from ..subsets import subset as subset_classes
 
     if not out.parent.is_dir():
         raise UserError(f"output folder '{out.parent}' does not exist")
@@ -58,8 +58,8 @@ def random_real(
     classes: str | None = typer.Option(None, help="Comma-separated WNIDs instead of --subset."),
 ) -> None:
     """Pick IPC random real images per class (the random baseline of the papers)."""
-    from .evaluation.baseline import random_real as write_random_real
-    from .subsets import resolve_classes
+    from ..jobs.baseline import random_real as write_random_real
+    from ..subsets import resolve_classes
 
     if write_random_real(data, resolve_classes(subset, classes), ipc, seed, out):
         typer.echo(f"wrote {out}: {ipc} real images per class, seed {seed}")
@@ -73,13 +73,39 @@ def report(
     plot: Path | None = typer.Option(Path("docs/accuracy_vs_ipc.png"), help="Accuracy-vs-IPC plot."),
 ) -> None:
     """Tabulate and plot evaluate results (method x IPC x net, mean ± std)."""
-    from .evaluation.report import write_report
+    from ..evaluation.report import write_report
 
     write_report(results, out, plot)
     typer.echo(f"wrote {out}" + (f" and {plot}" if plot is not None else ""))
+
+
+def quality(
+    samples: Path = typer.Option(..., help="Sample set to judge (ImageFolder: <class>/<image>; WNIDs or names)."),
+    real_train: Path = typer.Option(..., help="Real train ImageFolder: the judge is trained on it (once, cached)."),
+    real_val: Path = typer.Option(..., help="Real val ImageFolder: the k-NN manifold and a reference row."),
+    resolution: int | None = typer.Option(None, help="Judge resolution in px (default: the samples' image size)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the full results (JSON) here."),
+    net: str = typer.Option("convnet3", help="Judge network: convnet3, convnet6, resnetap10 or resnet18."),
+    epochs: int | None = typer.Option(None, help="Judge training epochs on real train (default 6)."),
+    cache_dir: Path | None = typer.Option(None, help="Judge cache (default ~/.cache/igds-fast/judges)."),
+    device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
+    seed: int = typer.Option(0, help="Seed of the judge's training and of the reference picks."),
+) -> None:
+    """Judge a sample set with an independent classifier trained on real data: accuracy, precision, recall,
+    density, coverage, saturation, within-class feature distance, next to real val and random real images."""
+    from ..evaluation.quality import format_table, judge_samples
+    from ..imageio import write_atomic
+
+    if json_out is not None and not json_out.parent.is_dir():
+        raise UserError(f"output folder '{json_out.parent}' does not exist")
+    result = judge_samples(samples, real_train, real_val, resolution, net, epochs, seed, cache_dir, device)
+    if json_out is not None:
+        write_atomic(json_out, (json.dumps(result, indent=2) + "\n").encode())
+    typer.echo(format_table(result) + (f"\n-> {json_out}" if json_out is not None else ""))
 
 
 def register(app: typer.Typer) -> None:
     app.command()(evaluate)
     app.add_typer(baseline_app, name="baseline")
     app.command()(report)
+    app.command()(quality)

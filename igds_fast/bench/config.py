@@ -1,0 +1,73 @@
+"""What a bench run measures: the model, shapes, variants and how long to time them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..backends.registry import BACKENDS
+from ..config import DTYPES
+from ..errors import UserError
+
+SCHEMA = "igds-fast/bench-v2"
+MODELS = ("embedded", "dit-s2", "dit-b2", "dit-xl2", "tiny")
+ARCHS = {"dit-s2": "DiT-S/2", "dit-b2": "DiT-B/2", "dit-xl2": "DiT-XL/2"}
+PIXEL_SIZES = {"embedded": 32, "tiny": 16}
+# What the bench runs, besides every backend of the table (backends.registry.BACKENDS):
+#   eager-ref         the reference workflow as users run it (MinimaxDiffusion's sample.py): batch 1, fp32,
+#                     TF32 matmuls on, decode per image
+#   torch-compile     torch.compile of the traced step in-process; -cg: with CUDA graphs (reduce-overhead)
+# and "compiled" is the table's backend: the AOTInductor package ``igds-fast export`` builds.
+EXTRA_VARIANTS = ("eager-ref", "torch-compile", "torch-compile-cg")
+DEFAULT_BACKENDS = ("eager-ref", "eager", "torch-compile", "onnxruntime", "tensorrt")
+
+
+def variant_names() -> tuple[str, ...]:
+    return (EXTRA_VARIANTS[0], *BACKENDS, *EXTRA_VARIANTS[1:])
+
+
+@dataclass
+class BenchConfig:
+    model: str = "embedded"
+    random_weights: bool = False
+    resolution: int | None = None  # None: 32 for pixel models, 256 for latent DiTs
+    batch_size: int = 8
+    steps: int = 50
+    backends: list[str] = field(default_factory=lambda: list(DEFAULT_BACKENDS))
+    e2e_backends: list[str] | None = None  # None: every backend runs the full chain
+    guidance: str = "igds"
+    warmup: int = 2
+    repeats: int = 5
+    device: str = "cpu"
+    dtype: str = "fp32"
+    memory_size: int = 32
+    parity_inputs: int = 1
+    peak_tflops: float | None = None  # None: measure a matmul in this dtype on this device
+    threads: int | None = None  # torch and ORT intra-op threads (None: library defaults)
+    png_workers: int = 2
+    seed: int = 0
+
+    def validate(self) -> BenchConfig:
+        if self.model not in MODELS:
+            raise UserError(f"unknown --model '{self.model}': use {', '.join(MODELS[:4])}")
+        names = variant_names()
+        unknown = [b for b in self.backends if b not in names]
+        if unknown or not self.backends:
+            raise UserError(f"unknown backend '{(unknown or [''])[0]}': use {', '.join(names)}")
+        if self.dtype not in DTYPES:
+            raise UserError(f"unknown --dtype '{self.dtype}': use fp32, bf16 or fp16")
+        if self.guidance not in ("igds", "off"):
+            raise UserError(f"unknown --guidance '{self.guidance}': use igds or off")
+        if min(self.batch_size, self.steps, self.repeats, self.memory_size) < 1 or self.warmup < 0:
+            raise UserError("--batch-size, --steps, --repeats, --memory-size must be >= 1, --warmup >= 0")
+        pixel = self.model in PIXEL_SIZES
+        if self.resolution is None:
+            self.resolution = PIXEL_SIZES.get(self.model, 256)
+        if pixel and self.resolution != PIXEL_SIZES[self.model]:
+            raise UserError(f"--model {self.model} is a pixel model of fixed size; leave --resolution out")
+        if not pixel and (self.resolution % 16 or self.resolution < 32):
+            raise UserError(f"--resolution must be a multiple of 16 (latent R/8, patch 2), got {self.resolution}")
+        return self
+
+    @property
+    def e2e(self) -> list[str]:
+        return list(self.backends if self.e2e_backends is None else self.e2e_backends)

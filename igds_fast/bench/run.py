@@ -1,0 +1,227 @@
+"""``igds-fast bench``: guided-step and end-to-end throughput of every backend, in one run.
+
+For each row: ms per guided step (median over repeats, device-synchronised, fresh random inputs
+each repeat), img/s of a full N-step chain (``sampling.run_chain``, as distill runs it) with decode
+and PNG encoding, a per-stage split (eager only: exported engines run the step as one fused graph),
+peak memory, FLOPs per step, achieved FLOP/s against a peak measured in the same run, the error
+against the eager fp32 step, and ratios vs ``eager`` and ``eager-ref``. A row that fails is
+recorded with its error and the run goes on; the JSON is rewritten before and after every row, so
+a run killed by a time limit leaves its finished rows and a "running" row for the one it cut off.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..backends.io import STEP_OUTPUTS, rel_error
+from ..config import DTYPES, StepConfig, resolve_device
+from ..guidance.step import GuidedStep
+from ..imageio import encode_image
+from ..machine import library_versions, machine_facts
+from ..models.dit import DiT, DiTConfig
+from ..models.flops import counted_flops, decoder_flops, dit_forward_flops
+from ..models.vae import PixelSpace, to_uint8
+from ..sampling.chain import run_chain
+from ..seeds import SampleNoise, sample_seed
+from .config import SCHEMA, BenchConfig
+from .models import BenchModels, build_models
+from .runners import BenchContext, Runner, Skipped, make_runner
+from .timing import measure_peak, peak_memory, sync, time_median
+
+
+def step_flops(models: BenchModels, cfg: BenchConfig, step: GuidedStep, step_cfg: StepConfig) -> dict[str, Any]:
+    den, critic = models.denoiser, models.critic
+    if isinstance(den, DiT):
+        fwd, how = dit_forward_flops(den.config), "formula (dit_forward_flops)"
+    else:
+        x = torch.zeros(1, *step.shape)
+        fwd, how = counted_flops(lambda: den(x, torch.zeros(1), torch.zeros(1, dtype=torch.long))), "counted"
+    passes = 1 if step_cfg.cfg_scale == 1.0 else 2
+    crit = critic.flops_per_image() if critic is not None else 0
+    b = cfg.batch_size
+    out = {
+        "denoiser_forward_per_image": fwd,
+        "denoiser_method": how,
+        "denoiser_cfg_per_image": passes * fwd,
+        "critic_forward_per_image": crit,
+        # forward + input-gradient ~ 3 forwards (the backward of a matmul costs two)
+        "critic_grad_per_image": 3 * crit,
+        "per_step": b * (passes * fwd + 3 * crit),
+        "critic_vs_denoiser_cfg": 3 * crit / (passes * fwd),
+    }
+    if critic is not None and den.in_channels == 4:
+        xl = dit_forward_flops(DiTConfig.from_arch("DiT-XL/2", input_size=den.input_size, in_channels=4))
+        out["critic_vs_dit_xl2_cfg"] = 3 * crit / (2 * xl)
+    if not isinstance(models.codec, PixelSpace):
+        out["decode_per_image"] = decoder_flops(models.codec, step.shape)
+    return out
+
+
+def run_e2e(ctx: BenchContext, runner: Runner) -> dict[str, float]:
+    """One batch through all N steps with ``run_chain`` (per-sample noise streams, as distill draws
+    them), decode, uint8, PNG on a thread pool: what a distill run does per chunk."""
+    cfg, engine = ctx.cfg, runner.engine
+    labels = torch.tensor([ctx.labels[k % len(ctx.labels)] for k in range(cfg.batch_size)], dtype=torch.int32)
+    noise = SampleNoise([sample_seed(cfg.seed, int(y), k) for k, y in enumerate(labels)], engine.shape, ctx.device)
+    sync(ctx.device)
+    t0 = time.perf_counter()
+    res = run_chain(engine.step, cfg.steps, labels, noise)
+    sync(ctx.device)
+    t1 = time.perf_counter()
+    images = to_uint8(engine.decode(res.x0)).cpu().numpy()
+    t2 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=cfg.png_workers) as pool:
+        sizes = [len(b) for b in pool.map(lambda im: encode_image(im, "png"), images)]
+    t3 = time.perf_counter()
+    return {
+        "steps": cfg.steps,
+        "chain_s": t1 - t0,
+        "decode_s": t2 - t1,
+        "png_s": t3 - t2,
+        "total_s": t3 - t0,
+        "img_s": cfg.batch_size / (t3 - t0),
+        "png_bytes_mean": statistics.mean(sizes),
+    }
+
+
+def parity(ctx: BenchContext, runner: Runner, n: int) -> dict[str, float]:
+    """Largest relative error of each output against the eager fp32 GuidedStep, fresh inputs."""
+    ref_step = ctx.pipeline("fp32").step
+    worst: dict[str, float] = {}
+    for k in range(n):
+        args = ctx.inputs(10_000 + k)
+        with torch.no_grad():
+            ref = ref_step(*args)
+        out = runner.engine.step(*args)
+        for name, o, r in zip(STEP_OUTPUTS, out, ref, strict=True):
+            worst[name] = max(worst.get(name, 0.0), rel_error(o, r))
+    return worst
+
+
+def bench_backend(ctx: BenchContext, name: str, flops: dict[str, Any], peak: float) -> dict[str, Any]:
+    cfg, dev = ctx.cfg, ctx.device
+    row: dict[str, Any] = {"status": "ok"}
+    try:
+        with peak_memory(dev, row):
+            t0 = time.perf_counter()
+            runner = make_runner(ctx, name)
+            runner.engine.step(*ctx.inputs(0))  # compiles lazily-compiled backends
+            sync(dev)
+            row["build_s"] = time.perf_counter() - t0
+            row["precision"] = runner.precision
+            row["notes"] = runner.notes
+            times = time_median(runner.engine.step, ctx.inputs, dev, cfg.warmup, cfg.repeats)
+            row["step_ms"] = 1e3 * statistics.median(times)
+            row["step_ms_all"] = [1e3 * t for t in times]
+            row["step_ms_per_image"] = row["step_ms"] / cfg.batch_size
+            row["step_tflops"] = flops["per_step"] / (row["step_ms"] / 1e3) / 1e12
+            row["peak_fraction"] = row["step_tflops"] * 1e12 / peak
+            row["stages_ms"] = None
+            if runner.stages is not None:
+                row["stages_ms"] = {
+                    k: 1e3 * statistics.median(time_median(fn, make, dev, 1, cfg.repeats))
+                    for k, (fn, make) in runner.stages.items()
+                }
+            row["max_rel_error_vs_eager_fp32"] = parity(ctx, runner, cfg.parity_inputs)
+            if name in cfg.e2e:
+                e2e = run_e2e(ctx, runner)
+                work = cfg.steps * flops["per_step"] + cfg.batch_size * flops.get("decode_per_image", 0)
+                e2e["tflops"] = work / e2e["total_s"] / 1e12
+                row["e2e"] = e2e
+    except Skipped as e:
+        return {"status": "skipped", "reason": str(e)}
+    except Exception as e:  # a failing backend is a result, not a crash
+        msg = str(e).strip().splitlines()[0][:500] if str(e).strip() else ""
+        row.update(status="error", error=f"{type(e).__name__}: {msg}")
+    return row
+
+
+def add_ratios(results: dict[str, dict[str, Any]]) -> None:
+    """Speedups against eager and eager-ref, from numbers measured in this run."""
+    for base in ("eager", "eager-ref"):
+        ref = results.get(base, {})
+        for row in results.values():
+            if row.get("status") != "ok" or ref.get("status") != "ok":
+                continue
+            key = base.replace("-", "_")
+            row[f"step_speedup_vs_{key}"] = ref["step_ms"] / row["step_ms"]
+            if "e2e" in row and "e2e" in ref:
+                row[f"e2e_speedup_vs_{key}"] = row["e2e"]["img_s"] / ref["e2e"]["img_s"]
+
+
+def run_bench(
+    cfg: BenchConfig,
+    command: str | None = None,
+    json_path: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run every row of ``cfg``; the JSON (when asked) is rewritten before and after each row."""
+    cfg.validate()
+    dev = resolve_device(cfg.device)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    result: dict[str, Any] = {
+        "schema": SCHEMA,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "machine": machine_facts(dev),
+        "versions": library_versions(),
+        "config": asdict(cfg),
+        "models": None,
+        "flops": None,
+        "peak": None,
+        "results": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="igds-bench-") as tmp:
+        models = build_models(cfg, Path(tmp))
+        result["models"] = models.info
+        ctx = BenchContext(cfg, models, Path(tmp))
+        result["flops"] = step_flops(models, cfg, ctx.pipeline("fp32").step, ctx.step_cfg)
+        if cfg.peak_tflops is not None:
+            peak, how = cfg.peak_tflops * 1e12, "given (--peak-tflops)"
+        else:
+            peak, how = measure_peak(dev, DTYPES[cfg.dtype]), f"measured: square matmul, {cfg.dtype}, this device"
+        result["peak"] = {"tflops": peak / 1e12, "how": how}
+        for name in cfg.backends:
+            log(f"bench: {name} ...")
+            result["results"][name] = {"status": "running", "started": time.time()}
+            if json_path is not None:
+                write_json(result, json_path)
+            sub = Path(tmp) / name.replace("-", "_")
+            sub.mkdir()
+            ctx.tmp = sub
+            row = bench_backend(ctx, name, flops=result["flops"], peak=peak)
+            result["results"][name] = row
+            add_ratios(result["results"])
+            log(f"bench: {name}: " + summary(row))
+            if json_path is not None:
+                write_json(result, json_path)
+    return result
+
+
+def summary(row: dict[str, Any]) -> str:
+    if row["status"] != "ok":
+        return f"{row['status']}: {row.get('reason') or row.get('error')}"
+    text = f"{row['step_ms']:.1f} ms/step, {row['step_tflops']:.3f} TFLOP/s"
+    if "e2e" in row:
+        text += f", {row['e2e']['img_s']:.2f} img/s end to end"
+    return text
+
+
+def write_json(result: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(path)
+    return path

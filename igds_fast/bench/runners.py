@@ -1,0 +1,204 @@
+"""What the bench runs per row: an engine (every backend through the same code users run: the
+eager pipeline, or ``export_engine`` + ``load_engine``) and, for eager, the step's parts timed
+separately (``GuidedStep.eps``, ``.guidance_grad``, ``.update``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..backends.backend import LoadOptions
+from ..backends.build import ExportSpec, export_engine, step_shapes
+from ..backends.compiled import CompiledEngine
+from ..backends.eager import EagerEngine
+from ..backends.io import random_inputs
+from ..backends.registry import BACKENDS, load_engine
+from ..config import StepConfig, step_config
+from ..guidance.step import GuidedStep, step_index
+from ..sampling.engine import StepEngine
+from ..sampling.pipeline import Pipeline, build_pipeline
+from .config import BenchConfig
+from .models import CRITIC_CLASSES, BenchModels
+
+Stages = dict[str, tuple[Callable[..., Any], Callable[[int], tuple]]]
+
+
+class Skipped(Exception):
+    """A variant that cannot run here (not a failure): the message says why."""
+
+
+@dataclass
+class Runner:
+    engine: StepEngine
+    precision: str
+    notes: list[str] = field(default_factory=list)
+    stages: Stages | None = None
+
+
+class BenchContext:
+    """What every row shares: models and their files, the step config, eager pipelines per dtype,
+    and fresh random step inputs."""
+
+    def __init__(self, cfg: BenchConfig, models: BenchModels, tmp: Path):
+        self.cfg, self.models, self.tmp = cfg, models, tmp
+        self.device = torch.device(cfg.device)
+        # beta > 0 so that the entropy term's gradient is part of what is timed
+        self.step_cfg: StepConfig = step_config(None, {"steps": str(cfg.steps), "guidance": cfg.guidance, "beta": 0.5})
+        self._pipes: dict[str, Pipeline] = {}
+        self.labels = list(models.critic.config.class_ids) if models.critic is not None else CRITIC_CLASSES
+        self.shapes = step_shapes(self.pipeline("fp32").step, cfg.batch_size, cfg.memory_size)
+
+    def pipeline(self, dtype: str) -> Pipeline:
+        if dtype not in self._pipes:
+            p = self.models.paths
+            self._pipes[dtype] = build_pipeline(
+                p["denoiser"], p["vae"], p["critics"], self.step_cfg, device=self.cfg.device, dtype=dtype
+            )
+        return self._pipes[dtype]
+
+    def inputs(self, seed: int) -> tuple[torch.Tensor, ...]:
+        args = random_inputs(self.shapes, self.cfg.steps, self.labels, seed=self.cfg.seed * 7919 + seed)
+        return tuple(a.to(self.device) for a in args)
+
+
+@contextlib.contextmanager
+def tf32_matmuls() -> Iterator[None]:
+    """TF32 on, as PyTorch users run fp32 on Ampere+ (MinimaxDiffusion's sample.py sets it)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+class ReferenceEngine(EagerEngine):
+    """The reference workflow as it is run: one image at a time, fp32 with TF32 matmuls, decode
+    per image; the same GuidedStep, so the definition is the one every engine is checked against."""
+
+    backend = "eager-ref"
+
+    def step(
+        self,
+        x: torch.Tensor,
+        i: torch.Tensor | int,
+        y: torch.Tensor,
+        noise: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        with tf32_matmuls():
+            outs = [
+                super(ReferenceEngine, self).step(
+                    x[b : b + 1],
+                    i,
+                    y[b : b + 1],
+                    noise[b : b + 1],
+                    memory,
+                    None if memory_mask is None else memory_mask[b : b + 1],
+                )
+                for b in range(x.shape[0])
+            ]
+        return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))
+
+    __call__ = step
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        with tf32_matmuls():
+            return torch.cat([super(ReferenceEngine, self).decode(x[b : b + 1]) for b in range(x.shape[0])])
+
+
+def stage_fns(ctx: BenchContext, step: GuidedStep) -> Stages:
+    """The GuidedStep's parts as separately timed calls: the very methods ``forward`` composes."""
+
+    def denoiser_cfg(x: Tensor, i: Tensor, y: Tensor, *_: Tensor) -> tuple[Tensor, Tensor | None]:
+        with torch.no_grad():
+            return step.eps(x.float(), step_index(i), y.long())
+
+    def critic_grad(x: Tensor, i: Tensor, y: Tensor, _noise: Tensor, memory: Tensor, mask: Tensor) -> tuple:
+        return step.guidance_grad(x.float(), step_index(i), y.long(), memory, mask)
+
+    def update(x: Tensor, i: Tensor, eps: Tensor, var: Tensor, noise: Tensor) -> Tensor:
+        with torch.no_grad():
+            return step.update(x, eps, var, step_index(i), noise)
+
+    def update_args(k: int) -> tuple:
+        x, i, _, noise, _, _ = ctx.inputs(k)
+        return x, i, torch.randn_like(x), torch.rand_like(x) * 2 - 1, noise
+
+    out: Stages = {"denoiser_cfg": (denoiser_cfg, ctx.inputs), "update": (update, update_args)}
+    if step.critic is not None:
+        out["critic_grad"] = (critic_grad, ctx.inputs)
+    return out
+
+
+def eager_ref(ctx: BenchContext) -> Runner:
+    pipe = ctx.pipeline("fp32")
+    engine = ReferenceEngine(pipe.step, pipe.vae, memory_size=ctx.cfg.memory_size)
+    return Runner(engine, "fp32", ["batch 1 loop over the batch, fp32 with TF32 matmuls, decode per image"])
+
+
+def eager(ctx: BenchContext) -> Runner:
+    pipe = ctx.pipeline(ctx.cfg.dtype)
+    engine = EagerEngine(pipe.step, pipe.vae, memory_size=ctx.cfg.memory_size)
+    return Runner(engine, ctx.cfg.dtype, stages=stage_fns(ctx, pipe.step))
+
+
+def torch_compile(ctx: BenchContext, mode: str | None) -> Runner:
+    """torch.compile of the traced step (the graph every exporter writes); compiles on first call."""
+    if mode == "reduce-overhead" and ctx.device.type != "cuda":
+        raise Skipped("CUDA graphs (mode reduce-overhead) need --device cuda")
+    pipe = ctx.pipeline(ctx.cfg.dtype)
+    engine = CompiledEngine.jit(pipe.step, ctx.shapes, ctx.inputs(0), mode)
+    eager_codec = EagerEngine(pipe.step, pipe.vae)
+    engine.decode = eager_codec.decode  # the fused step only; decode stays eager
+    notes = [f"torch.compile mode={mode or 'default'} of the make_fx graph; fused step only", "decode: eager codec"]
+    return Runner(engine, ctx.cfg.dtype, notes)
+
+
+def exported(ctx: BenchContext, name: str) -> Runner:
+    """Built by ``export_engine`` and opened by ``load_engine``: exactly what a user runs."""
+    row = BACKENDS[name]
+    reason = row.unavailable()
+    if reason:
+        raise Skipped(reason)
+    precision = ctx.cfg.dtype
+    if precision not in row.precisions:
+        raise Skipped(f"{name} does not build {precision} (it builds {', '.join(row.precisions)})")
+    p = ctx.models.paths
+    spec = ExportSpec(
+        denoiser=Path(p["denoiser"]),
+        vae=p["vae"],
+        critics=Path(p["critics"]) if p["critics"] else None,
+        cfg=ctx.step_cfg,
+        batch_size=ctx.cfg.batch_size,
+        memory_size=ctx.cfg.memory_size,
+        precision=precision,
+        backend=name,
+        out=ctx.tmp / "engine",
+        device=ctx.cfg.device,
+    )
+    export_engine(spec)
+    engine = load_engine(spec.out, options=LoadOptions(device=ctx.cfg.device, threads=ctx.cfg.threads))
+    notes = ["fused step only (one graph): no per-stage split", "built by export_engine, opened by load_engine"]
+    if name == "onnxruntime":
+        notes.append("providers: " + ", ".join(engine.session.get_providers()))
+    return Runner(engine, precision, notes)
+
+
+def make_runner(ctx: BenchContext, name: str) -> Runner:
+    if name == "eager-ref":
+        return eager_ref(ctx)
+    if name == "eager":
+        return eager(ctx)
+    if name == "torch-compile":
+        return torch_compile(ctx, None)
+    if name == "torch-compile-cg":
+        return torch_compile(ctx, "reduce-overhead")
+    return exported(ctx, name)

@@ -1,0 +1,5 @@
+"""``python -m igds_fast.cli``: the same as the ``igds-fast`` command."""
+
+from . import main
+
+main()

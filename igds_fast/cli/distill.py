@@ -1,0 +1,68 @@
+"""``igds-fast distill`` (the main job) and ``igds-fast demo``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from . import options as opt
+
+
+def distill(
+    out: Path = typer.Option(Path("distilled"), help="Output ImageFolder (<wnid>/<index>.png) + manifest + run.json."),
+    subset: str | None = typer.Option(None, help="imagenette (default), imagewoof, imageidc, imagenet100, imagenet1k."),
+    classes: str | None = typer.Option(None, help="Comma-separated WNIDs instead of --subset."),
+    classes_file: Path | None = typer.Option(None, help="File with one WNID a line instead of --subset."),
+    ipc: int = typer.Option(10, help="Images per class."),
+    batch_size: int | None = typer.Option(None, help="Samples per batch (one class a batch); default min(IPC, 32)."),
+    seed: int = typer.Option(0, help="Global seed; each image's noise derives from (seed, class, index)."),
+    engines: Path | None = typer.Option(None, help="Engine folder from `igds-fast export` (else the eager step)."),
+    denoiser: Path | None = opt.denoiser(),
+    vae: str | None = opt.vae(),
+    critics: Path | None = opt.critics(),
+    guidance: str | None = opt.guidance("igds"),
+    guidance_scale: float | None = opt.guidance_scale(),
+    beta: float | None = opt.beta(),
+    window_lo: int | None = opt.window_lo(),
+    window_hi: int | None = opt.window_hi(),
+    steps: str | None = opt.steps(),
+    sampler: str | None = opt.sampler(),
+    eta: float | None = opt.eta(),
+    cfg_scale: float | None = opt.cfg_scale(),
+    cfg_channels: str | None = opt.cfg_channels(),
+    image_format: str = typer.Option("png", "--format", help="png or jpeg."),
+    resolution: int | None = typer.Option(None, help="Resize written images to R px (default: model output size)."),
+    shard: str | None = typer.Option(None, help="i/n: run every n-th class starting at i (array jobs)."),
+    ray: str | None = typer.Option(None, help="Run on a Ray cluster: 'local' or an address (needs igds-fast[ray])."),
+    overwrite: bool = typer.Option(False, help="Replace an earlier run with another configuration in --out."),
+    device: str = opt.device(),
+    dtype: str = typer.Option("fp32", help="Denoiser precision of the eager step: fp32, fp16 or bf16."),
+    log_json: bool = typer.Option(False, "--log-json", help="One JSON line per finished class on stderr."),
+) -> None:
+    """Distill a class subset into IPC synthetic images per class (the main job)."""
+    options = dict(locals())  # exactly the options above: distill_job takes them by name
+    from ..jobs.job import distill_job
+    from ..jobs.run import run_job
+
+    job = distill_job(options.pop("out"), **options)
+    typer.echo(json.dumps(run_job(job)))
+
+
+def demo(
+    out: Path = typer.Option(Path("distilled-demo"), help="Where the distilled set goes."),
+    engines: Path = typer.Option(Path("engines/embedded-ort-demo"), help="Engine folder (exported once, reused)."),
+    val: Path | None = typer.Option(None, help="Real Imagenette val folder (default: $IGDS_DATA/imagenette-64/val)."),
+    epochs: int = typer.Option(30, help="Training epochs of the quick evaluation (the protocol uses 2000)."),
+) -> None:
+    """Export the embedded model (ONNX Runtime), distill Imagenette IPC 10, evaluate: the tour in minutes."""
+    from ..jobs.demo import run_demo
+
+    result = run_demo(out, engines, val, epochs, log=typer.echo)
+    typer.echo(json.dumps(result, indent=1))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(distill)
+    app.command()(demo)

@@ -1,0 +1,77 @@
+"""Options several commands share, defined once (help texts name the defaults they resolve to).
+
+Step options default to None ("not given"): ``config.step_config`` fills the defaults, so a recipe
+can sit between the defaults and the flags."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from ..config import STEP_DEFAULTS
+
+STEP_OPTIONS = tuple(STEP_DEFAULTS)
+
+
+def steps() -> Any:
+    return typer.Option(None, help="Respaced steps: 50, sections 10,20, or ddimN [50].")
+
+
+def sampler() -> Any:
+    return typer.Option(None, help="ddpm (ancestral, learned variance) or ddim [ddpm].")
+
+
+def eta() -> Any:
+    return typer.Option(None, help="DDIM eta in [0, 1] [0].")
+
+
+def cfg_scale() -> Any:
+    return typer.Option(None, help="Classifier-free guidance scale, 1 = off [4].")
+
+
+def cfg_channels() -> Any:
+    return typer.Option(None, help="Channels CFG applies to: 3 (DiT/Minimax) or all (diffusers) [3].")
+
+
+def guidance(default: str) -> Any:
+    return typer.Option(None, help=f"igds (our information guidance) or off [{default}].")
+
+
+def guidance_scale() -> Any:
+    return typer.Option(None, help=f"IGDS gradient scale s [{STEP_DEFAULTS['guidance_scale']:g}].")
+
+
+def beta() -> Any:
+    return typer.Option(None, help="Weight of the contextual (H2) term [beta(IPC) = 0.5 ln IPC].")
+
+
+def window_lo() -> Any:
+    return typer.Option(None, help="Guide only at timesteps t >= this [0].")
+
+
+def window_hi() -> Any:
+    return typer.Option(None, help="Guide only at timesteps t <= this [999].")
+
+
+def denoiser() -> Any:
+    return typer.Option(None, help="Denoiser checkpoint/folder (default: the embedded model).")
+
+
+def vae() -> Any:
+    return typer.Option(None, help="VAE: diffusers AutoencoderKL folder or .safetensors, or 'none' (pixel space).")
+
+
+def critics() -> Any:
+    return typer.Option(
+        None, help="Critics file from train-critics (default: the embedded ones with the embedded model)."
+    )
+
+
+def device() -> Any:
+    return typer.Option("cpu", help="cpu or cuda[:N].")
+
+
+def step_flags(values: dict[str, Any]) -> dict[str, Any]:
+    """The step options among a command's parameters (None = not given)."""
+    return {k: values[k] for k in STEP_OPTIONS if k in values}

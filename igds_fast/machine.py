@@ -1,0 +1,78 @@
+"""Facts about this machine and the libraries in use: what run.json, engine manifests, evaluation
+results and benchmark JSON record, so that every number can be traced to where it was made."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata as md
+import os
+import platform
+import subprocess
+from typing import Any
+
+import torch
+
+from . import __version__
+
+# (key, distributions that provide it): the first one installed wins.
+_LIBRARIES = (
+    ("torch", ("torch",)),
+    ("numpy", ("numpy",)),
+    ("onnx", ("onnx",)),
+    ("onnxscript", ("onnxscript",)),
+    ("onnxruntime", ("onnxruntime", "onnxruntime-gpu")),
+    ("tensorrt", ("tensorrt", "tensorrt-cu12", "tensorrt-cu13")),
+    ("diffusers", ("diffusers",)),
+)
+
+
+def package_version(*dists: str) -> str | None:
+    for d in dists:
+        with contextlib.suppress(md.PackageNotFoundError):
+            return md.version(d)
+    return None
+
+
+def library_versions() -> dict[str, str | None]:
+    """igds-fast, Python and every relevant library (None where not installed)."""
+    out: dict[str, str | None] = {"igds_fast": __version__, "python": platform.python_version()}
+    out.update({key: package_version(*dists) for key, dists in _LIBRARIES})
+    return out
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux), e.g. amx_bf16, avx512_bf16; empty elsewhere."""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def machine_facts(device: torch.device | str = "cpu") -> dict[str, Any]:
+    device = torch.device(device)
+    out: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "gpu": None,
+        "cuda": torch.version.cuda,
+        "driver": None,
+    }
+    if device.type == "cuda" and torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(device)
+        out["gpu_memory_bytes"] = torch.cuda.get_device_properties(device).total_memory
+        with contextlib.suppress(Exception):
+            q = ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", f"--id={device.index or 0}"]
+            out["driver"] = subprocess.run(q, capture_output=True, text=True, timeout=10).stdout.strip() or None
+    return out

@@ -1,0 +1,57 @@
+"""Assemble a denoiser, its codec (VAE or pixel space) and the critics into one guided step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import StepConfig, resolve_device, resolve_dtype
+from ..errors import UserError
+from ..guidance.step import GuidedStep
+from ..models.critics import load_critic
+from ..models.loading import load_denoiser
+from ..models.vae import PixelSpace, decode_images, load_vae
+
+
+@dataclass
+class Pipeline:
+    step: GuidedStep
+    vae: nn.Module
+    device: torch.device
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.step.shape
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Denoiser space -> images in [-1, 1]."""
+        with torch.no_grad():
+            return decode_images(self.vae, x)
+
+
+def build_pipeline(
+    denoiser: str | Path,
+    vae: str | Path | None,
+    critics: str | Path | None,
+    cfg: StepConfig,
+    device: str = "cpu",
+    dtype: str = "fp32",
+) -> Pipeline:
+    """Load the models (denoiser in ``dtype``, critics in fp32: their gradient guides the step)."""
+    den_dtype = resolve_dtype(dtype)
+    dev = resolve_device(device)
+    model = load_denoiser(denoiser)
+    codec = load_vae(vae)
+    if isinstance(codec, PixelSpace) and model.in_channels != 3:
+        raise UserError(f"the denoiser works on {model.in_channels}-channel latents: pass --vae PATH to its VAE")
+    if not isinstance(codec, PixelSpace) and codec.channels != model.in_channels:
+        raise UserError(f"the VAE has {codec.channels} latent channels, the denoiser {model.in_channels}")
+    critic = load_critic(critics) if (critics is not None and cfg.guidance == "igds") else None
+    if critic is not None:
+        critic.requires_grad_(False)
+    model.requires_grad_(False)
+    step = GuidedStep(model.to(den_dtype), cfg, critic).to(dev)
+    return Pipeline(step=step, vae=codec.to(dev), device=dev)
