@@ -38,13 +38,12 @@ from igds_fast.evaluation.networks import build_net
 from igds_fast.evaluation.train import top1_accuracy, train_net
 from igds_fast.guidance.step import GuidedStep
 from igds_fast.imagefolder import load_split, scan_image_folder, to_model_range
-from igds_fast.imageio import grid, save_picture
+from igds_fast.imageio import grid, save_picture, to_uint8
 from igds_fast.jobs.sample import sample_classes
 from igds_fast.machine import library_versions as versions
 from igds_fast.models.critics import load_critic
 from igds_fast.models.embedded import resolve_models
 from igds_fast.models.labels import class_labels
-from igds_fast.models.vae import to_uint8
 from igds_fast.sampling.pipeline import Pipeline, build_pipeline
 from igds_fast.subsets import class_info, subset
 

@@ -10,7 +10,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .models.vae import to_uint8
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] NCHW float -> NHWC uint8 (round half to even, as PIL conversion of (x+1)*127.5 would)."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
 def grid(images: torch.Tensor, rows: int, pad: int = 2) -> Image.Image:
@@ -37,7 +40,7 @@ def encode_image(img: np.ndarray, fmt: str) -> bytes:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary name, flush to disk, rename: a file is whole or absent."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # unique per process: writers never share one
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
 . .venv/bin/activate
 ruff check igds_fast tests benchmarks scripts
+lint-imports  # the import layers of docs/architecture.md (pyproject.toml [tool.importlinter])
 set +e
 python -m pytest tests -q "$@"
 rc=$?

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from igds_fast.guidance.step import GuidedStep, StepConfig
+from igds_fast.imageio import to_uint8
 from igds_fast.models.dit import DiT, DiTConfig
 from igds_fast.models.loading import load_denoiser, save_denoiser
-from igds_fast.models.vae import to_uint8
 from igds_fast.sampling import run_chain
 from igds_fast.seeds import SampleNoise
 from tests.conftest import randomize_, rel_err

@@ -346,3 +346,49 @@ def test_engine_built_for_other_critics_or_batch_is_refused(models, ort_engine, 
     with pytest.raises(UserError, match="batch"):
         run_request(request(models, tmp_path / "b", engines=ort_engine, batch_size=3))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_engine_with_a_window_and_ddim_eta_distills_and_rows_name_its_id(models, tmp_path):
+    """Every field an engine fixes can be set on distill too: a windowed DDIM(eta) engine is usable,
+    and each Parquet row records the engine manifest's id."""
+    pytest.importorskip("onnxruntime")
+    from typer.testing import CliRunner
+
+    from igds_fast.backends.engine_manifest import read_engine_manifest
+    from igds_fast.cli import app
+
+    engine, out = tmp_path / "engine", tmp_path / "set"
+    models_args = ["--denoiser", str(models["dit"]), "--vae", "none", "--critics", str(models["critic"])]
+    step_args = ["--steps", "4", "--sampler", "ddim", "--eta", "0.5", "--window-lo", "100", "--window-hi", "750"]
+    step_args += ["--guidance-scale", "2", "--beta", "1", "--cfg-scale", "2"]
+    runner = CliRunner()
+    res = runner.invoke(
+        app, ["export", "--out", str(engine), "--batch-size", "2", "--memory-size", "4", *models_args, *step_args]
+    )
+    assert res.exit_code == 0, res.output
+    manifest = read_engine_manifest(engine)
+    assert (manifest["step"]["window_lo"], manifest["step"]["window_hi"], manifest["step"]["eta"]) == (100, 750, 0.5)
+    args = ["distill", "--engines", str(engine), "--classes", TWO, "--ipc", "3", "--batch-size", "2", "--out", str(out)]
+    res = runner.invoke(app, [*args, *models_args, *step_args])
+    assert res.exit_code == 0, res.output
+    rows = read_manifest(out / "manifest.parquet")
+    assert len(rows) == 6 and {r["engine_id"] for r in rows} == {manifest["id"]}
+    assert {r["backend"] for r in rows} == {"onnxruntime"}
+    # The same engine with another window asked for is refused, naming the field.
+    res = runner.invoke(app, [*args[:-1], str(tmp_path / "other"), *models_args, *step_args, "--window-lo", "0"])
+    assert res.exit_code != 0 and "step.window_lo" in str(res.exception)
+
+
+def test_an_edited_engine_manifest_is_refused(ort_engine, tmp_path):
+    """Swapping two class WNIDs in a copy of the manifest would write class-1 images under class 0."""
+    import shutil
+
+    from igds_fast.backends.registry import load_engine
+
+    copy = tmp_path / "copy"
+    shutil.copytree(ort_engine, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["class_wnids"][0], m["class_wnids"][1] = m["class_wnids"][1], m["class_wnids"][0]
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(UserError, match="edited or damaged"):
+        load_engine(copy)

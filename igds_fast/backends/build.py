@@ -18,10 +18,12 @@ from ..models.labels import model_class_names
 from ..models.vae import PixelSpace
 from ..sampling.engine import StepEngine
 from ..sampling.pipeline import build_pipeline
+from . import onnx_export as ox
 from .backend import ExportInputs, LoadOptions
 from .engine_manifest import build_manifest, file_sha256, is_engine_folder, optional_sha256, write_engine_manifest
 from .io import STEP_OUTPUTS, StepShapes, random_inputs, rel_error
 from .registry import backend as backend_row
+from .registry import load_engine
 
 # Export settings of a recipe (export/*.toml) or the flags, besides the step's (config.STEP_DEFAULTS).
 EXPORT_DEFAULTS: dict[str, Any] = {
@@ -185,8 +187,6 @@ def write_graphs(
     spec: ExportSpec, step: GuidedStep, codec: torch.nn.Module, shapes: StepShapes, folder: Path
 ) -> dict[str, Any]:
     """Write the backend's files into ``folder``; returns the manifest's ``graphs`` entry."""
-    from . import onnx_export as ox
-
     dev = torch.device(spec.device)
     args = tuple(a.to(dev) for a in random_inputs(shapes, len(step.schedule), example_labels(step), seed=0))
     latents = None
@@ -281,8 +281,6 @@ def verify_engine(
 def verify_export(spec: ExportSpec) -> list[dict[str, Any]]:
     """Open the engine just built and compare it with the eager step; refuse errors beyond the
     precision's tolerance (fp32 1e-3 per output, reduced precision 5e-2; NaN never passes)."""
-    from .registry import load_engine
-
     pipe = build_pipeline(spec.denoiser, spec.vae, spec.critics, spec.cfg, device=spec.device, dtype=spec.dtype)
     engine = load_engine(spec.out, options=LoadOptions(device=spec.device))
     rows = verify_engine(engine, pipe.step)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from . import onnx_export as ox
 from .backend import Backend, ExportInputs, LoadOptions
 from .io import STEP_INPUTS, ExportedEngine
 
@@ -173,8 +174,6 @@ class OrtEngine(ExportedEngine):
 
 def write_onnx(inputs: ExportInputs) -> dict[str, Any]:
     """The fused step graph and, for latent models, the decoder graph."""
-    from . import onnx_export as ox
-
     ox.export_step(inputs.step, inputs.args, inputs.folder / "step.onnx", inputs.opset)
     graphs: dict[str, Any] = {"step": "step.onnx"}
     if inputs.latents is not None:

@@ -18,6 +18,7 @@ from ..config import PRECISIONS
 from ..errors import UserError
 from .backend import Backend, ExportInputs, LoadOptions
 from .io import STEP_INPUTS, STEP_OUTPUTS, ExportedEngine
+from .onnxruntime import write_onnx
 
 
 def import_tensorrt() -> Any:
@@ -207,8 +208,6 @@ class TrtEngine(ExportedEngine):
 
 def write_plans(inputs: ExportInputs) -> dict[str, Any]:
     """The ONNX graphs (kept, for other runtimes), then a TensorRT plan of each."""
-    from .onnxruntime import write_onnx
-
     import_tensorrt()  # fail before minutes of export
     onnx = write_onnx(inputs)
     folder, cache = inputs.folder, inputs.folder / "timing.cache"

@@ -27,11 +27,11 @@ import torch
 from ..backends.io import STEP_OUTPUTS, rel_error
 from ..config import DTYPES, StepConfig, resolve_device
 from ..guidance.step import GuidedStep
-from ..imageio import encode_image
+from ..imageio import encode_image, to_uint8
 from ..machine import library_versions, machine_facts
 from ..models.dit import DiT, DiTConfig
 from ..models.flops import counted_flops, decoder_flops, dit_forward_flops
-from ..models.vae import PixelSpace, to_uint8
+from ..models.vae import PixelSpace
 from ..sampling.chain import run_chain
 from ..seeds import SampleNoise, sample_seed
 from .config import SCHEMA, BenchConfig

@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..imageio import encode_image, grid, save_picture, write_atomic
-from ..models.vae import to_uint8
+from ..imageio import encode_image, grid, save_picture, to_uint8, write_atomic
 from ..sampling import StepEngine, WorkUnit, class_units, run_class, shard_classes
 from ..seeds import sample_seed
 from ..subsets import class_info

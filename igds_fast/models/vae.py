@@ -64,8 +64,3 @@ def load_vae(path: str | Path | None) -> nn.Module:
 def decode_images(codec: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Denoiser space -> images in [-1, 1], float32: what every backend and writer consumes."""
     return codec.decode(x).float().clamp(-1, 1)
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] NCHW float -> NHWC uint8 (round half to even, as PIL conversion of (x+1)*127.5 would)."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)

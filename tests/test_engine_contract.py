@@ -1,0 +1,139 @@
+"""One contract, every backend: the same test body runs each engine available on this machine.
+
+What an engine promises (``sampling.engine.StepEngine``): its device, static shapes and schedule
+length; outputs of the right shapes and dtypes on its device; parity with the eager GuidedStep
+(fp32: ||out - ref|| / ||ref|| < 1e-4 on fresh random inputs, NaN never passes); inputs given on
+another device or in other dtypes are moved and cast by the engine itself; a batch or step index
+it was not built for is refused with a one-line error. Backends that cannot run here are skipped
+with the table's own reason (``Backend.unavailable``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from igds_fast.backends.build import ExportSpec, example_labels, export_engine
+from igds_fast.backends.eager import EagerEngine
+from igds_fast.backends.io import STEP_OUTPUTS, StepShapes, random_inputs, rel_error
+from igds_fast.backends.registry import BACKENDS, load_engine
+from igds_fast.config import StepConfig
+from igds_fast.errors import UserError
+from igds_fast.models.critics import CriticConfig, NoiseCritic, save_critic
+from igds_fast.models.dit import DiT, DiTConfig
+from igds_fast.models.loading import save_denoiser
+from igds_fast.sampling.engine import StepEngine
+from igds_fast.sampling.pipeline import build_pipeline
+
+BATCH, MEMORY, STEPS = 3, 4, 4
+CFG = StepConfig(steps=str(STEPS), beta=0.5, guidance_scale=10.0, window_lo=100, window_hi=750)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("contract")
+    torch.manual_seed(0)
+    dit = DiT(DiTConfig(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=6))
+    torch.nn.init.normal_(dit.final_layer.linear.weight, std=0.05)
+    critic = NoiseCritic(
+        CriticConfig(
+            in_channels=3, input_size=8, patch_size=2, width=32, depth=1, heads=2, feat_dim=8, class_ids=[0, 2, 4]
+        )
+    )
+    for blk in critic.blocks:
+        torch.nn.init.normal_(blk.ada.weight, std=0.05)
+    return {
+        "denoiser": save_denoiser(dit, d / "dit.safetensors"),
+        "critics": save_critic(critic, d / "critic.safetensors"),
+    }
+
+
+@pytest.fixture(scope="module")
+def eager_step(models):
+    return build_pipeline(models["denoiser"], "none", models["critics"], CFG).step
+
+
+@pytest.fixture(scope="module", params=list(BACKENDS))
+def engine(request, models, eager_step, tmp_path_factory) -> StepEngine:
+    name = request.param
+    reason = BACKENDS[name].unavailable()
+    if reason:
+        pytest.skip(f"{name}: {reason}")
+    if name == "eager":
+        pipe = build_pipeline(models["denoiser"], "none", models["critics"], CFG)
+        return EagerEngine(pipe.step, pipe.vae, memory_size=MEMORY)
+    out = tmp_path_factory.mktemp(name) / "engine"
+    spec = ExportSpec(models["denoiser"], "none", models["critics"], CFG, BATCH, MEMORY, "fp32", name, out)
+    return load_engine(export_engine(spec))
+
+
+def inputs(engine: StepEngine, seed: int, i: int | None = None) -> tuple[torch.Tensor, ...]:
+    shapes = StepShapes(engine.batch_size or BATCH, *engine.shape, engine.memory_size, engine.feat_dim)
+    return random_inputs(shapes, engine.num_steps, [0, 2, 4], seed=seed, i=i)
+
+
+def test_engine_describes_itself(engine):
+    assert engine.backend in BACKENDS
+    assert isinstance(engine.device, torch.device) and engine.device.type == "cpu"
+    assert engine.shape == (3, 8, 8) and engine.num_steps == STEPS and engine.feat_dim == 8
+    assert engine.batch_size in (None, BATCH) and engine.memory_size == MEMORY
+    assert (engine.id is None) == (engine.backend == "eager")
+    assert engine.manifest["step"]["window_lo"] == 100
+
+
+@pytest.mark.parametrize("i", [STEPS - 1, 1, 0])  # the window [100, 750] guides the middle steps only
+def test_outputs_match_eager(engine, eager_step, i):
+    args = inputs(engine, seed=10 + i, i=i)
+    with torch.no_grad():
+        ref = eager_step(*args)
+    out = engine.step(*args)
+    assert len(out) == len(STEP_OUTPUTS)
+    b = args[0].shape[0]
+    for name, o, r, shape in zip(STEP_OUTPUTS, out, ref, [(b, 3, 8, 8), (b, 8), (b,), (b,)], strict=True):
+        assert tuple(o.shape) == shape and o.dtype == torch.float32 and o.device == engine.device, name
+        assert rel_error(o, r) < 1e-4, (name, rel_error(o, r))  # inf (NaN) fails
+
+
+def test_inputs_of_other_dtypes_and_devices_are_moved(engine, eager_step):
+    x, i, y, noise, mem, mask = inputs(engine, seed=3, i=2)
+    with torch.no_grad():
+        ref = eager_step(x, i, y, noise, mem, mask)
+    other = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    moved = (
+        x.double().to(other),
+        i.long().to(other),
+        y.long().to(other),
+        noise.double().to(other),
+        mem.to(other),
+        mask.to(other),
+    )
+    out = engine.step(*moved)
+    assert out[0].device == engine.device
+    assert rel_error(out[0], ref[0]) < 1e-4
+
+
+def test_decode_gives_images_on_the_engine_device(engine):
+    x = inputs(engine, seed=4)[0]
+    img = engine.decode(x * 2)
+    assert tuple(img.shape) == (x.shape[0], 3, 8, 8) and img.device == engine.device
+    assert float(img.abs().max()) <= 1.0
+
+
+def test_wrong_step_index_and_batch_are_refused(engine):
+    args = list(inputs(engine, seed=5))
+    args[1] = torch.tensor([STEPS], dtype=torch.int32)
+    with pytest.raises(UserError, match=f"outside this engine's schedule of {STEPS} steps"):
+        engine.step(*args)
+    if engine.batch_size is None:
+        return  # eager takes any batch
+    shapes = StepShapes(BATCH + 1, *engine.shape, engine.memory_size, engine.feat_dim)
+    with pytest.raises(UserError, match="built for inputs"):
+        engine.step(*random_inputs(shapes, STEPS, example_labels_of(engine), seed=6))
+
+
+def example_labels_of(engine: StepEngine) -> list[int]:
+    return (
+        list(engine.manifest.get("labels") or [0, 2, 4]) if engine.backend != "eager" else example_labels(engine.module)
+    )
