@@ -7,6 +7,7 @@ load each strictly and agree with diffusers to float32 round-off.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -239,3 +240,58 @@ print("ok")
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1]
     )
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
+
+
+def _tiny_image_folder(root: Path, n: int = 4, size: int = 16) -> Path:
+    """Two classes of smooth random RGB images (PNG: no compression noise to learn)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for wnid in ("n00000001", "n00000002"):
+        (root / wnid).mkdir(parents=True)
+        for i in range(n):
+            low = torch.rand(1, 3, 4, 4, generator=g)
+            img = torch.nn.functional.interpolate(low, size=size, mode="bilinear", align_corners=False)[0]
+            Image.fromarray((img.permute(1, 2, 0) * 255).round().byte().numpy()).save(root / wnid / f"{i}.png")
+    return root
+
+
+def test_train_autoencoder_few_steps(tmp_path: Path) -> None:
+    from igds_fast.training.train_autoencoder import TrainAutoencoderConfig, train_autoencoder
+
+    data = _tiny_image_folder(tmp_path / "data")
+    cfg = TrainAutoencoderConfig(
+        data=str(data),
+        val=str(data),
+        out=str(tmp_path / "out"),
+        resolution=16,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        steps=120,
+        batch_size=4,
+        lr=3e-3,
+        warmup=5,
+        log_every=20,
+        eval_images=8,
+        scale_images=8,
+    )
+    folder = train_autoencoder(cfg, progress=False)
+    logs = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in logs if "loss" in r]
+    assert len(losses) == 6 and losses[-1] < 0.7 * losses[0], losses
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    codec = load_vae(folder)
+    assert isinstance(codec, LatentVAE) and (codec.channels, codec.downsample) == (4, 2)
+    assert codec.scaling_factor == report["scaling_factor"] > 0 and report["val_psnr"] > 10
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        z = codec.encode(x)
+    assert abs(float(z.std()) - 1) < 0.9  # scaled latents are O(1) (these inputs are not the training images)
+    # resuming continues the step count; another architecture in the same folder is refused
+    train_autoencoder(dataclasses.replace(cfg, steps=140), progress=False)
+    logs = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs if "loss" in r][-2:] == [120, 140]
+    one_line_error(
+        lambda: train_autoencoder(dataclasses.replace(cfg, block_out_channels=(8, 8)), progress=False),
+        "another autoencoder config",
+    )
