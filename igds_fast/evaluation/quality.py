@@ -664,9 +664,10 @@ def format_table(result: dict[str, Any]) -> str:
         cells = ["—" if row[m] is None else f"{row[m]:.3f}" for m in METRICS]
         lines.append("| " + " | ".join([name, n, *cells]) + " |")
     j = result["judge"]
+    epochs = f"{j['epochs']} epoch" + ("s" if j["epochs"] != 1 else "")
     lines.append("")
     lines.append(
-        f"judge: {j['net']} at {j['resolution']} px, {j['epochs']} epochs on {j['num_train'] or '?'} real train "
+        f"judge: {j['net']} at {j['resolution']} px, {epochs} on {j['num_train'] or '?'} real train "
         f"images{' (cached)' if j['cached'] else ''}; real val top-1 {100 * j['real_val_accuracy']:.1f}%; "
         f"k = {result['k']}; key {j['cache_key']}"
     )
