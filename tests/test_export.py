@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -269,9 +270,40 @@ def test_tensorrt_backend(models, tmp_path: Path) -> None:
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
+    from igds_fast.backends.backend import LoadOptions
+
     out = export_engine(spec(models, tmp_path / "trt", GUIDED, 8, backend="tensorrt"))
-    rows = verify_engine(load_engine(out, device="cuda"), eager_step(models, GUIDED))
+    rows = verify_engine(load_engine(out, options=LoadOptions(device="cuda")), eager_step(models, GUIDED))
     assert max(v for r in rows for k, v in r.items() if k != "i") < 1e-3
+
+
+def test_denoiser_attention_per_backend(models, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """ONNX graphs spell the denoiser's attention out; AOTInductor and torch.compile graphs keep the
+    fused scaled_dot_product_attention op (the denoiser is never differentiated). Both match eager."""
+    from igds_fast.backends import compiled
+    from igds_fast.backends import onnx_export as ox
+
+    step = eager_step(models, GUIDED)
+    args = random_inputs(step_shapes(step, 2, 6), 50, CLASSES, seed=3, i=25)
+    with torch.no_grad():
+        ref = step(*args)
+    for attention in ("math", "sdpa"):
+        gm = ox.trace_step(step, args, attention=attention)
+        assert bool(ox.sdpa_ops(gm)) == (attention == "sdpa"), attention
+        assert max(rel_error(o, r) for o, r in zip(gm(*args), ref, strict=True)) < 1e-5, attention
+    assert all(b.attn.impl == "sdpa" for b in step.denoiser.blocks)  # restored after tracing
+    seen: dict[str, list[str]] = {}
+
+    def record(name: str, result: Any = None) -> Any:
+        return lambda gm, *a, **k: seen.setdefault(name, ox.sdpa_ops(gm)) and result
+
+    monkeypatch.setattr(compiled, "aoti_package", record("aoti"))
+    compiled.build_step_package(step, args, tmp_path / "step.pt2")
+    monkeypatch.setattr(torch, "compile", record("torch.compile"))
+    compiled.jit_step(step, args)
+    monkeypatch.setattr(ox, "export_graph", record("onnx"))
+    ox.export_step(step, args, tmp_path / "step.onnx")
+    assert seen["aoti"] and seen["torch.compile"] and not seen["onnx"], seen
 
 
 @pytest.mark.slow

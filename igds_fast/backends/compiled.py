@@ -1,8 +1,10 @@
 """Compiled engines: torch.compile of the traced step in-process, or an AOTInductor package.
 
-Both compile the same make_fx graph the ONNX exporter writes (the GuidedStep with its critic
-gradient as plain ops). The ``.pt2`` package holds compiled code and weights: it loads in a fresh
-process with ``aoti_load_package`` and never recompiles.
+Both compile the make_fx graph of the GuidedStep with its critic gradient as plain ops, as the
+ONNX exporter does, except that the denoiser's (and the decoder's) attention stays the fused
+``scaled_dot_product_attention`` op: neither is differentiated, so Inductor may run its fused
+kernel (the ONNX graph spells attention out). The ``.pt2`` package holds compiled code and
+weights: it loads in a fresh process with ``aoti_load_package`` and never recompiles.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..errors import UserError
 from ..models.vae import decode_images
 from .backend import Backend, ExportInputs, LoadOptions
 from .io import ExportedEngine, StepShapes
-from .onnx_export import math_attention, trace, trace_step
+from .onnx_export import trace, trace_step
 
 StepFn = Callable[..., Any]
 
@@ -39,7 +41,7 @@ def aoti_package(module: nn.Module | StepFn, args: tuple[torch.Tensor, ...], pat
 
     if cxx_compiler() is None:
         raise UserError("AOTInductor compiles C++: install g++ (or clang++) or set CXX, or use --backend onnxruntime")
-    gm = module if isinstance(module, torch.fx.GraphModule) else trace(module, args)
+    gm = module if isinstance(module, torch.fx.GraphModule) else trace(module, args, keep_sdpa=True)
     ep = torch.export.export(gm, args)
     try:
         out = aoti_compile_and_package(ep, package_path=str(path))
@@ -50,14 +52,14 @@ def aoti_package(module: nn.Module | StepFn, args: tuple[torch.Tensor, ...], pat
 
 
 def build_step_package(step: nn.Module, args: tuple[torch.Tensor, ...], path: Path) -> Path:
-    return aoti_package(trace_step(step, args), args, path)
+    return aoti_package(trace_step(step, args, attention="sdpa"), args, path)
 
 
 def build_decoder_package(vae: nn.Module, latents: torch.Tensor, path: Path) -> Path:
     def decode(z: torch.Tensor) -> tuple[torch.Tensor]:
         return (decode_images(vae, z),)
 
-    with math_attention(vae), torch.no_grad():
+    with torch.no_grad():
         return aoti_package(decode, (latents,), path)
 
 
@@ -73,9 +75,9 @@ def load_package(path: Path, device: torch.device | None = None) -> StepFn:
 
 
 def jit_step(step: nn.Module, args: tuple[torch.Tensor, ...], mode: str | None = None) -> StepFn:
-    """torch.compile of the traced step (compiles on the first call; static shapes). ``mode``
-    "reduce-overhead" replays CUDA graphs."""
-    return torch.compile(trace_step(step, args), mode=mode, dynamic=False, fullgraph=True)
+    """torch.compile of the traced step (compiles on the first call; static shapes; fused denoiser
+    attention). ``mode`` "reduce-overhead" replays CUDA graphs."""
+    return torch.compile(trace_step(step, args, attention="sdpa"), mode=mode, dynamic=False, fullgraph=True)
 
 
 class CompiledEngine(ExportedEngine):

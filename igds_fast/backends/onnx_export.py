@@ -28,28 +28,61 @@ DEFAULT_OPSET = 18
 DOUBLE = 11  # onnx.TensorProto.DOUBLE
 
 
+# What the denoiser's attention becomes in a traced graph, per backend: ONNX graphs get the
+# spelled-out softmax(QK^T)V (opset 18 has no attention op every runtime takes); torch.compile and
+# AOTInductor keep the fused scaled_dot_product_attention kernel, because the denoiser is never
+# differentiated in the guided step (only the critic's input-gradient is, and the critic spells
+# its attention out itself).
+ATTENTION = ("math", "sdpa")
+
+
 @contextlib.contextmanager
-def math_attention(step: nn.Module) -> Iterator[None]:
-    """Spelled-out attention while tracing (SDPA has no decomposition every exporter takes)."""
+def denoiser_attention(step: nn.Module, impl: str) -> Iterator[None]:
+    """The denoiser's attention set to ``impl`` ("math" or "sdpa") while tracing, restored afterwards."""
+    if impl not in ATTENTION:
+        raise ValueError(f"attention must be one of {ATTENTION}, got {impl!r}")
     den = getattr(step, "denoiser", None)
     blocks = getattr(den, "blocks", None)
     saved = [b.attn.impl for b in blocks] if blocks is not None and hasattr(den, "set_attention") else None
     if saved is not None:
-        den.set_attention("math")
+        den.set_attention(impl)
     try:
         yield
     finally:
         if saved is not None:
-            for blk, impl in zip(blocks, saved, strict=True):
-                blk.attn.impl = impl
+            for blk, impl_was in zip(blocks, saved, strict=True):
+                blk.attn.impl = impl_was
 
 
-def trace(fn: Callable[..., Any], args: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:
-    """make_fx with core ATen decompositions: autograd and functorch transforms become plain ops."""
+def math_attention(step: nn.Module) -> contextlib.AbstractContextManager[None]:
+    """Spelled-out attention while tracing (the form every ONNX runtime takes)."""
+    return denoiser_attention(step, "math")
+
+
+def _is_sdpa(op: Any) -> bool:
+    return "scaled_dot_product" in str(op)
+
+
+def decompositions(keep_sdpa: bool) -> dict[Any, Callable[..., Any]]:
+    """Core ATen decompositions; with ``keep_sdpa``, without the ones that spell fused attention out
+    (so the graph keeps ``aten._scaled_dot_product_*_attention`` for Inductor to run fused)."""
     from torch._decomp import core_aten_decompositions
+
+    table = core_aten_decompositions()
+    return {k: v for k, v in table.items() if not (keep_sdpa and _is_sdpa(k))}
+
+
+def sdpa_ops(gm: torch.fx.GraphModule) -> list[str]:
+    """The fused-attention ops a traced graph calls (empty for a spelled-out graph)."""
+    return sorted({str(n.target) for n in gm.graph.nodes if n.op == "call_function" and _is_sdpa(n.target)})
+
+
+def trace(fn: Callable[..., Any], args: tuple[torch.Tensor, ...], keep_sdpa: bool = False) -> torch.fx.GraphModule:
+    """make_fx with core ATen decompositions: autograd and functorch transforms become plain ops.
+    ``keep_sdpa``: fused attention stays one op (for Inductor), instead of its math decomposition."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    gm = make_fx(fn, decomposition_table=core_aten_decompositions())(*args)
+    gm = make_fx(fn, decomposition_table=decompositions(keep_sdpa))(*args)
     gm.eval()
     leftover = sorted(
         {str(n.target) for n in gm.graph.nodes if n.op == "call_function" and "backward" in str(n.target)}
@@ -59,11 +92,14 @@ def trace(fn: Callable[..., Any], args: tuple[torch.Tensor, ...]) -> torch.fx.Gr
     return gm
 
 
-def trace_step(step: nn.Module, args: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:
-    """The GuidedStep itself (forward: eps, critic input-gradient, update) as one FX graph."""
+def trace_step(step: nn.Module, args: tuple[torch.Tensor, ...], attention: str = "math") -> torch.fx.GraphModule:
+    """The GuidedStep itself (forward: eps, critic input-gradient, update) as one FX graph.
+
+    ``attention``: the denoiser's attention in the graph, "math" (ONNX) or "sdpa" (the fused kernel,
+    for torch.compile and AOTInductor; the critic's attention is spelled out either way)."""
     step.eval()
-    with math_attention(step), torch.no_grad():
-        return trace(lambda *a: tuple(step(*a)), args)
+    with denoiser_attention(step, attention), torch.no_grad():
+        return trace(lambda *a: tuple(step(*a)), args, keep_sdpa=attention == "sdpa")
 
 
 def _split_fns(step: nn.Module) -> dict[str, tuple[Callable[..., Any], tuple[str, ...], tuple[str, ...]]]:
@@ -74,15 +110,17 @@ def _split_fns(step: nn.Module) -> dict[str, tuple[Callable[..., Any], tuple[str
         eps, var = step.eps(x, step_index(i), y.long())
         return (eps,) if var is None else (eps, var)
 
-    def critic_grad(x: torch.Tensor, i: torch.Tensor, y: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor):
-        return step.guidance_grad(x, step_index(i), y.long(), memory, mask)
+    def critic_grad(
+        x: torch.Tensor, i: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor
+    ):
+        return step.guidance_grad(x, step_index(i), y.long(), eps, memory, mask)
 
     out = {"denoiser_eps": (denoiser_eps, ("x", "i", "y"), ("eps", "var") if step.learn_sigma else ("eps",))}
     if step.critic is not None:
         out["critic_grad"] = (
             critic_grad,
-            ("x", "i", "y", "memory", "memory_mask"),
-            ("grad", "feats", "log_q", "h2"),
+            ("x", "i", "y", "eps", "memory", "memory_mask"),
+            ("grad_proto", "grad_div", "feats", "log_q", "h2"),
         )
     return out
 
@@ -122,6 +160,7 @@ def export_split(
 ) -> dict[str, str]:
     """denoiser_eps.onnx (x, i, y -> eps[, var]) and, when guided, critic_grad.onnx."""
     by_name = dict(zip(STEP_INPUTS, args, strict=True))
+    by_name["eps"] = by_name["noise"]  # any tensor of x's shape stands in for the denoiser's eps
     written = {}
     with math_attention(step), torch.no_grad():
         for name, (fn, ins, outs) in _split_fns(step).items():

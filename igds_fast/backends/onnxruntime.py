@@ -116,12 +116,16 @@ class OrtEngine(ExportedEngine):
 
     def __init__(self, engine_dir: str | Path, manifest: dict[str, Any], options: LoadOptions = LoadOptions()):
         device = torch.device(options.device)
-        super().__init__(manifest, device)
-        folder = Path(engine_dir)
-        self.stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
         if device.type == "cuda" and options.providers == "cpu":
             raise UserError("--providers cpu cannot run an engine on --device cuda; use --providers cuda or tensorrt")
-        choice = options.providers if device.type == "cuda" or options.providers != "auto" else "cpu"
+        if device.type == "cpu" and options.providers in ("cuda", "tensorrt"):
+            raise UserError(f"--providers {options.providers} needs --device cuda (inputs and outputs live there)")
+        super().__init__(manifest, device)
+        folder = Path(engine_dir)
+        # ORT computes on torch's current stream of the device at load time (user_compute_stream),
+        # so its kernels queue behind torch's copies of the inputs; see _run_bound for other streams.
+        self.stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+        choice = options.providers if device.type == "cuda" else "cpu"
         plist = provider_list(
             choice,
             folder / "ort_trt_cache",
