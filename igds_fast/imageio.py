@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +41,21 @@ def encode_image(img: np.ndarray, fmt: str) -> bytes:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name, flush to disk, rename: a file is whole or absent."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # unique per process: writers never share one
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write to a temporary name, flush to disk, rename: a file is whole or absent.
+
+    The temporary name is unique per process and thread, so concurrent writers never share one; a
+    failed write removes it. Files get the usual 0666 & ~umask mode (0644 by default)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_native_id()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def save_picture(img: Image.Image, path: str | Path) -> Path:

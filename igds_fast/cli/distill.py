@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from ..errors import UserError
 from . import options as opt
 
 
@@ -18,7 +19,13 @@ def distill(
     ipc: int = typer.Option(10, help="Images per class."),
     batch_size: int | None = typer.Option(None, help="Samples per batch (one class a batch); default min(IPC, 32)."),
     seed: int = typer.Option(0, help="Global seed; each image's noise derives from (seed, class, index)."),
-    engines: Path | None = typer.Option(None, help="Engine folder from `igds-fast export` (else the eager step)."),
+    engines: Path | None = typer.Option(None, help="Engine folder from `igds-fast export` (fixes the backend)."),
+    backend: str = typer.Option(
+        "auto", help="auto (the fastest measured for this machine), eager, onnxruntime, compiled or tensorrt."
+    ),
+    engine_cache: Path | None = typer.Option(
+        None, help="Where exported engines are cached [$IGDS_ENGINE_CACHE or ~/.cache/igds-fast/engines]."
+    ),
     denoiser: Path | None = opt.denoiser(),
     vae: str | None = opt.vae(),
     critics: Path | None = opt.critics(),
@@ -37,17 +44,45 @@ def distill(
     shard: str | None = typer.Option(None, help="i/n: run every n-th class starting at i (array jobs)."),
     ray: str | None = typer.Option(None, help="Run on a Ray cluster: 'local' or an address (needs igds-fast[ray])."),
     overwrite: bool = typer.Option(False, help="Replace an earlier run with another configuration in --out."),
+    wait: bool = typer.Option(False, help="If another process is writing --out, wait for it instead of failing."),
     device: str = opt.device(),
-    dtype: str = typer.Option("fp32", help="Denoiser precision of the eager step: fp32, fp16 or bf16."),
-    log_json: bool = typer.Option(False, "--log-json", help="One JSON line per finished class on stderr."),
+    dtype: str | None = typer.Option(
+        None, help="Denoiser precision: fp32, fp16 or bf16 [auto: bf16 on CPUs with AMX/AVX512-BF16, else fp32]."
+    ),
+    log_json: Path | None = typer.Option(
+        None, "--log-json", help="Write the JSON events here (one a line) instead of to stdout."
+    ),
+    progress: bool | None = typer.Option(
+        None, "--progress/--no-progress", help="Progress bar on stderr [only when stderr is a terminal]."
+    ),
 ) -> None:
-    """Distill a class subset into IPC synthetic images per class (the main job)."""
+    """Distill a class subset into IPC synthetic images per class (the main job).
+
+    Events (start, unit_done, class_done, damaged, repaired, finished, error) are JSON lines on
+    stdout, or in --log-json FILE. Exit codes: 0 complete, 3 incomplete (other shards' classes
+    missing), 2 user error, 1 bug."""
     options = dict(locals())  # exactly the options above: distill_job takes them by name
+    from ..jobs.events import EXIT_INCOMPLETE, Events
     from ..jobs.job import distill_job
     from ..jobs.run import run_job
 
-    job = distill_job(options.pop("out"), **options)
-    typer.echo(json.dumps(run_job(job)))
+    events = Events(path=log_json, out=out)
+    try:
+        job = distill_job(options.pop("out"), **options)
+        summary = run_job(job, events)
+        events.emit("finished", **summary)
+        if log_json is not None:  # the summary also reaches stdout
+            Events(out=out).emit("finished", **summary)
+    except UserError as e:
+        events.emit("error", message=str(e), exit_code=2)
+        raise
+    except Exception as e:
+        events.emit("error", message=f"{type(e).__name__}: {e}", exit_code=1)
+        raise
+    finally:
+        events.close()
+    if not summary.get("complete"):
+        raise typer.Exit(EXIT_INCOMPLETE)
 
 
 def demo(

@@ -1,38 +1,60 @@
-"""The distill job: IPC images per class, written as an ImageFolder with a manifest.
+"""The distill run: IPC images per class, written as an ImageFolder with a manifest.
 
-Durability: each image is written to a temporary name and renamed; a unit (class, chunk) is done
-only when its images, its critic features (the memory of later chunks) and finally its record
-``.unit-<wnid>-<chunk>.json`` are on disk. A rerun skips done units, so an interrupted job
-finishes and a finished one does nothing. The manifest, ``run.json`` and the contact sheets are
-assembled from the unit records once every unit of the job is done (by whichever shard or
-worker finishes last; assembling is idempotent).
+Durability: each file is written to a temporary name (unique per process and thread), flushed and
+renamed; a unit (class, chunk) is done only when its images, its critic features (the memory of
+later chunks) and finally its record ``.unit-<wnid>-<chunk>.json`` are on disk, and the record lists
+every file's size and sha256. A rerun checks all of that (``state.unit_state``): a unit whose record
+is missing or damaged, whose features are damaged, or one of whose images is missing, truncated or
+altered, is run again, and only the files that differ are rewritten (the same seeds give the same
+bytes). The manifest, ``run.json`` and the contact sheets are assembled from the records once every
+unit of the job checks out, by whichever shard or worker finishes last, and rewritten only when
+their content changes.
 """
 
 from __future__ import annotations
 
 import errno
-import io
 import json
-import shutil
-import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..errors import UserError
 from ..imageio import encode_image, grid, save_picture, to_uint8, write_atomic
 from ..sampling import StepEngine, WorkUnit, class_units, run_class, shard_classes
 from ..seeds import sample_seed
 from ..subsets import class_info
-from .image_manifest import image_name, image_row, write_image_manifest
+from .events import QUIET, Events
+from .image_manifest import image_name, image_row, read_image_manifest, write_image_manifest
+from .lock import WriterLocks, claim_lock
+from .state import (
+    JOB_FILE,
+    OUR_TEMP,
+    RECORD_FORMAT,
+    UnitState,
+    append_run,
+    digest,
+    feats_path,
+    file_digest,
+    npy_bytes,
+    read_json,
+    read_runs,
+    record_jobs,
+    record_path,
+    remove_our_files,
+    sha256_bytes,
+    unit_state,
+)
 
-JOB_FILE = ".igds-job.json"
+JOB_FORMAT = "igds-fast/job-v2"
 
 
 @dataclass
@@ -50,6 +72,8 @@ class DistillConfig:
     models: dict[str, str | None] = field(default_factory=dict)  # sha256 of denoiser, vae, critics
     backend: str = "eager"
     engine_id: str | None = None
+    precision: str = "fp32"  # the denoiser's precision (eager dtype, or the engine's)
+    engine_key: str | None = None  # an engine from the cache: the digest of what it is built from
 
     def validate(self) -> DistillConfig:
         if self.ipc <= 0:
@@ -65,91 +89,189 @@ class DistillConfig:
         return self
 
     def fingerprint(self) -> dict[str, Any]:
-        """The fields that change images; the backend may differ only by numerics, so it counts."""
-        return asdict(self)
+        """The fields that change images. The backend and precision may differ only by numerics, so
+        they count. A cached engine counts by what it is built from (``engine_key``): re-exporting it
+        after the cache was cleared gives a new manifest id (its creation time) but the same step."""
+        fp = asdict(self)
+        if self.engine_key is not None:
+            fp.pop("engine_id")
+        return fp
+
+    @property
+    def digest(self) -> str:
+        return digest(self.fingerprint())
+
+    @classmethod
+    def from_fingerprint(cls, fp: dict[str, Any]) -> DistillConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in fp.items() if k in names})
 
 
-def prepare_out(out: Path, cfg: DistillConfig, overwrite: bool) -> None:
-    """Create ``out`` or check it holds this same job; ``--overwrite`` clears our own files only."""
+def all_units(cfg: DistillConfig, wnids: list[str] | None = None) -> list[WorkUnit]:
+    labels = dict(zip(cfg.wnids, cfg.labels, strict=True))
+    return [u for w in (wnids or cfg.wnids) for u in class_units(w, labels[w], cfg.ipc, cfg.batch_size)]
+
+
+# ---------------------------------------------------------------- the job file: who owns the folder
+
+
+def read_job_file(out: Path) -> dict[str, Any] | None:
+    """The job file as {"config", "digest", "request"}; an older plain-config file is read as one;
+    None when it is missing; {"damaged": True} when it cannot be parsed."""
+    path = out / JOB_FILE
+    if not path.exists():
+        return None
+    data = read_json(path)
+    if not isinstance(data, dict):
+        return {"damaged": True}
+    if data.get("format") == JOB_FORMAT and isinstance(data.get("config"), dict):
+        cfg = data["config"]
+    elif "wnids" in data and "ipc" in data:  # written by igds-fast before job-v2
+        cfg = data
+    else:
+        return {"damaged": True}
+    try:
+        full = DistillConfig.from_fingerprint(cfg).fingerprint()  # fills fields added since
+    except (TypeError, ValueError):
+        return {"damaged": True}
+    return {"config": full, "digest": digest(full), "request": data.get("request")}
+
+
+def write_job_file(out: Path, cfg: DistillConfig, request: str | None) -> None:
+    body = {"format": JOB_FORMAT, "config": cfg.fingerprint(), "digest": cfg.digest, "request": request}
+    write_atomic(out / JOB_FILE, json.dumps(body, sort_keys=True).encode())
+
+
+def _differences(have: dict[str, Any], want: dict[str, Any]) -> str:
+    parts = []
+    for k in sorted(set(have) | set(want)):
+        if have.get(k) != want.get(k):
+            a, b = have.get(k), want.get(k)
+            simple = all(isinstance(v, (str, int, float, type(None))) for v in (a, b))
+            parts.append(f"{k}: {a!r} there, {b!r} here" if simple and len(repr(a) + repr(b)) < 60 else k)
+    return "; ".join(parts)
+
+
+def _foreign(out: Path) -> list[Path]:
+    """What in ``out`` a distill run did not write (our hidden files and temporaries excluded)."""
+    return [p for p in out.iterdir() if not p.name.startswith(".igds-") and not OUR_TEMP.fullmatch(p.name)]
+
+
+def _record_wnids(out: Path) -> set[str]:
+    return {p.name[len(".unit-") :].rsplit("-", 1)[0] for p in out.glob(".unit-*.json")}
+
+
+def prepare_out(
+    out: Path, cfg: DistillConfig, overwrite: bool, request: str | None = None, locks: WriterLocks | None = None
+) -> str:
+    """Create ``out`` or check it holds this same job; returns the job digest units are recorded under.
+
+    Under the claim lock: a folder holding this configuration is ours; one holding another
+    configuration is refused unless no unit of it was ever committed (a failed run claims nothing)
+    or ``overwrite`` (which removes only files distill writes). Handing the folder over needs every
+    other writer gone. A damaged job file is rewritten when the committed units are ours."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file; choose a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".igds-write-probe"
+        probe = out / f".igds-write-probe-{threading.get_native_id()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to --out '{out}': {e.strerror or e}") from None
-    job = out / JOB_FILE
-    want = cfg.fingerprint()
-    if job.exists():
-        have = json.loads(job.read_text())
-        if have == want:
-            return
-        if not overwrite:
-            diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+    want, mine = cfg.fingerprint(), cfg.digest
+    with claim_lock(out):
+        have = read_job_file(out)
+        if have is not None and not have.get("damaged") and have["config"] == want:
+            if have.get("request") != request and request is not None:
+                write_job_file(out, cfg, request)
+            return mine
+        others = record_jobs(out) - {mine}
+        if have is None and not others:
+            if _foreign(out) and not overwrite and not record_jobs(out):
+                raise UserError(f"--out '{out}' is not empty and holds no distill run; choose an empty folder")
+            write_job_file(out, cfg, request)
+            return mine
+        if others and not overwrite:
+            if have is not None and not have.get("damaged"):
+                why = f"another configuration ({_differences(have['config'], want)})"
+            else:
+                why = "units of another configuration (its job file is missing or damaged)"
             raise UserError(
-                f"'{out}' holds a distill run with another configuration ({', '.join(diff)} differ); "
-                "use another --out, or --overwrite to replace it"
+                f"'{out}' holds a distill run with {why}; use another --out, the same options, "
+                "or --overwrite to replace it"
             )
-        clear_job(out, have)
-    elif any(p.name not in (".igds-write-probe",) for p in out.iterdir()) and not overwrite:
-        raise UserError(f"--out '{out}' is not empty and holds no distill run; choose an empty folder")
-    write_atomic(job, json.dumps(want, sort_keys=True).encode())
+        if locks is not None and not locks.alone():
+            raise UserError(
+                f"'{out}' is being written by another shard of another configuration; "
+                "wait for it, or choose another --out"
+            )
+        old = have["config"]["wnids"] if have is not None and not have.get("damaged") else []
+        if others or not record_jobs(out):  # nothing of ours is committed: clear what the old runs left
+            remove_our_files(out, sorted(set(old) | _record_wnids(out) | set(cfg.wnids if others else [])))
+        write_job_file(out, cfg, request)
+        return mine
 
 
 def clear_job(out: Path, job: dict[str, Any]) -> None:
-    """Remove what an earlier run wrote (class folders, records, manifest); nothing else."""
-    for wnid in job.get("wnids", []):
-        if (out / wnid).is_dir():
-            shutil.rmtree(out / wnid)
-        (out / f"contact_{wnid}.png").unlink(missing_ok=True)
-    for pattern in (".unit-*", "manifest.parquet", "run.json", JOB_FILE):
-        for p in out.glob(pattern):
-            p.unlink()
+    """Remove what an earlier run wrote (images by our names, records, manifest); nothing else."""
+    remove_our_files(out, list(job.get("wnids", [])))
 
 
-def _unit_record(out: Path, unit: WorkUnit) -> Path:
-    return out / f".unit-{unit.key}.json"
+# ---------------------------------------------------------------- writing units
 
 
-def _unit_feats(out: Path, unit: WorkUnit) -> Path:
-    return out / f".unit-{unit.key}.feats.npy"
+def resize(img: np.ndarray, size: int | None) -> np.ndarray:
+    if size is None or img.shape[0] == size:
+        return img
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC))
 
 
-def unit_done(out: Path, unit: WorkUnit) -> bool:
-    return _unit_record(out, unit).exists()
+def _write_if_changed(path: Path, data: bytes) -> bool:
+    """Write ``data`` unless the file already holds exactly these bytes; True when written."""
+    have = file_digest(path)
+    if have is not None and have == (len(data), sha256_bytes(data)):
+        return False
+    write_atomic(path, data)
+    return True
 
 
 class UnitWriter:
-    """Encodes and writes a unit's images on worker threads while the device runs the next unit."""
+    """Encodes and writes a unit's images on worker threads while the device runs the next unit.
 
-    def __init__(self, out: Path, cfg: DistillConfig, workers: int = 2, max_pending: int = 2):
-        self.out, self.cfg = out, cfg
+    Only files whose bytes differ from what is on disk are written, so redoing a unit to repair one
+    image leaves its other files (and their times) untouched."""
+
+    def __init__(self, out: Path, cfg: DistillConfig, job: str, events: Events = QUIET, workers: int = 2):
+        self.out, self.cfg, self.job, self.events = out, cfg, job, events
         self.pool = ThreadPoolExecutor(max_workers=workers)
         self.pending: list[Future] = []
-        self.max_pending = max_pending
+        self.max_pending = 2
+        self.repaired: list[str] = []
+        self.changed: list[str] = []  # regenerated images whose bytes differ from their record
+        self._lock = threading.Lock()
 
-    def submit(
-        self, unit: WorkUnit, images: np.ndarray, feats: np.ndarray, log_q: np.ndarray, h2: np.ndarray, seconds: float
-    ) -> None:
+    def submit(self, res: Any, images: np.ndarray, seconds: float, before: UnitState) -> None:
         while len(self.pending) >= self.max_pending:  # bound memory: wait for the oldest unit
             self.pending.pop(0).result()
-        self.pending.append(self.pool.submit(self._write, unit, images, feats, log_q, h2, seconds))
+        self.pending.append(self.pool.submit(self._write, res, images, seconds, before))
 
-    def _write(
-        self, unit: WorkUnit, images: np.ndarray, feats: np.ndarray, log_q: np.ndarray, h2: np.ndarray, seconds: float
-    ) -> None:
+    def _write(self, res: Any, images: np.ndarray, seconds: float, before: UnitState) -> None:
+        unit: WorkUnit = res.unit
         cfg, out = self.cfg, self.out
         ext = "png" if cfg.image_format == "png" else "jpg"
-        folder = out / unit.wnid
-        rows = []
+        old = {r["path"]: r["sha256"] for r in before.record["rows"]} if before.record else {}
+        rows, sizes, written = [], [], []
         try:
-            folder.mkdir(exist_ok=True)
+            (out / unit.wnid).mkdir(exist_ok=True)
             for k, idx in enumerate(unit.indices):
                 data = encode_image(resize(images[k], cfg.resolution), cfg.image_format)
                 rel = f"{unit.wnid}/{image_name(idx, ext)}"
-                write_atomic(out / rel, data)
+                if _write_if_changed(out / rel, data):
+                    written.append(rel)
+                    if rel in old and old[rel] != sha256_bytes(data):
+                        with self._lock:
+                            self.changed.append(rel)
                 rows.append(
                     image_row(
                         unit.wnid,
@@ -160,20 +282,52 @@ class UnitWriter:
                         data,
                         cfg.backend,
                         cfg.engine_id,
-                        float(log_q[k]),
-                        float(h2[k]),
+                        float(res.log_q[k]),
+                        float(res.h2[k]),
                     )
                 )
-            buf = _npy_bytes(feats)
-            write_atomic(_unit_feats(out, unit), buf)
-            record = {"unit": asdict(unit), "rows": rows, "seconds": seconds}
-            write_atomic(_unit_record(out, unit), json.dumps(record).encode())  # the commit point
+                sizes.append(len(data))
+            feats = npy_bytes(res.feats)
+            if _write_if_changed(feats_path(out, unit), feats):
+                written.append(feats_path(out, unit).name)
+            record = {
+                "format": RECORD_FORMAT,
+                "job": self.job,
+                "unit": asdict(unit),
+                "rows": rows,
+                "sizes": sizes,
+                "feats": {"size": len(feats), "sha256": sha256_bytes(feats)},
+                "seconds": seconds,
+            }
+            same = before.record is not None and {k: v for k, v in before.record.items() if k != "seconds"} == {
+                k: v for k, v in record.items() if k != "seconds"
+            }
+            if not same:  # the commit point
+                write_atomic(record_path(out, unit), json.dumps(record).encode())
+                written.append(record_path(out, unit).name)
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise UserError(
                     f"disk full while writing class {unit.wnid}: free space and rerun; finished units are kept"
                 ) from None
             raise UserError(f"cannot write class {unit.wnid} under '{out}': {e.strerror or e}") from None
+        first_run = before.problem == "not run yet"
+        if first_run:
+            self.events.emit(
+                "unit_done", wnid=unit.wnid, chunk=unit.chunk, images=unit.count, seconds=round(seconds, 3)
+            )
+        else:
+            files = [w for w in written if not w.startswith(".unit-")] or written
+            with self._lock:
+                self.repaired += files
+            self.events.emit(
+                "repaired",
+                wnid=unit.wnid,
+                chunk=unit.chunk,
+                why=before.problem or "damaged images",
+                files=files,
+                identical=not any(f in self.changed for f in files),
+            )
 
     def drain(self) -> None:
         try:
@@ -186,24 +340,6 @@ class UnitWriter:
         self.pool.shutdown(wait=True)
 
 
-def resize(img: np.ndarray, size: int | None) -> np.ndarray:
-    if size is None or img.shape[0] == size:
-        return img
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC))
-
-
-def _npy_bytes(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a)
-    return buf.getvalue()
-
-
-def _load_feats(out: Path, unit: WorkUnit) -> np.ndarray:
-    return np.load(_unit_feats(out, unit))
-
-
 def distill_class(
     engine: StepEngine,
     cfg: DistillConfig,
@@ -211,18 +347,20 @@ def distill_class(
     wnid: str,
     label: int,
     writer: UnitWriter,
+    states: dict[str, UnitState],
     on_images: Callable[[int], None] | None = None,
 ) -> int:
-    """Run the class's missing units in chunk order; returns the number of images produced."""
+    """Run the class's units that are not done, in chunk order; returns how many images were sampled."""
     made = 0
     t0 = time.perf_counter()
 
     def done(unit: WorkUnit) -> np.ndarray | None:  # a finished chunk: its stored features join the memory
-        return _load_feats(out, unit) if unit_done(out, unit) else None
+        st = states[unit.key]
+        return st.feats if st.done else None
 
     for res in run_class(engine, cfg.seed, class_units(wnid, label, cfg.ipc, cfg.batch_size), done=done):
         images = to_uint8(engine.decode(res.x0)).cpu().numpy()
-        writer.submit(res.unit, images, res.feats, res.log_q, res.h2, time.perf_counter() - t0)
+        writer.submit(res, images, time.perf_counter() - t0, states[res.unit.key])
         made += res.unit.count
         if on_images is not None:
             on_images(res.unit.count)
@@ -230,30 +368,111 @@ def distill_class(
     return made
 
 
-def all_units(cfg: DistillConfig) -> list[WorkUnit]:
-    return [
-        u for w, lab in zip(cfg.wnids, cfg.labels, strict=True) for u in class_units(w, lab, cfg.ipc, cfg.batch_size)
-    ]
+# ---------------------------------------------------------------- assembling the set
 
 
-def finalize(out: Path, cfg: DistillConfig, run_info: dict[str, Any]) -> bool:
-    """Assemble manifest, run.json and contact sheets once every unit of the job is done."""
-    units = all_units(cfg)
-    if not all(unit_done(out, u) for u in units):
+def _sheet_ok(path: Path) -> bool:
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except Exception:  # any decoder error: missing, truncated, not an image
         return False
-    rows, seconds = [], 0.0
-    for u in units:
-        rec = json.loads(_unit_record(out, u).read_text())
-        rows += rec["rows"]
-        seconds += rec["seconds"]
-    write_image_manifest(rows, out / "manifest.parquet")
-    for wnid in cfg.wnids:
-        from PIL import Image
 
-        files = sorted((out / wnid).iterdir())[:100]
-        arr = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])
-        imgs = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1
-        save_picture(grid(imgs, rows=max(1, int(len(files) ** 0.5))), out / f"contact_{wnid}.png")
+
+def _manifest_rows(path: Path) -> list[dict[str, Any]] | None:
+    try:
+        return read_image_manifest(path)
+    except (UserError, OSError, ValueError):
+        return None
+
+
+def _same_rows(a: list[dict[str, Any]] | None, b: list[dict[str, Any]]) -> bool:
+    if a is None or len(a) != len(b):
+        return False
+    key = lambda r: r["path"]  # noqa: E731
+    dump = lambda rows: json.dumps(sorted(rows, key=key), sort_keys=True, default=float)  # noqa: E731
+    return dump(a) == dump(b)
+
+
+def contact_sheet(out: Path, wnid: str, rows: list[dict[str, Any]]) -> None:
+    files = [out / r["path"] for r in sorted(rows, key=lambda r: r["sample_index"])][:100]
+    arr = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])
+    imgs = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1
+    save_picture(grid(imgs, rows=max(1, int(len(files) ** 0.5))), out / f"contact_{wnid}.png")
+
+
+def assembled(out: Path, cfg: DistillConfig, job: str, states: dict[str, UnitState] | None = None) -> dict[str, Any]:
+    """What finalizing would do: {"complete", "rows", "seconds", "manifest", "sheets", "run_json"}
+    (the last three: whether each must be rewritten). Reads and hashes every image."""
+    rows, seconds = [], 0.0
+    for u in all_units(cfg):
+        st = states[u.key] if states is not None and u.key in states else unit_state(out, u, job)
+        if not st.done:
+            return {"complete": False}
+        rows += st.record["rows"]
+        seconds += float(st.record.get("seconds", 0.0))
+    by_class: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_class.setdefault(r["wnid"], []).append(r)
+    run = read_json(out / "run.json")
+    return {
+        "complete": True,
+        "rows": rows,
+        "by_class": by_class,
+        "seconds": seconds,
+        "manifest": not _same_rows(_manifest_rows(out / "manifest.parquet"), rows),
+        "sheets": [w for w in cfg.wnids if not _sheet_ok(out / f"contact_{w}.png")],
+        "run_json": not (isinstance(run, dict) and run.get("complete") is True and run.get("job") == job),
+    }
+
+
+def finalize(
+    out: Path,
+    cfg: DistillConfig,
+    job: str,
+    run_entry: dict[str, Any] | None = None,
+    changed: set[str] | frozenset[str] = frozenset(),
+    request: str | None = None,
+    states: dict[str, UnitState] | None = None,
+    events: Events = QUIET,
+) -> bool:
+    """Assemble manifest, run.json and contact sheets once every unit of the job checks out; write
+    only what changed. ``run_entry``: this run's line for the run history (appended when this run
+    changed anything); ``changed``: classes whose images this run wrote."""
+    with claim_lock(out):
+        plan = assembled(out, cfg, job, states)
+        if not plan["complete"]:
+            if run_entry is not None:
+                append_run(out, run_entry)
+            return False
+        sheets = sorted(set(plan["sheets"]) | set(changed))
+        rebuilt = (["manifest.parquet"] if plan["manifest"] else []) + [f"contact_{w}.png" for w in sheets]
+        if run_entry is None and (rebuilt or plan["run_json"]):
+            run_entry = {"finished": _now(), "images_made": 0, "repaired": [], "rebuilt": rebuilt or ["run.json"]}
+        if run_entry is None:
+            return True  # nothing changed: nothing is rewritten
+        if rebuilt:
+            run_entry = run_entry | {"rebuilt": rebuilt}
+        append_run(out, run_entry)
+        if plan["manifest"]:
+            write_image_manifest(plan["rows"], out / "manifest.parquet")
+        for wnid in sheets:
+            contact_sheet(out, wnid, plan["by_class"][wnid])
+        if rebuilt:
+            events.emit("rebuilt", files=rebuilt)
+        write_run_json(out, cfg, job, request, plan)
+    return True
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def write_run_json(out: Path, cfg: DistillConfig, job: str, request: str | None, plan: dict[str, Any]) -> None:
+    runs = read_runs(out)
+    rows, seconds = plan["rows"], plan["seconds"]
+    last = runs[-1] if runs else {}
     info = {
         "kind": "distilled",
         "guidance": cfg.step.get("guidance"),
@@ -261,18 +480,29 @@ def finalize(out: Path, cfg: DistillConfig, run_info: dict[str, Any]) -> bool:
         "classes": cfg.wnids,
         "seed": cfg.seed,
         "config": cfg.fingerprint(),
+        "job": job,
+        "request": request,
         "images": len(rows),
         "unit_seconds_total": seconds,
         "img_per_s_units": len(rows) / seconds if seconds else None,
         "complete": True,
-    } | run_info
+        "started": next((r.get("started") for r in runs if r.get("started")), None),  # the first run's
+        "finished": last.get("finished"),
+        "versions": last.get("versions"),
+        "machine": last.get("machine"),
+        "last_run": last,
+        "runs": runs,
+    }
     write_atomic(out / "run.json", json.dumps(info, indent=1, default=str).encode())
-    return True
 
 
-def log_json(event: dict[str, Any]) -> None:
-    sys.stderr.write(json.dumps(event) + "\n")
-    sys.stderr.flush()
+# ---------------------------------------------------------------- one run
+
+
+def shard_states(out: Path, cfg: DistillConfig, job: str, shard: tuple[int, int]) -> dict[str, UnitState]:
+    """The state of every unit of this shard's classes (every recorded file is checked)."""
+    mine = shard_classes(cfg.wnids, *shard)
+    return {u.key: unit_state(out, u, job) for u in all_units(cfg, mine)}
 
 
 def run_distill(
@@ -281,42 +511,123 @@ def run_distill(
     out: Path,
     shard: tuple[int, int] = (0, 1),
     overwrite: bool = False,
-    progress: bool = True,
-    json_log: bool = False,
+    progress: bool = False,
+    events: Events = QUIET,
     run_info: dict[str, Any] | None = None,
     prepared: bool = False,
+    request: str | None = None,
+    wait: bool = False,
+    locks: WriterLocks | None = None,
 ) -> dict[str, Any]:
-    """Distill this shard's classes; returns a summary (images made, seconds, img/s, complete).
+    """Distill this shard's classes; returns a summary (images made, files repaired, seconds, img/s,
+    complete).
 
-    ``prepared``: the caller (a Ray driver) has already checked and claimed ``out``."""
+    ``locks``: the writer locks the caller holds on ``out`` (else they are taken here, waiting with
+    ``wait``); ``prepared``: the caller (a Ray driver) holds the locks and has claimed ``out``."""
+    cfg.validate()
+    own_locks = None
+    if not prepared and locks is None:
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out '{out}' is a file; choose a folder")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot write to --out '{out}': {e.strerror or e}") from None
+        own_locks = locks = WriterLocks(out, shard).acquire(wait=wait)
+    try:
+        job = cfg.digest if prepared else prepare_out(out, cfg, overwrite, request, locks)
+        return _run_units(engine, cfg, out, job, shard, progress, events, run_info or {}, request)
+    finally:
+        if own_locks is not None:
+            own_locks.release()
+
+
+def _run_units(
+    engine: StepEngine,
+    cfg: DistillConfig,
+    out: Path,
+    job: str,
+    shard: tuple[int, int],
+    progress: bool,
+    events: Events,
+    run_info: dict[str, Any],
+    request: str | None,
+) -> dict[str, Any]:
     from tqdm import tqdm
 
-    cfg.validate()
-    if not prepared:
-        prepare_out(out, cfg, overwrite)
+    started = _now()
     labels = dict(zip(cfg.wnids, cfg.labels, strict=True))
     mine = shard_classes(cfg.wnids, *shard)
-    todo = sum(
-        u.count for w in mine for u in class_units(w, labels[w], cfg.ipc, cfg.batch_size) if not unit_done(out, u)
-    )
+    states = shard_states(out, cfg, job, shard)
+    for st in states.values():
+        if not st.done and st.problem != "not run yet":
+            events.emit(
+                "damaged",
+                wnid=st.unit.wnid,
+                chunk=st.unit.chunk,
+                missing=st.missing,
+                damaged=st.damaged,
+                problem=st.problem,
+            )
+    todo = sum(st.unit.count for st in states.values() if not st.done)
     bar = tqdm(total=todo, desc="distill", unit="img", disable=not progress or todo == 0, smoothing=0.1)
-    writer = UnitWriter(out, cfg)
+    writer = UnitWriter(out, cfg, job, events)
     t0 = time.perf_counter()
-    made = 0
+    made = sampled = 0
+    changed: set[str] = set()
     try:
         for wnid in mine:
             tc = time.perf_counter()
-            n = distill_class(engine, cfg, out, wnid, labels[wnid], writer, on_images=bar.update)
-            made += n
-            if json_log and n:
-                log_json(
-                    {"event": "class_done", "wnid": wnid, "images": n, "seconds": round(time.perf_counter() - tc, 3)}
-                )
+            fresh = sum(st.unit.count for st in states.values() if st.unit.wnid == wnid and st.problem == "not run yet")
+            n = distill_class(engine, cfg, out, wnid, labels[wnid], writer, states, on_images=bar.update)
+            sampled += n
+            if n:
+                writer.drain()
+                made += fresh
+                changed.add(wnid)
+                events.emit("class_done", wnid=wnid, images=fresh, seconds=round(time.perf_counter() - tc, 3))
         writer.drain()
     finally:
         writer.close()
         bar.close()
     seconds = time.perf_counter() - t0
-    summary = {"images_made": made, "seconds": seconds, "img_per_s": made / seconds if made else None}
-    summary["complete"] = finalize(out, cfg, (run_info or {}) | {"last_run": summary})
+    summary: dict[str, Any] = {
+        "images_made": made,
+        "repaired": sorted(writer.repaired),
+        "seconds": seconds,
+        "img_per_s": sampled / seconds if sampled else None,
+    }
+    if writer.changed:
+        summary["changed"] = sorted(writer.changed)  # regenerated with other bytes than recorded
+    entry = None
+    if sampled:
+        entry = {
+            "started": started,
+            "finished": _now(),
+            "shard": f"{shard[0]}/{shard[1]}",
+            "images_made": made,
+            "repaired": summary["repaired"],
+            "seconds": round(seconds, 3),
+            "img_per_s": summary["img_per_s"],
+            "backend": cfg.backend,
+            "precision": cfg.precision,
+            "engine_id": cfg.engine_id,
+        } | run_info
+    summary["complete"] = finalize(out, cfg, job, entry, changed, request, events=events)
     return summary
+
+
+def is_finished(out: Path, request: str, shard: tuple[int, int]) -> tuple[DistillConfig, str] | None:
+    """(config, job digest) when ``out`` holds the job of this ``request`` key with every unit of
+    this shard checking out: the run has nothing to sample, so no weights need loading."""
+    have = read_job_file(out) if out.is_dir() else None
+    if have is None or have.get("damaged") or have.get("request") != request:
+        return None
+    cfg = DistillConfig.from_fingerprint(have["config"])
+    try:
+        states = shard_states(out, cfg, have["digest"], shard)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not all(st.done for st in states.values()):
+        return None
+    return cfg, have["digest"]

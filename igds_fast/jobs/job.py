@@ -1,19 +1,25 @@
-"""A distill job as the library describes it: what to make (``DistillJob``), the engine it runs on,
-the model labels of its classes, and the configuration that identifies its output folder."""
+"""A distill job as the library describes it: what to make (``DistillJob``), the backend it runs on
+(``choose``: decided without loading weights), the engine, the model labels of its classes, and the
+configuration that identifies its output folder."""
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError, safe_open
+
 from ..backends.backend import LoadOptions
 from ..backends.build import expect_for
 from ..backends.eager import EagerEngine
 from ..backends.engine_manifest import manifest_view, optional_sha256, read_engine_manifest
-from ..backends.registry import load_engine
-from ..config import STEP_DEFAULTS, StepConfig, check_count, parse_shard, step_config
+from ..backends.registry import BACKENDS, EXPORT_BACKENDS, load_engine
+from ..config import BETA0, DTYPES, STEP_DEFAULTS, StepConfig, check_count, parse_shard, step_config
+from ..diffusion.schedule import respaced_timesteps
 from ..errors import UserError
 from ..machine import library_versions, machine_facts
 from ..models.critics import load_critic
@@ -23,6 +29,19 @@ from ..sampling import StepEngine, memory_rows
 from ..sampling.pipeline import build_pipeline
 from ..subsets import ClassInfo, resolve_classes
 from .distill import DistillConfig
+from .engine_cache import (
+    BACKEND_CHOICES,
+    Choice,
+    cache_entry,
+    cache_key,
+    default_backend,
+    default_cache_dir,
+    ensure_cached_engine,
+)
+from .limits import JobShape
+from .state import digest
+
+DEFAULT_FEAT_DIM = 64  # the estimate's critic feature size when the critics' file does not say
 
 
 @dataclass
@@ -36,19 +55,42 @@ class DistillJob:
     models: ModelPaths
     batch_size: int | None = None  # None: min(IPC, 32)
     seed: int = 0
-    engines: Path | None = None  # an exported engine folder; None: the eager step
+    engines: Path | None = None  # an exported engine folder; None: by ``backend``
     device: str = "cpu"
-    dtype: str = "fp32"  # the denoiser's precision on the eager backend
+    dtype: str | None = None  # the denoiser's precision; None: the backend rule's
     image_format: str = "png"
     resolution: int | None = None
     shard: tuple[int, int] = (0, 1)
     ray: str | None = None
     overwrite: bool = False
-    log_json: bool = False
+    log_json: Path | None = None  # events to this file; None: stdout (the CLI) or nowhere (library)
+    backend: str = "auto"  # auto (the machine's fastest), eager, onnxruntime, compiled, tensorrt
+    engine_cache: Path | None = None  # None: engine_cache.default_cache_dir()
+    progress: bool | None = None  # None: on a terminal only
+    wait: bool = False  # queue behind another writer of --out instead of failing
 
     @property
     def batch(self) -> int:
         return check_count(self.batch_size if self.batch_size is not None else min(self.ipc, 32), "--batch-size")
+
+    def validate(self) -> DistillJob:
+        check_count(self.ipc, "--ipc")
+        self.batch  # noqa: B018 (checks --batch-size)
+        if self.resolution is not None and self.resolution < 8:
+            raise UserError(f"--resolution must be >= 8, got {self.resolution}")
+        if self.image_format not in ("png", "jpeg"):
+            raise UserError(f"unknown --format '{self.image_format}': use png or jpeg")
+        if self.backend not in BACKEND_CHOICES:
+            raise UserError(f"unknown --backend '{self.backend}': use {', '.join(BACKEND_CHOICES)}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise UserError(f"unknown --dtype '{self.dtype}': use {', '.join(DTYPES)}")
+        if self.engines is not None and self.backend not in ("auto",):
+            raise UserError("give --engines or --backend, not both (an engine folder fixes its backend)")
+        if self.out.exists() and not self.out.is_dir():
+            raise UserError(f"--out '{self.out}' is a file; choose a folder")
+        if self.log_json is not None and (self.log_json.is_dir() or not self.log_json.parent.is_dir()):
+            raise UserError(f"--log-json '{self.log_json}' must be a file in an existing folder")
+        return self
 
 
 def distill_job(
@@ -65,13 +107,17 @@ def distill_job(
     vae: str | None = None,
     critics: Path | None = None,
     device: str = "cpu",
-    dtype: str = "fp32",
+    dtype: str | None = None,
     image_format: str = "png",
     resolution: int | None = None,
     shard: str | None = None,
     ray: str | None = None,
     overwrite: bool = False,
-    log_json: bool = False,
+    log_json: Path | None = None,
+    backend: str = "auto",
+    engine_cache: Path | None = None,
+    progress: bool | None = None,
+    wait: bool = False,
     **step_options: Any,
 ) -> DistillJob:
     """A job from the command line's options (strings as typed; ``step_options``: the step options
@@ -79,6 +125,8 @@ def distill_job(
     unknown = sorted(set(step_options) - set(STEP_DEFAULTS))
     if unknown:
         raise TypeError(f"unknown distill options {unknown}")
+    if classes_file is not None and Path(classes_file).is_dir():
+        raise UserError(f"--classes-file '{classes_file}' is a folder; give a text file with one WNID a line")
     cfg = step_config(check_count(ipc, "--ipc"), step_options)
     return DistillJob(
         out=Path(out),
@@ -96,29 +144,168 @@ def distill_job(
         shard=parse_shard(shard),
         ray=ray,
         overwrite=overwrite,
-        log_json=log_json,
+        log_json=Path(log_json) if log_json is not None else None,
+        backend=backend,
+        engine_cache=Path(engine_cache) if engine_cache is not None else None,
+        progress=progress,
+        wait=wait,
+    ).validate()
+
+
+def model_hashes(m: ModelPaths, guidance: str) -> dict[str, str | None]:
+    return {
+        "denoiser": optional_sha256(m.denoiser),
+        "vae": optional_sha256(m.vae),
+        "critics": optional_sha256(m.critics) if guidance == "igds" else None,
+    }
+
+
+def choose(job: DistillJob, hashes: dict[str, str | None] | None = None) -> Choice:
+    """The backend, precision and engine folder of the job, decided without loading any weights."""
+    if job.engines is not None:
+        manifest = read_engine_manifest(job.engines)
+        return Choice(str(manifest["backend"]), str(manifest["precision"]), "--engines", engines=job.engines)
+    if job.backend == "auto":
+        choice = default_backend(job.device)
+        if job.dtype is not None and job.dtype != choice.precision:
+            choice = Choice("eager", job.dtype, f"--dtype {job.dtype}: the eager step in that precision")
+    elif job.backend == "eager":
+        choice = Choice("eager", job.dtype or "fp32", "--backend eager")
+    else:
+        row = BACKENDS[job.backend]
+        reason = row.unavailable()
+        if reason:
+            raise UserError(f"--backend {job.backend} cannot run here: {reason}")
+        choice = Choice(job.backend, job.dtype or "fp32", f"--backend {job.backend}")
+    if choice.backend not in EXPORT_BACKENDS:
+        return choice
+    hashes = hashes if hashes is not None else model_hashes(job.models, job.step.guidance)
+    key = cache_key(hashes, job.step, job.batch, engine_memory(job), choice.backend, choice.precision, job.device)
+    entry = cache_entry(job.engine_cache or default_cache_dir(), choice.backend, choice.precision, key)
+    return Choice(choice.backend, choice.precision, choice.reason, engines=entry, cache_key=key)
+
+
+def engine_memory(job: DistillJob) -> int:
+    return max(1, memory_rows(job.ipc, job.batch))
+
+
+def request_key(job: DistillJob, choice: Choice, hashes: dict[str, str | None]) -> str:
+    """A digest of everything that decides the job's output, computed without loading weights: when
+    a folder's job file records this key and every unit checks out, the run has nothing to do."""
+    engine = choice.cache_key if choice.cache_key is not None else None
+    if choice.engines is not None and choice.cache_key is None:
+        engine = read_engine_manifest(choice.engines)["id"]
+    return digest(
+        {
+            "classes": [c.wnid for c in job.classes],
+            "ipc": job.ipc,
+            "batch": job.batch,
+            "seed": job.seed,
+            "format": job.image_format,
+            "resolution": job.resolution,
+            "step": job.step.to_dict(),
+            "models": hashes,
+            "backend": choice.backend,
+            "precision": choice.precision,
+            "engine": engine,
+        }
     )
 
 
-def build_engine(job: DistillJob) -> StepEngine:
-    """The engine to run: an exported one (checked against the models and config) or eager."""
+def _safetensors_config(path: Path | None) -> dict[str, Any]:
+    """The JSON config our safetensors files carry in their metadata ({} for other files)."""
+    if path is None or not Path(path).is_file() or Path(path).suffix != ".safetensors":
+        return {}
+    try:
+        with safe_open(str(path), "pt") as f:
+            return json.loads((f.metadata() or {}).get("config", "{}"))
+    except (SafetensorError, OSError, ValueError):
+        return {}
+
+
+def job_shape(job: DistillJob, engine: StepEngine | None = None, classes: int | None = None) -> JobShape:
+    """The job's shape for the limits: from the engine when it is built, else from the model files'
+    metadata (a guess of 256 px latents' images when a file does not say)."""
+    n_classes = classes if classes is not None else len(job.classes[job.shard[0] :: job.shard[1]])
+    steps = len(respaced_timesteps(1000, job.step.steps))
+    feat_dim = int(_safetensors_config(job.models.critics).get("feat_dim", DEFAULT_FEAT_DIM))
+    den = _safetensors_config(job.models.denoiser)
+    latent = str(job.models.vae).lower() != "none"
+    side = int(den.get("input_size", 32)) * (8 if latent else 1)
+    if engine is not None:
+        steps, feat_dim = engine.num_steps, engine.feat_dim
+        codec = getattr(engine, "codec", None)
+        if codec is not None:  # eager: the decoder's real scale; exported engines keep the guess
+            side = engine.shape[-1] * int(getattr(codec, "downsample", 1))
+    if job.resolution is not None:
+        side = job.resolution
+    return JobShape(n_classes, job.ipc, job.batch, steps, feat_dim, side, job.image_format)
+
+
+def _check_ipc_of(job: DistillJob, have_step: dict[str, Any]) -> None:
+    """An engine exported for another IPC differs only in beta(IPC): say so in IPC, not in beta."""
+    want = job.step.to_dict()
+    if have_step.get("beta") == want["beta"] or job.step.guidance != "igds":
+        return
+    if {k: v for k, v in have_step.items() if k != "beta"} != {k: v for k, v in want.items() if k != "beta"}:
+        return
+    beta = float(have_step.get("beta") or 0.0)
+    ipc = round(math.exp(beta / BETA0)) if beta > 0 else 1
+    if abs(BETA0 * math.log(max(ipc, 1)) - beta) < 1e-9:
+        raise UserError(
+            f"the engine was exported for IPC {ipc} (beta {beta:.4g}), this job is IPC {job.ipc} "
+            f"(beta {want['beta']:.4g}); export one with --ipc {job.ipc}, or pass --beta {beta:.6g} to use it"
+        )
+    raise UserError(
+        f"the engine was exported with beta {beta:.4g}, this job uses {want['beta']:.4g}; "
+        f"pass --beta {beta:.6g}, or export an engine for this job"
+    )
+
+
+def build_engine(job: DistillJob, choice: Choice | None = None, log: Any = None) -> StepEngine:
+    """The engine to run: an exported one (given, or from the cache: exported now if missing;
+    checked against the models and config) or eager."""
+    choice = choice or choose(job)
     m, cfg, batch = job.models, job.step, job.batch
     rows_needed = memory_rows(job.ipc, batch)
-    if job.engines is not None:
+    if choice.engines is not None:
+        if choice.cache_key is not None:
+            ensure_cached_engine(
+                choice.engines, m, cfg, batch, engine_memory(job), choice.backend, choice.precision, job.device, log
+            )
         # Models, step config and batch must match; memory rows need only suffice (checked below),
         # and precision/backend are the engine's own choice.
-        have = manifest_view(read_engine_manifest(job.engines))
+        have = manifest_view(read_engine_manifest(choice.engines))
+        _check_ipc_of(job, have["step"] or {})
         expect = expect_for(
             m.denoiser, m.vae, m.critics, cfg, batch, have["memory_size"], have["precision"], have["backend"]
         )
-        engine = load_engine(job.engines, expect, LoadOptions(device=job.device))
+        try:
+            engine = load_engine(choice.engines, expect, LoadOptions(device=job.device))
+        except UserError:
+            if choice.cache_key is None:
+                raise
+            # a damaged cache entry: rebuild it once
+            ensure_cached_engine(
+                choice.engines,
+                m,
+                cfg,
+                batch,
+                engine_memory(job),
+                choice.backend,
+                choice.precision,
+                job.device,
+                log,
+                rebuild=True,
+            )
+            engine = load_engine(choice.engines, expect, LoadOptions(device=job.device))
         if rows_needed > engine.memory_size:
             raise UserError(
                 f"IPC {job.ipc} with batch {batch} needs {rows_needed} memory rows, the engine takes "
                 f"{engine.memory_size}; re-export with --memory-size {rows_needed}"
             )
         return engine
-    pipe = build_pipeline(m.denoiser, m.vae, m.critics, cfg, device=job.device, dtype=job.dtype)
+    pipe = build_pipeline(m.denoiser, m.vae, m.critics, cfg, device=job.device, dtype=choice.precision)
     return EagerEngine(pipe.step, pipe.vae, memory_size=max(1, rows_needed))
 
 
@@ -141,10 +328,16 @@ def labels_for(engine: StepEngine, critics: Path | None, wnids: list[str]) -> li
     return labels
 
 
-def distill_config(job: DistillJob, engine: StepEngine) -> DistillConfig:
+def distill_config(
+    job: DistillJob, engine: StepEngine, choice: Choice | None = None, hashes: dict[str, str | None] | None = None
+) -> DistillConfig:
     """What defines the job's output (the folder's identity): classes, IPC, seed, step, models, engine."""
     wnids = [c.wnid for c in job.classes]
     m = job.models
+    h = hashes if hashes is not None else model_hashes(m, job.step.guidance)
+    precision = choice.precision if choice is not None else (job.dtype or "fp32")
+    if engine.backend != "eager":
+        precision = str(engine.manifest.get("precision", precision))
     return DistillConfig(
         wnids=wnids,
         labels=labels_for(engine, m.critics, wnids),
@@ -154,13 +347,11 @@ def distill_config(job: DistillJob, engine: StepEngine) -> DistillConfig:
         image_format=job.image_format,
         resolution=job.resolution,
         step=job.step.to_dict(),
-        models={
-            "denoiser": optional_sha256(m.denoiser),
-            "vae": optional_sha256(m.vae),
-            "critics": optional_sha256(m.critics),
-        },
+        models=dict(h),
         backend=engine.backend,
         engine_id=engine.id,
+        precision=precision,
+        engine_key=choice.cache_key if choice is not None else None,
     ).validate()
 
 
@@ -168,5 +359,8 @@ def run_info(job: DistillJob) -> dict[str, Any]:
     return {
         "versions": library_versions(),
         "machine": machine_facts(job.device),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def started_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

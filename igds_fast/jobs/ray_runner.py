@@ -13,7 +13,9 @@ from typing import Any
 
 from ..errors import UserError
 from .distill import DistillConfig, finalize, prepare_out, run_distill
+from .events import QUIET, Events
 from .job import DistillJob, build_engine
+from .lock import WriterLocks
 
 CPU_WORKERS = 2  # workers on a cluster without GPUs
 
@@ -23,12 +25,28 @@ def _distill_shard(job: DistillJob, dcfg: DistillConfig, shard: tuple[int, int])
     return run_distill(build_engine(job), dcfg, job.out, shard=shard, progress=False, prepared=True)
 
 
-def run_on_ray(job: DistillJob, dcfg: DistillConfig, info: dict[str, Any]) -> dict[str, Any]:
+def run_on_ray(
+    job: DistillJob, dcfg: DistillConfig, info: dict[str, Any], request: str | None = None, events: Events = QUIET
+) -> dict[str, Any]:
     try:
         import ray
     except ImportError:
         raise UserError("--ray needs Ray: pip install 'igds-fast[ray]'") from None
-    prepare_out(job.out, dcfg, job.overwrite)
+    job.out.mkdir(parents=True, exist_ok=True)
+    with WriterLocks(job.out).acquire(wait=job.wait) as locks:  # the driver holds --out for its workers
+        job_digest = prepare_out(job.out, dcfg, job.overwrite, request, locks)
+        return _run(ray, job, dcfg, info, request, events, job_digest)
+
+
+def _run(
+    ray: Any,
+    job: DistillJob,
+    dcfg: DistillConfig,
+    info: dict[str, Any],
+    request: str | None,
+    events: Events,
+    digest: str,
+) -> dict[str, Any]:
     started_here = not ray.is_initialized()
     if started_here:
         if job.ray == "local":
@@ -45,7 +63,15 @@ def run_on_ray(job: DistillJob, dcfg: DistillConfig, info: dict[str, Any]) -> di
         if started_here:
             ray.shutdown()
     made = sum(r["images_made"] for r in results)
+    repaired = sorted(f for r in results for f in r["repaired"])
     seconds = max((r["seconds"] for r in results), default=0.0)
-    summary = {"images_made": made, "seconds": seconds, "img_per_s": made / seconds if made else None, "ray_workers": n}
-    summary["complete"] = finalize(job.out, dcfg, info | {"last_run": summary})
+    summary = {
+        "images_made": made,
+        "repaired": repaired,
+        "seconds": seconds,
+        "img_per_s": made / seconds if made else None,
+        "ray_workers": n,
+    }
+    # each worker logged its shard's run; the driver only assembles (rewriting what changed)
+    summary["complete"] = finalize(job.out, dcfg, digest, None, request=request, events=events)
     return summary

@@ -1,0 +1,103 @@
+"""Up-front limits: estimate a distill job's memory and disk from its shape and refuse, with the
+numbers, a job this machine cannot hold (before any weights load or any file is written).
+
+Memory: a class's chunks run in order, each seeing every earlier chunk's critic features at every
+step, so the feature memory of a class is ``steps x IPC x features x 4 B``, held twice (the stored
+chunks and the engine's padded memory input). Each image writer thread holds one resized image and
+its encoded bytes (``2 x R^2 x 3 B``). Disk: every image (PNG at most its raw size plus headers,
+JPEG about a quarter), the stored features of every unit, and a manifest row per image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+
+WRITER_THREADS = 2
+MEMORY_HEADROOM = 0.8  # refuse past this share of the memory available now
+MANIFEST_ROW_BYTES = 256
+
+
+@dataclass(frozen=True)
+class JobShape:
+    classes: int  # classes this run writes (its shard)
+    ipc: int
+    batch_size: int
+    num_steps: int
+    feat_dim: int
+    image_side: int  # written images' side in px
+    image_format: str = "png"
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def memory_bytes(s: JobShape) -> dict[str, int]:
+    feats = 2 * s.num_steps * s.ipc * s.feat_dim * 4
+    images = WRITER_THREADS * 2 * s.image_side**2 * 3 + s.batch_size * s.image_side**2 * 3
+    return {"feature_memory": feats, "image_buffers": images}
+
+
+def disk_bytes(s: JobShape, images_left: int | None = None) -> int:
+    n = s.classes * s.ipc if images_left is None else images_left
+    per_image = s.image_side**2 * 3 + 1024
+    if s.image_format == "jpeg":
+        per_image = per_image // 4 + 1024
+    feats = s.num_steps * s.feat_dim * 4
+    return n * (per_image + feats + MANIFEST_ROW_BYTES)
+
+
+def available_memory() -> int | None:
+    """MemAvailable (Linux), else None (not checked)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
+
+
+def free_disk(out: Path) -> int | None:
+    """Free bytes on the filesystem that holds (or will hold) ``out``."""
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    with contextlib.suppress(OSError):
+        return shutil.disk_usage(probe).free
+    return None
+
+
+def check_limits(
+    s: JobShape, out: Path, images_left: int | None = None, memory: int | None = -1, disk: int | None = -1
+) -> dict[str, int]:
+    """Refuse a job whose estimate exceeds this machine (``memory``/``disk``: override what is measured)."""
+    mem = memory_bytes(s)
+    need_mem = sum(mem.values())
+    have_mem = available_memory() if memory == -1 else memory
+    if have_mem is not None and need_mem > MEMORY_HEADROOM * have_mem:
+        if mem["feature_memory"] >= mem["image_buffers"]:
+            why = (
+                f"--ipc {s.ipc} keeps {s.num_steps} steps x {s.ipc} images x {s.feat_dim} critic features "
+                f"of a class in memory (about {gib(mem['feature_memory'])})"
+            )
+            fix = "lower --ipc (a class's images are sampled together; shards split classes, not a class)"
+        else:
+            why = f"{s.image_side} px images need about {gib(mem['image_buffers'])} of buffers to resize and encode"
+            fix = "lower --resolution"
+        raise UserError(f"{why}, more than the {gib(have_mem)} of memory available here; {fix}")
+    need_disk = disk_bytes(s, images_left)
+    have_disk = free_disk(out) if disk == -1 else disk
+    if have_disk is not None and need_disk > have_disk:
+        n = s.classes * s.ipc if images_left is None else images_left
+        raise UserError(
+            f"{n} images of {s.image_side} px ({s.image_format}) need about {gib(need_disk)} of disk, "
+            f"'{out}' has {gib(have_disk)} free; free space, choose another --out, or lower --ipc/--resolution"
+        )
+    return {"memory_bytes": need_mem, "disk_bytes": need_disk}
