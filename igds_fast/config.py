@@ -48,15 +48,22 @@ class StepConfig:
     # Guide only where the training timestep t lies in [window_lo, window_hi].
     window_lo: int = 0
     window_hi: int = 999
-    entropy: str = "collision"  # collision | knn (eager only)
+    # The prototype term's weight over t: "ba" = the critic's held-out I(X;Y) bound at t (normalised),
+    # "flat" = 1 inside the window.
+    weighting: str = "ba"
+    # The diversity term: "x0" (nearest-neighbour repulsion of the clean estimate's features from the
+    # class's other samples), "collision" (H2 of same-step noisy features), "knn" (eager only).
+    diversity: str = "x0"
 
     def validate(self) -> StepConfig:
         if self.sampler not in ("ddpm", "ddim"):
             raise UserError(f"unknown sampler '{self.sampler}': use ddpm or ddim")
         if self.guidance not in ("igds", "off"):
             raise UserError(f"unknown guidance '{self.guidance}': use igds or off")
-        if self.entropy not in ("collision", "knn"):
-            raise UserError(f"unknown entropy estimator '{self.entropy}': use collision or knn")
+        if self.diversity not in ("x0", "collision", "knn"):
+            raise UserError(f"unknown --diversity '{self.diversity}': use x0, collision or knn")
+        if self.weighting not in ("ba", "flat"):
+            raise UserError(f"unknown --weighting '{self.weighting}': use ba (the critic's bound per t) or flat")
         for name in ("eta", "cfg_scale", "guidance_scale", "beta"):
             if not math.isfinite(getattr(self, name)):
                 raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
@@ -87,6 +94,8 @@ STEP_DEFAULTS: dict[str, Any] = {
     "beta": None,
     "window_lo": 0,
     "window_hi": 999,
+    "weighting": "ba",
+    "diversity": "x0",
 }
 
 
@@ -129,6 +138,8 @@ def step_config(ipc: int | None, *layers: dict[str, Any] | None) -> StepConfig:
         beta=resolve_beta(None if s["beta"] is None else float(s["beta"]), ipc, str(s["guidance"])),
         window_lo=int(s["window_lo"]),
         window_hi=int(s["window_hi"]),
+        weighting=str(s["weighting"]),
+        diversity=str(s["diversity"]),
     ).validate()
 
 

@@ -8,16 +8,17 @@ import math
 import pytest
 import torch
 
+from igds_fast.config import default_beta
 from igds_fast.diffusion.schedule import Schedule
 from igds_fast.errors import UserError
 from igds_fast.guidance.bounds import (
     barber_agakov,
     class_log_prob,
     collision_entropy,
-    default_beta,
     knn_entropy,
+    soft_nearest_similarity,
 )
-from igds_fast.guidance.step import GuidedStep, StepConfig
+from igds_fast.guidance.step import GuidedStep, StepConfig, prototype_weights, unit_rms
 from igds_fast.models.critics import CriticConfig, NoiseCritic, load_critic
 from igds_fast.models.dit import DiT, DiTConfig
 from igds_fast.sampling import run_chain
@@ -85,48 +86,87 @@ def random_critic(size: int = 16, seed: int = 1) -> NoiseCritic:
     return c.eval().requires_grad_(False)
 
 
-def test_guided_step_gradient_matches_float64_finite_differences():
-    step = GuidedStep(
-        small_dit(), StepConfig(steps="10", guidance="igds", guidance_scale=1.0, beta=0.7), random_critic()
-    ).double()
-    g = torch.Generator().manual_seed(torch.seed() % 2**31)  # fresh inputs every run
-    x = torch.randn(6, 3, 16, 16, generator=g, dtype=torch.float64)
-    y = torch.tensor([0, 0, 0, 1, 1, 2])
-    mem = torch.nn.functional.normalize(torch.randn(4, 8, generator=g, dtype=torch.float64), dim=1)
-    mask = torch.tensor([[1, 1, 0, 0]] * 3 + [[0, 0, 1, 0]] * 2 + [[0, 0, 0, 1]], dtype=torch.float64)
-    t = step.tab_timestep[4].double().expand(6)
-    grad, _ = torch.func.grad(step.objective, has_aux=True)(x, t, y, mem, mask)
+def _fd_check(fn, z: torch.Tensor, grad: torch.Tensor, g: torch.Generator) -> None:
     for _ in range(3):
-        d = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        d = torch.randn(z.shape, generator=g, dtype=torch.float64)
         h = 1e-6
-        fd = (step.objective(x + h * d, t, y, mem, mask)[0] - step.objective(x - h * d, t, y, mem, mask)[0]) / (2 * h)
+        fd = (fn(z + h * d)[0] - fn(z - h * d)[0]) / (2 * h)
         analytic = (grad * d).sum()
         assert torch.isfinite(analytic)
         assert abs(fd - analytic) <= 1e-6 * max(1.0, abs(float(analytic)))
 
 
-def test_guided_eps_is_cfg_eps_minus_scaled_gradient():
-    """The step's output equals the DDPM update of eps_cfg - s*sqrt(1-abar)*grad, and only in the window."""
+@pytest.mark.parametrize("diversity", ["x0", "collision"])
+def test_guidance_gradients_match_float64_finite_differences(diversity):
+    cfg = StepConfig(steps="10", guidance="igds", guidance_scale=1.0, beta=0.7, diversity=diversity)
+    step = GuidedStep(small_dit(), cfg, random_critic()).double()
+    g = torch.Generator().manual_seed(torch.seed() % 2**31)  # fresh inputs every run
+    x = torch.randn(6, 3, 16, 16, generator=g, dtype=torch.float64)
+    eps = torch.randn(6, 3, 16, 16, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 0, 0, 1, 1, 2])
+    mem = torch.nn.functional.normalize(torch.randn(4, 8, generator=g, dtype=torch.float64), dim=1)
+    mask = torch.tensor([[1, 1, 0, 0]] * 3 + [[0, 0, 1, 0]] * 2 + [[0, 0, 0, 1]], dtype=torch.float64)
+    i = torch.tensor([4])
+    t = step.tab_timestep[i].double().expand(6)
+    cidx = step.label_to_critic[y]
+    g_proto, g_div, _, _, _ = step.guidance_grad(x, i, y, eps, mem, mask)
+    _fd_check(lambda z: step.prototype_objective(z, t, cidx), x, g_proto, g)
+    if diversity == "x0":
+        # The x0 term is differentiated in x0_hat = sqrt(1/abar) x - sqrt(1/abar - 1) eps.
+        x0 = step.tab_sqrt_recip_alphas_cumprod[4].double() * x - step.tab_sqrt_recipm1_alphas_cumprod[4].double() * eps
+        _fd_check(lambda z: step.diversity_objective(z, torch.zeros_like(t), y, cidx, mem, mask), x0, g_div, g)
+    else:
+        _fd_check(lambda z: step.diversity_objective(z, t, y, cidx, mem, mask), x, g_div, g)
+    assert float(g_div.abs().sum()) > 0
+
+
+def test_guided_eps_is_cfg_eps_minus_normalised_terms():
+    """x_prev = DDPM(eps_cfg - sqrt(1-abar) (s w_t n(g_proto) + beta n(g_div))), and only in the window."""
     dit, critic = small_dit(), random_critic()
-    s = 3.0
-    cfg = StepConfig(steps="10", guidance="igds", guidance_scale=s, beta=0.5, window_lo=300, window_hi=999)
+    s, beta = 3.0, 0.5
+    cfg = StepConfig(steps="10", guidance="igds", guidance_scale=s, beta=beta, window_lo=300, window_hi=999)
     step, off = GuidedStep(dit, cfg, critic), GuidedStep(dit, StepConfig(steps="10", guidance="off"))
     x, noise = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
     y = torch.tensor([3, 3, 5, 5])
     sched = Schedule.create("10")
     for i in (9, 5, 0):
         out = step(x, torch.tensor(i), y, noise)[0]
-        t = step.tab_timestep[i].expand(4)
-        grad, _ = torch.func.grad(step.objective, has_aux=True)(x, t, y, torch.zeros(1, 8), torch.zeros(4, 1))
+        ii = torch.tensor([i])
+        eps, _ = off.eps(x, ii, y)
+        g_proto, g_div, *_ = step.guidance_grad(x, ii, y, eps)
+        assert abs(float(unit_rms(g_proto).pow(2).mean()) - 1) < 1e-4
         in_window = 300 <= sched.timesteps[i] <= 999
         # The update is affine in eps: x_prev(eps - d) = x_prev(eps) - coef * d, coef = c1 * sqrt(1/abar - 1).
         coef = float(sched.posterior_mean_coef1[i] * math.sqrt(1 / sched.alphas_cumprod[i] - 1))
-        shift = s * math.sqrt(1 - sched.alphas_cumprod[i]) * grad if in_window else torch.zeros_like(grad)
+        w = float(step.proto_weight[i])
+        shift = math.sqrt(1 - sched.alphas_cumprod[i]) * (s * w * unit_rms(g_proto) + beta * unit_rms(g_div))
+        if not in_window:
+            shift = torch.zeros_like(shift)
         ref = off(x, torch.tensor(i), y, noise)[0] + coef * shift
         assert torch.linalg.norm(out - ref) / torch.linalg.norm(ref) < 1e-5
-        assert (grad.abs().sum() > 0) and (
-            in_window == bool((out - off(x, torch.tensor(i), y, noise)[0]).abs().max() > 0)
-        )
+        assert in_window == bool((out - off(x, torch.tensor(i), y, noise)[0]).abs().max() > 0)
+
+
+def test_prototype_weights_follow_the_critics_bound():
+    critic = random_critic()
+    critic.metrics = {
+        "trained": {"buckets": [{"t": [0, 499], "ba_bound_nats": 0.8}, {"t": [500, 999], "ba_bound_nats": -0.1}]}
+    }
+    w = prototype_weights(critic, [999, 600, 400, 0])
+    assert w.tolist() == [0.0, 0.0, 1.0, 1.0]  # negative bound: no guidance; best bucket: full scale
+    critic.metrics = {}
+    assert prototype_weights(critic, [999, 0]).tolist() == [1.0, 1.0]  # no measurement: unweighted
+
+
+def test_soft_nearest_similarity():
+    z = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [1.0, 1.0]]), dim=1)
+    labels = torch.tensor([0, 0, 0, 1])
+    s = soft_nearest_similarity(z, labels, temperature=1e-3)
+    assert abs(float(s[0]) - float(z[0] @ z[1])) < 1e-3  # a hard max at low temperature
+    assert float(s[3]) == 0.0  # alone in its class, no memory: no term
+    mem = torch.nn.functional.normalize(torch.tensor([[1.0, 1.0]]), dim=1)
+    s = soft_nearest_similarity(z, labels, mem, torch.tensor([[0.0], [0.0], [0.0], [1.0]]), temperature=1e-3)
+    assert abs(float(s[3]) - 1.0) < 1e-3  # its memory twin counts
 
 
 def test_collision_entropy_matches_direct_pair_average():
@@ -238,13 +278,13 @@ def test_information_bound_positive_rises_with_training_and_below_ln_k(trained):
 
 
 def _final_bounds(step: GuidedStep, critic: NoiseCritic, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Mean log q(y|x) and the class's H2 bound of final samples, scored by the critic at t = 0."""
+    """Mean log q(y|x) and the mean soft nearest-neighbour similarity of final samples, scored by
+    the critic at t = 0 (lower similarity: a more spread-out class)."""
     t = torch.zeros(len(x))
     with torch.no_grad():
         logits, feats = critic(x, t)
         cidx = step.label_to_critic[y]
-        h2, _ = collision_entropy(feats, y, critic.sigma_for(t, cidx))
-        return float(class_log_prob(logits, cidx).mean()), float(h2.mean())
+        return float(class_log_prob(logits, cidx).mean()), float(soft_nearest_similarity(feats, y).mean())
 
 
 def _sample(dit: torch.nn.Module, critic: NoiseCritic, scale: float, beta: float) -> tuple[float, float]:
@@ -261,12 +301,12 @@ def _sample(dit: torch.nn.Module, critic: NoiseCritic, scale: float, beta: float
 def test_prototype_guidance_raises_log_q(trained):
     dit, critic = trained
     lq_off, _ = _sample(dit, critic, scale=0.0, beta=0.0)
-    lq_on, _ = _sample(dit, critic, scale=4.0, beta=0.0)
+    lq_on, _ = _sample(dit, critic, scale=0.5, beta=0.0)
     assert lq_on > lq_off + 0.1, (lq_off, lq_on)
 
 
-def test_contextual_term_raises_h2(trained):
+def test_diversity_term_spreads_the_class(trained):
     dit, critic = trained
-    _, h2_zero = _sample(dit, critic, scale=4.0, beta=0.0)
-    _, h2_beta = _sample(dit, critic, scale=4.0, beta=4.0)
-    assert h2_beta > h2_zero + 0.1, (h2_zero, h2_beta)
+    _, sim_zero = _sample(dit, critic, scale=0.5, beta=0.0)
+    _, sim_beta = _sample(dit, critic, scale=0.5, beta=0.5)
+    assert sim_beta < sim_zero - 0.02, (sim_zero, sim_beta)

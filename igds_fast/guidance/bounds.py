@@ -7,8 +7,6 @@ class with a Gaussian kernel on critic features over pairs of distinct samples.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 
@@ -90,9 +88,27 @@ def knn_entropy(
     return (same_f @ per_sample) / same_f.sum(1)
 
 
-def default_beta(ipc: int, beta0: float) -> float:
-    """beta(IPC) = beta0 * ln(IPC): 0 for one image per class (no spread to keep); a set of n
-    samples carries at most ln n nats, so the weight grows with what diversity can add."""
-    if ipc < 1:
-        raise ValueError("IPC must be >= 1")
-    return beta0 * math.log(ipc)
+def soft_nearest_similarity(
+    z: torch.Tensor,
+    labels: torch.Tensor,
+    memory: torch.Tensor | None = None,
+    memory_mask: torch.Tensor | None = None,
+    temperature: float = 0.1,
+) -> torch.Tensor:
+    """Per sample, a soft maximum (temperature x logsumexp) of its cosine similarity to the other
+    same-class samples of the batch and to the memory rows of its class: near 1 when it has a
+    near-duplicate, lower the farther its nearest neighbours are. 0 where it has no neighbour.
+
+    z: (B, D) L2-normalised features; memory: (M, D) features of the class's earlier final samples
+    (constants); memory_mask: (B, M), 1 where row m belongs to sample b's class. Not an entropy
+    bound: a nearest-neighbour repulsion whose descent spreads a class's samples apart.
+    """
+    n = len(z)
+    same = (labels[:, None] == labels[None, :]) & ~torch.eye(n, dtype=torch.bool, device=z.device)
+    sims, valid = z @ z.T, same
+    if memory is not None and memory_mask is not None:
+        sims = torch.cat([sims, z @ memory.to(z.dtype).T], dim=1)
+        valid = torch.cat([valid, memory_mask > 0], dim=1)
+    scaled = torch.where(valid, sims / temperature, torch.full_like(sims, -1e4))
+    soft_max = temperature * torch.logsumexp(scaled, dim=1)
+    return torch.where(valid.any(1), soft_max, torch.zeros_like(soft_max))

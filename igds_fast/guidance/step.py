@@ -1,13 +1,23 @@
 """The guided step: the one definition of x_t -> x_{t-1} that every backend runs.
 
     eps_cfg   = classifier-free guided eps of the denoiser (one pass on 2B)
-    J         = sum_b log q(y_b | x_b, t) + beta * sum_b H2_hat(class of b)     (n x our objective)
-    eps_tilde = eps_cfg - s * sqrt(1 - alphabar_t) * grad_x J                  (inside the window)
+    g_proto   = grad_x sum_b log q(y_b | x_t, t)                       the prototype term (I(X;Y))
+    g_div     = grad of the diversity term (``StepConfig.diversity``):
+                x0:        on the clean estimate x0_hat, features f(x0_hat, t=0) repelled from their
+                           nearest same-class neighbours (batch + the class's final samples of earlier
+                           chunks): a soft minimum of cosine distances, gradient through x0_hat
+                collision: our earlier estimator, H2_hat of same-step noisy features (kept for comparison)
+    eps_tilde = eps_cfg - sqrt(1 - alphabar_t) * (s * w_t * n(g_proto) + beta * n(g_div))
     x_{t-1}   = DDPM (learned range) or DDIM update with eps_tilde
 
-The critics are noise-conditional, so the gradient never flows through the denoiser. The input
-gradient is taken with ``torch.func.grad``: eager runs it as is, and the exporter traces it into
-ordinary ops (make_fx), so exported engines compute exactly this function.
+n(g) scales each sample's gradient to unit RMS, so s and beta are in units of eps (the two terms
+have separate, comparable scales). w_t weights the prototype term by the critic's held-out
+Barber-Agakov bound at t (``weighting="ba"``: 0 where the critic knows nothing, 1 where it knows
+most); both terms act only inside the window [window_lo, window_hi].
+
+The critics are noise-conditional, so the gradient never flows through the denoiser (eps_cfg is a
+constant of the gradient). Gradients are taken with ``torch.func.grad``: eager runs it as is, and
+the exporter traces it into ordinary ops (make_fx), so exported engines compute exactly this.
 """
 
 from __future__ import annotations
@@ -17,11 +27,11 @@ from torch import nn
 
 from ..config import StepConfig
 from ..diffusion.schedule import Schedule
-from ..diffusion.updates import cfg_combine, ddim_update, ddpm_update
+from ..diffusion.updates import cfg_combine, ddim_update, ddpm_update, predict_x0
 from ..errors import UserError
 from ..models.critics import NoiseCritic
 from ..models.loading import denoiser_shape
-from .bounds import class_log_prob, collision_entropy, knn_entropy
+from .bounds import class_log_prob, collision_entropy, knn_entropy, soft_nearest_similarity
 
 
 class GuidedStep(nn.Module):
@@ -29,8 +39,9 @@ class GuidedStep(nn.Module):
 
     x: (B, C, H, W) float32; i: integer step index (0-d or 1 element) into the respaced schedule (N-1 first);
     y: (B,) denoiser class labels; noise: (B, C, H, W) for the ancestral update;
-    memory: (M, D) critic features of earlier samples at this step; memory_mask: (B, M).
-    Returned features are the critic's at (x_t, t) and feed later batches' memory.
+    memory: (M, D) critic features of the class's earlier samples; memory_mask: (B, M).
+    Returned features feed later chunks' memory: f(x0_hat, 0) for ``diversity="x0"`` (the last
+    step's are the final samples' features), f(x_t, t) for the same-step estimators.
     """
 
     def __init__(self, denoiser: nn.Module, cfg: StepConfig, critic: NoiseCritic | None = None):
@@ -48,6 +59,10 @@ class GuidedStep(nn.Module):
         on = torch.tensor(((t >= cfg.window_lo) & (t <= cfg.window_hi)).astype("float32"))
         self.register_buffer("guide_on", on, persistent=False)
         self.critic = critic if cfg.guidance == "igds" else None
+        weight = (
+            prototype_weights(critic, t) if cfg.guidance == "igds" and cfg.weighting == "ba" else torch.ones(len(t))
+        )
+        self.register_buffer("proto_weight", on * weight, persistent=False)
         if cfg.guidance == "igds":
             if critic is None:
                 raise UserError("--guidance igds needs critics (--critics PATH); or pass --guidance off")
@@ -91,49 +106,73 @@ class GuidedStep(nn.Module):
         cond, uncond = out.chunk(2)
         return cfg_combine(cond, uncond, self.cfg.cfg_scale, self.channels, self.cfg.cfg_channels)
 
-    def objective(
+    def prototype_objective(
+        self, x: torch.Tensor, t: torch.Tensor, cidx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """sum_b log q(y_b | x_t, t), and log q per sample."""
+        logits, _ = self.critic(x, t)
+        log_q = class_log_prob(logits, cidx)
+        return log_q.sum(), log_q.detach()
+
+    def diversity_objective(
         self,
-        x: torch.Tensor,
+        z: torch.Tensor,
         t: torch.Tensor,
         y: torch.Tensor,
+        cidx: torch.Tensor,
         memory: torch.Tensor,
         memory_mask: torch.Tensor,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """n x J for the batch, and (features, log q, H2) per sample as auxiliaries."""
-        critic = self.critic
-        cidx = self.label_to_critic[y]
-        logits, feats = critic(x, t)
-        log_q = class_log_prob(logits, cidx)
-        if self.cfg.entropy == "knn":
-            h2 = knn_entropy(feats, y, memory, memory_mask)
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The diversity term summed over the batch, and (features, per-sample value). ``z`` is the
+        clean estimate x0_hat (``diversity="x0"``, t = 0) or x_t (the same-step estimators)."""
+        _, feats = self.critic(z, t)
+        mode = self.cfg.diversity
+        if mode == "x0":
+            value = -soft_nearest_similarity(feats, y, memory, memory_mask)  # higher = farther from neighbours
+        elif mode == "knn":
+            value = knn_entropy(feats, y, memory, memory_mask)
         else:
-            h2, _ = collision_entropy(feats, y, critic.sigma_for(t, cidx), memory, memory_mask)
-        total = log_q.sum() + self.cfg.beta * h2.sum()
-        return total, (feats.detach(), log_q.detach(), h2.detach())
+            value, _ = collision_entropy(feats, y, self.critic.sigma_for(t, cidx), memory, memory_mask)
+        return value.sum(), (feats.detach(), value.detach())
 
     def guidance_grad(
         self,
         x: torch.Tensor,
         i: torch.Tensor,
         y: torch.Tensor,
+        eps: torch.Tensor,
         memory: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """grad_x of n x J at (x_t, t), and the per-sample auxiliaries (features, log q, H2)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(g_proto, g_div, features, log q, diversity value): both gradients w.r.t. x_t, unscaled."""
         b = x.shape[0]
         if memory is None or memory_mask is None:  # no earlier samples: an all-zero mask counts no pairs
             memory = torch.zeros(1, self.feat_dim, device=x.device)
             memory_mask = torch.zeros(b, 1, device=x.device)
+        memory, memory_mask = memory.float(), memory_mask.float()
         t = self.tab_timestep[i].expand(b)
-        grad_fn = torch.func.grad(self.objective, has_aux=True)
+        cidx = self.label_to_critic[y]
         with torch.enable_grad():
-            grad, (feats, log_q, h2) = grad_fn(x, t, y, memory.float(), memory_mask.float())
-        return grad, feats, log_q, h2
+            g_proto, log_q = torch.func.grad(self.prototype_objective, has_aux=True)(x, t, cidx)
+            if self.cfg.diversity == "x0":
+                # d x0_hat / d x_t = 1/sqrt(alphabar) (eps is a constant): a positive scalar, which the
+                # per-sample normalisation of the guided step removes; so differentiate in x0_hat.
+                x0 = predict_x0(x, eps, i, self.tables)
+                g_div, (feats, value) = torch.func.grad(self.diversity_objective, has_aux=True)(
+                    x0, torch.zeros_like(t), y, cidx, memory, memory_mask
+                )
+            else:
+                g_div, (feats, value) = torch.func.grad(self.diversity_objective, has_aux=True)(
+                    x, t, y, cidx, memory, memory_mask
+                )
+        return g_proto, g_div, feats, log_q, value
 
-    def guide(self, eps: torch.Tensor, grad: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        """eps_tilde = eps - s_t * sqrt(1 - alphabar_t) * grad (s_t = 0 outside the window)."""
-        s = self.cfg.guidance_scale * self.guide_on[i]
-        return eps - s * self.tab_sqrt_one_minus_alphas_cumprod[i] * grad
+    def guide(self, eps: torch.Tensor, g_proto: torch.Tensor, g_div: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """eps_tilde = eps - sqrt(1 - alphabar_t) * (s * w_t * n(g_proto) + beta * n(g_div)), 0 outside the window."""
+        s = self.cfg.guidance_scale * self.proto_weight[i]
+        beta = self.cfg.beta * self.guide_on[i]
+        shift = s * unit_rms(g_proto) + beta * unit_rms(g_div)
+        return eps - self.tab_sqrt_one_minus_alphas_cumprod[i] * shift
 
     def update(
         self, x: torch.Tensor, eps: torch.Tensor, var: torch.Tensor | None, i: torch.Tensor, noise: torch.Tensor
@@ -157,14 +196,34 @@ class GuidedStep(nn.Module):
         y = y.long()
         eps, var = self.eps(x, i, y)
         if self.critic is not None:
-            grad, feats, log_q, h2 = self.guidance_grad(x, i, y, memory, memory_mask)
-            eps = self.guide(eps, grad, i)
+            g_proto, g_div, feats, log_q, h2 = self.guidance_grad(x, i, y, eps, memory, memory_mask)
+            eps = self.guide(eps, g_proto, g_div, i)
         else:
             b = x.shape[0]
             feats = torch.zeros(b, 1, device=x.device)
             log_q = torch.zeros(b, device=x.device)
             h2 = torch.zeros(b, device=x.device)
         return self.update(x, eps, var, i, noise), feats, log_q, h2
+
+
+def unit_rms(g: torch.Tensor) -> torch.Tensor:
+    """Each sample's gradient scaled to unit RMS (an all-zero gradient stays zero)."""
+    rms = g.pow(2).mean(dim=tuple(range(1, g.dim())), keepdim=True).sqrt()
+    return g / rms.clamp_min(1e-12)
+
+
+def prototype_weights(critic: NoiseCritic, timesteps: object) -> torch.Tensor:
+    """w_t = max(0, BA_t) / max_t BA_t from the critic's held-out bound per t bucket (its metrics);
+    1 everywhere for a critic without measured buckets (then say so: guidance is not weighted)."""
+    buckets = ((getattr(critic, "metrics", None) or {}).get("trained") or {}).get("buckets") or []
+    if not buckets:
+        return torch.ones(len(timesteps))
+    best = max(max(b["ba_bound_nats"] for b in buckets), 1e-6)
+    out = []
+    for t in timesteps:
+        hit = [b for b in buckets if b["t"][0] <= int(t) <= b["t"][1]]
+        out.append(max(0.0, hit[0]["ba_bound_nats"]) / best if hit else 0.0)
+    return torch.tensor(out, dtype=torch.float32)
 
 
 def step_index(i: torch.Tensor | int) -> torch.Tensor:

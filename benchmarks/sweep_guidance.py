@@ -1,0 +1,135 @@
+"""Calibrate the guidance by the independent judge (``igds-fast quality``), never by the critic.
+
+For each configuration: sample IPC images per class of every Imagenette class with the shipped
+embedded model (or --denoiser/--critics), write them as a set, and score it with one cached judge
+(accuracy, coverage, saturation, within-class distance, ...). Also records the guided critic's
+log q next to the judge's, so the gap (how much the critic is fooled) is visible. Resumable: a
+finished configuration's JSON is kept and skipped on rerun.
+
+    python benchmarks/sweep_guidance.py --out runs/sweep --table docs/sweep_guidance.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from igds_fast.config import step_config
+from igds_fast.evaluation.quality import judge_samples, load_or_train_judge
+from igds_fast.imageio import encode_image, to_uint8, write_atomic
+from igds_fast.jobs.image_manifest import image_name
+from igds_fast.jobs.sample import sample_classes
+from igds_fast.models.embedded import resolve_models
+from igds_fast.models.labels import class_labels
+from igds_fast.sampling.pipeline import build_pipeline
+from igds_fast.subsets import subset
+
+# name -> step options (the rest: config defaults). s and beta are in units of eps RMS.
+CONFIGS: dict[str, dict] = {
+    "off": {"guidance": "off"},
+    "proto s0.25": {"guidance_scale": 0.25, "beta": 0.0},
+    "proto s0.5": {"guidance_scale": 0.5, "beta": 0.0},
+    "proto s1": {"guidance_scale": 1.0, "beta": 0.0},
+    "proto s0.5 flat": {"guidance_scale": 0.5, "beta": 0.0, "weighting": "flat"},
+    "s0.5 x0 b0.25": {"guidance_scale": 0.5, "beta": 0.25},
+    "s0.5 x0 b0.5": {"guidance_scale": 0.5, "beta": 0.5},
+    "s0.5 x0 b1": {"guidance_scale": 0.5, "beta": 1.0},
+    "s0.5 collision b0.5": {"guidance_scale": 0.5, "beta": 0.5, "diversity": "collision"},
+}
+KEYS = ("accuracy", "coverage", "density", "precision", "recall", "saturation", "within_class_distance")
+
+
+def judge_log_q(judge, folder: Path, wnids: list[str]) -> float:
+    """The judge's mean log-probability of each sample's own class."""
+    from PIL import Image
+
+    lq = []
+    for _k, w in enumerate(wnids):
+        files = sorted((folder / w).glob("*.png"))
+        imgs = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])).permute(0, 3, 1, 2)
+        lq.append(torch.log_softmax(judge.logits(imgs), -1)[:, judge.classes.index(w)])
+    return float(torch.cat(lq).mean())
+
+
+def run_config(name: str, opts: dict, args: argparse.Namespace, judge, wnids: list[str]) -> dict:
+    folder = args.out / name.replace(" ", "_")
+    done = folder / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    cfg = step_config(args.ipc, opts)
+    models = resolve_models(args.denoiser, None, args.critics, cfg.guidance)
+    pipe = build_pipeline(models.denoiser, models.vae, models.critics, cfg)
+    labels = class_labels(pipe.step.denoiser, wnids)
+    t0 = time.perf_counter()
+    _, images, log_q, _ = sample_classes(pipe, labels, args.ipc, args.seed, args.ipc, progress=False)
+    seconds = time.perf_counter() - t0
+    arr = to_uint8(images).numpy()
+    for k, w in enumerate(wnids):
+        (folder / w).mkdir(parents=True, exist_ok=True)
+        for j in range(args.ipc):
+            write_atomic(folder / w / image_name(j), encode_image(arr[k * args.ipc + j], "png"))
+    res = judge_samples(folder, args.real_train, args.real_val, judge=judge, progress=False)
+    row = {
+        "name": name,
+        "step": cfg.to_dict(),
+        "seconds": seconds,
+        **{k: res[k] for k in KEYS},
+        "critic_log_q": float(log_q.mean()) if cfg.guidance == "igds" else None,
+        "judge_log_q": judge_log_q(judge, folder, wnids),
+        "reference": res["reference"],
+    }
+    write_atomic(done, json.dumps(row, indent=1).encode())
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    head = "| config | " + " | ".join(KEYS) + " | judge log q | critic log q |\n" + "|---" * (len(KEYS) + 3) + "|\n"
+    lines = []
+    for r in rows:
+        vals = " | ".join(f"{r[k]:.3f}" if r[k] is not None else "-" for k in KEYS)
+        crit = f"{r['critic_log_q']:.2f}" if r["critic_log_q"] is not None else "-"
+        lines.append(f"| {r['name']} | {vals} | {r['judge_log_q']:.2f} | {crit} |")
+    ref = rows[0]["reference"]
+    for key in ("real_val", "random_real_train"):
+        if key in ref:
+            vals = " | ".join(f"{ref[key][k]:.3f}" if ref[key].get(k) is not None else "-" for k in KEYS)
+            lines.append(f"| *{key.replace('_', ' ')}* | {vals} | - | - |")
+    return head + "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/sweep"))
+    ap.add_argument("--table", type=Path, default=None, help="Write the markdown table here too.")
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/imagenette-64"))
+    ap.add_argument("--denoiser", type=Path, default=None)
+    ap.add_argument("--critics", type=Path, default=None)
+    ap.add_argument("--ipc", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resolution", type=int, default=32, help="The judge's resolution (the samples' size).")
+    ap.add_argument("--only", default=None, help="Comma list of config names to run.")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    args.real_train, args.real_val = args.data / "train", args.data / "val"
+    wnids = [c.wnid for c in subset("imagenette")]
+    judge = load_or_train_judge(args.real_train, args.resolution, progress=False)
+    names = args.only.split(",") if args.only else list(CONFIGS)
+    rows = []
+    for name in names:
+        row = run_config(name, CONFIGS[name], args, judge, wnids)
+        rows.append(row)
+        print(json.dumps({k: row[k] for k in ("name", "seconds", *KEYS, "judge_log_q", "critic_log_q")}), flush=True)
+    text = table(rows)
+    print(text)
+    if args.table is not None:
+        args.table.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
