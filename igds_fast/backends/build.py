@@ -130,8 +130,8 @@ class ExportSpec:
             )
         if self.batch_size < 1 or self.memory_size < 1:
             raise UserError("--batch-size and --memory-size must be >= 1")
-        if self.cfg.entropy != "collision":
-            raise UserError("exported engines use the collision-entropy bound; --entropy knn is eager only")
+        if self.cfg.diversity == "knn":
+            raise UserError("--diversity knn is eager only; export with x0 or collision")
         if self.cfg.guidance == "igds" and self.critics is None:
             raise UserError("--guidance igds needs --critics PATH (or --guidance off)")
         if self.out.exists():
