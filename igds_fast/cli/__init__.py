@@ -8,7 +8,7 @@ import typer
 
 from .. import __version__
 from ..errors import UserError
-from . import bench, distill, eval, export, sample, train
+from . import bench, distill, eval, export, sample, train, verify
 
 app = typer.Typer(
     help="Information-Guided Diffusion Sampling (IGDS) for dataset distillation: sample, train critics, "
@@ -32,7 +32,7 @@ def _root(
     pass
 
 
-for module in (sample, train, distill, export, eval, bench):
+for module in (sample, train, distill, export, eval, bench, verify):
     module.register(app)
 
 

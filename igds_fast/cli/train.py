@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import typer
@@ -73,15 +74,30 @@ def train_critics_cmd(
 ) -> None:
     """Train the noise-conditional critics (class head + feature head) and fit kernel widths."""
     from ..models.embedded import resolve_models
+    from ..models.labels import class_labels
     from ..models.loading import load_denoiser
     from ..models.vae import load_vae
     from ..subsets import resolve_classes
     from ..training.train_critic import TrainCriticConfig, train_critic
 
+    # Everything that can be checked is checked before --out is created.
+    check_critic_options(steps, batch_size, lr, width, depth, heads, eval_images, feat_dim)
+    check_folder(data, "--data")
+    if val is not None:
+        check_folder(val, "--val")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file; choose a folder for the critics")
     wnids = [c.wnid for c in resolve_classes(subset, classes)]
     models = resolve_models(denoiser, vae, None, "off")
     model = load_denoiser(models.denoiser)
+    class_labels(model, wnids)  # every class must be one of the model's
+    for folder, option in ((data, "--data"), (val, "--val")):
+        lacking = [w for w in wnids if folder is not None and not (folder / w).is_dir()]
+        if lacking:
+            w = lacking[0]
+            raise UserError(f"{option} '{folder}' has no folder for class {w} (expected {folder}/{w}/)")
     codec = load_vae(models.vae)
+    created = not out.exists()
     cfg = TrainCriticConfig(
         data=str(data),
         wnids=wnids,
@@ -98,13 +114,43 @@ def train_critics_cmd(
         device=device,
         eval_images=eval_images,
     )
-    path = train_critic(cfg, model, codec, overwrite=overwrite)
+    try:
+        path = train_critic(cfg, model, codec, overwrite=overwrite)
+    except UserError:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # refused inside training: leave no empty --out behind
+        raise
     m = json.loads((out / "critic.json").read_text())["metrics"]
     typer.echo(
         f"wrote {path}: held-out accuracy {m['trained']['acc']:.3f}, I(X;Y) bound "
         f"{m['trained']['ba_bound_nats']:.3f} nats (untrained {m['untrained']['ba_bound_nats']:.3f}, "
         f"ln K {m['trained']['ln_k']:.3f})"
     )
+
+
+def check_folder(path: Path, option: str) -> None:
+    if not path.exists():
+        raise UserError(f"{option} folder '{path}' does not exist")
+    if not path.is_dir():
+        raise UserError(f"{option} '{path}' is a file; give an ImageFolder root (<wnid>/*.jpg)")
+
+
+def check_critic_options(
+    steps: int, batch_size: int, lr: float, width: int, depth: int, heads: int, eval_images: int, feat_dim: int
+) -> None:
+    if steps < 1:
+        raise UserError(f"--steps must be >= 1, got {steps}")
+    if batch_size < 2:
+        raise UserError(f"--batch-size must be >= 2 (the contrastive term pairs samples), got {batch_size}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise UserError(f"--lr must be a positive number, got {lr}")
+    for name, v in (("--width", width), ("--depth", depth), ("--heads", heads), ("--feat-dim", feat_dim)):
+        if v < 1:
+            raise UserError(f"{name} must be >= 1, got {v}")
+    if width % heads:
+        raise UserError(f"--heads {heads} must divide --width {width}")
+    if eval_images < 1:
+        raise UserError(f"--eval-images must be >= 1, got {eval_images}")
 
 
 def register(app: typer.Typer) -> None:

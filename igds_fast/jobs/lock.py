@@ -51,8 +51,8 @@ class FolderLock:
     """One flock on ``path``; ``acquire`` raises a one-line UserError when another process holds it
     (or waits for it with ``wait``)."""
 
-    def __init__(self, path: Path, shared: bool = False):
-        self.path, self.shared = path, shared
+    def __init__(self, path: Path, shared: bool = False, note_holder: bool = True):
+        self.path, self.shared, self.note_holder = path, shared, note_holder
         self.fd: int | None = None
 
     def acquire(self, wait: bool = False, on_wait: Callable[[str], None] | None = None, what: str = "") -> FolderLock:
@@ -74,7 +74,8 @@ class FolderLock:
             if on_wait is not None:
                 on_wait(holder)
             fcntl.flock(self.fd, mode)
-        self._write_holder()  # shared holders overwrite each other: the message names one of them
+        if self.note_holder:
+            self._write_holder()  # shared holders overwrite each other: the message names one of them
         return self
 
     def _write_holder(self) -> None:
@@ -158,6 +159,6 @@ class WriterLocks:
 @contextlib.contextmanager
 def claim_lock(out: Path) -> Iterator[None]:
     """A short exclusive lock for check-then-write steps (claiming the folder, assembling the manifest)."""
-    with FolderLock(out / CLAIM_FILE) as lock:
+    with FolderLock(out / CLAIM_FILE, note_holder=False) as lock:
         lock.acquire(wait=True)
         yield

@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..backends.eager import EagerEngine
-from ..config import check_count
+from ..config import StepConfig, check_count, resolve_device, resolve_dtype
 from ..errors import UserError
+from ..guidance.step import GuidedStep
+from ..models.critics import load_critic
+from ..models.loading import load_denoiser
+from ..models.vae import PixelSpace
 from ..sampling import class_units, run_class
-from ..sampling.pipeline import Pipeline
+from ..sampling.pipeline import Pipeline, build_pipeline
+
+
+def sample_pipeline(
+    denoiser: str | Path,
+    vae: str | Path | None,
+    critics: str | Path | None,
+    cfg: StepConfig,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    images: bool = True,
+) -> Pipeline:
+    """The models as a pipeline. Without images (latents only) a latent denoiser needs no VAE: a data
+    platform may keep latents alone."""
+    if images or str(vae).lower() not in ("none", "null"):
+        return build_pipeline(denoiser, vae, critics, cfg, device=device, dtype=dtype)
+    den_dtype, dev = resolve_dtype(dtype), resolve_device(device)
+    model = load_denoiser(denoiser).requires_grad_(False)
+    critic = load_critic(critics).requires_grad_(False) if critics is not None and cfg.guidance == "igds" else None
+    step = GuidedStep(model.to(den_dtype), cfg, critic).to(dev)
+    return Pipeline(step=step, vae=PixelSpace().to(dev), device=dev)
 
 
 def sample_classes(
@@ -21,8 +47,10 @@ def sample_classes(
     batch_size: int,
     init_noise: np.ndarray | None = None,
     progress: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Samples in class-major order: (final latents (N, C, H, W), images in [-1, 1], log q, H2).
+    images_too: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Samples in class-major order: (final latents (N, C, H, W), images in [-1, 1] (None without
+    ``images_too``), log q, H2).
 
     Batches never mix classes and later chunks of a class see the earlier ones' features (the
     entropy term's memory), exactly as in a distill run with the same batch size.
@@ -33,6 +61,8 @@ def sample_classes(
     total = len(labels) * n_per_class
     if init_noise is not None and init_noise.shape != (total, *pipe.shape):
         raise UserError(f"--init-noise has shape {init_noise.shape}, expected {(total, *pipe.shape)}")
+    if init_noise is not None and not np.isfinite(init_noise).all():
+        raise UserError("--init-noise holds NaN or infinite values")
     engine = EagerEngine(pipe.step, pipe.vae)
     bar = tqdm(total=total * engine.num_steps, desc="sampling", unit="step", disable=not progress, leave=False)
     latents, images, log_q, h2 = [], [], [], []
@@ -47,8 +77,9 @@ def sample_classes(
         units = class_units(str(label), label, n_per_class, batch_size)
         for res in run_class(engine, seed, units, x_init=x_init, on_step=lambda u, _i, _x: bar.update(u.count)):
             latents.append(res.x0.cpu())
-            images.append(pipe.decode(res.x0).cpu())
+            if images_too:
+                images.append(pipe.decode(res.x0).cpu())
             log_q.append(torch.from_numpy(res.log_q))
             h2.append(torch.from_numpy(res.h2))
     bar.close()
-    return torch.cat(latents), torch.cat(images), torch.cat(log_q), torch.cat(h2)
+    return torch.cat(latents), torch.cat(images) if images_too else None, torch.cat(log_q), torch.cat(h2)

@@ -1,0 +1,462 @@
+"""Jobs a data platform can trust (issue 15): no data loss, verified outputs, repair to the same bytes,
+recoverable state, locks, machine-readable events and exit codes, up-front limits, run history,
+the default backend. Every test here failed before the change it covers."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from igds_fast import cli as cli_module
+from igds_fast.errors import UserError
+from igds_fast.jobs import engine_cache, limits
+from igds_fast.jobs import job as job_mod
+from igds_fast.jobs.engine_cache import default_backend
+from igds_fast.jobs.image_manifest import read_image_manifest as read_manifest
+from igds_fast.jobs.lock import WriterLocks
+from igds_fast.jobs.run import run_job as run_request
+from igds_fast.jobs.verify import verify_set
+
+from .test_distill import TWO, WNIDS, models, request, snapshot  # noqa: F401 (models is a fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(*args: str) -> tuple[int, str, str]:
+    """``igds-fast ARGS`` in this interpreter through ``cli.main`` (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["igds-fast", *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            cli_module.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = argv
+    return code, out.getvalue(), err.getvalue()
+
+
+def events(stdout: str) -> list[dict]:
+    lines = [ln for ln in stdout.splitlines() if ln.strip()]
+    return [json.loads(ln) for ln in lines]  # every stdout line is one JSON event
+
+
+def model_args(models) -> list[str]:  # noqa: F811
+    return ["--denoiser", str(models["dit"]), "--vae", "none", "--critics", str(models["critic"])]
+
+
+def job_args(models, out: Path, *extra: str) -> list[str]:  # noqa: F811
+    step = ["--guidance-scale", "2", "--beta", "1", "--steps", "4", "--cfg-scale", "2", "--backend", "eager"]
+    return ["distill", "--out", str(out), "--classes", TWO, "--ipc", "5", "--batch-size", "2", "--seed", "3"] + [
+        *model_args(models),
+        *step,
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def finished(models, tmp_path_factory) -> tuple[Path, dict[str, str]]:  # noqa: F811
+    out = tmp_path_factory.mktemp("finished") / "set"
+    assert run_request(request(models, out))["complete"]
+    return out, snapshot(out)
+
+
+def fresh_copy(src: Path, dst: Path) -> Path:
+    """A copy of a finished set (hidden records included), times preserved."""
+    subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
+    return dst
+
+
+def damage(out: Path) -> dict[str, str]:
+    """Delete one image, truncate one, flip a byte in one: the issue's three cases."""
+    a, b, c = out / WNIDS[0] / "00001.png", out / WNIDS[0] / "00004.png", out / WNIDS[1] / "00002.png"
+    a.unlink()
+    b.write_bytes(b.read_bytes()[:40])
+    data = bytearray(c.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    c.write_bytes(bytes(data))
+    return {
+        "deleted": f"{WNIDS[0]}/00001.png",
+        "truncated": f"{WNIDS[0]}/00004.png",
+        "flipped": f"{WNIDS[1]}/00002.png",
+    }
+
+
+# ---------------------------------------------------------------- (3) damaged outputs: rerun and verify repair
+
+
+def test_rerun_repairs_deleted_truncated_and_flipped_images_to_the_same_bytes(models, finished, tmp_path):  # noqa: F811
+    src, snap = finished
+    out = fresh_copy(src, tmp_path / "set")
+    bad = damage(out)
+    others = {p: p.stat().st_mtime_ns for p in out.glob("n*/*.png") if str(p.relative_to(out)) not in bad.values()}
+    manifest_mtime = (out / "manifest.parquet").stat().st_mtime_ns
+    summary = run_request(request(models, out))
+    assert summary["complete"] and summary["images_made"] == 0
+    assert sorted(summary["repaired"]) == sorted(bad.values())
+    assert snapshot(out) == snap  # the original bytes, manifest rows unchanged
+    assert {p: p.stat().st_mtime_ns for p in others} == others  # nothing else rewritten
+    assert (out / "manifest.parquet").stat().st_mtime_ns == manifest_mtime  # its content did not change
+    run = json.loads((out / "run.json").read_text())
+    assert [r["repaired"] for r in run["runs"]][-1] == sorted(bad.values())
+
+
+def test_verify_reports_damage_and_repairs_it(models, finished, tmp_path):  # noqa: F811
+    src, snap = finished
+    out = fresh_copy(src, tmp_path / "set")
+    code, stdout, _ = main("verify", str(out))
+    assert code == 0 and events(stdout)[-1]["ok"] is True
+    bad = damage(out)
+    code, stdout, stderr = main("verify", str(out))
+    assert code == 3, stderr
+    report = events(stdout)[-1]
+    assert report["event"] == "verified" and not report["ok"]
+    assert report["missing"] == [bad["deleted"]]
+    assert sorted(report["damaged"]) == sorted([bad["truncated"], bad["flipped"]])
+    assert "--repair" in stderr
+    code, stdout, stderr = main("verify", str(out), "--repair", *model_args(models))
+    assert code == 0, stderr
+    report = events(stdout)[-1]
+    assert report["ok"] and sorted(report["repaired"]) == sorted(bad.values())
+    assert snapshot(out) == snap
+    # repair needs the models the set was made with: the embedded default is refused by hash
+    bad = damage(out)
+    code, _, stderr = main("verify", str(out), "--repair")
+    assert code == 2 and "made with another denoiser" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_verify_a_manifest_only_set_reports_without_records(finished, tmp_path):
+    src, _ = finished
+    out = fresh_copy(src, tmp_path / "set")
+    for p in out.glob(".unit-*"):
+        p.unlink()
+    (out / ".igds-job.json").unlink()
+    rep = verify_set(out)
+    assert rep.kind == "manifest" and rep.ok
+    (out / WNIDS[0] / "00003.png").write_bytes(b"not a png")
+    rep = verify_set(out)
+    assert rep.damaged == [f"{WNIDS[0]}/00003.png"] and not rep.ok
+    code, _, stderr = main("verify", str(out), "--repair")
+    assert code == 2 and "cannot be regenerated" in stderr
+
+
+# ------------------------------------------------ (4) damaged job state is redone, foreign files ignored
+
+
+def test_damaged_job_state_is_redone_and_foreign_files_ignored(models, finished, tmp_path):  # noqa: F811
+    src, snap = finished
+    out = fresh_copy(src, tmp_path / "set")
+    job = out / ".igds-job.json"
+    job.write_bytes(job.read_bytes()[:20])  # truncated job file
+    rec = out / f".unit-{WNIDS[0]}-0001.json"
+    rec.write_bytes(rec.read_bytes()[:50])  # truncated unit record
+    feats = out / f".unit-{WNIDS[1]}-0000.feats.npy"
+    feats.write_bytes(feats.read_bytes()[:60])  # truncated features of chunk 0 ...
+    (out / f".unit-{WNIDS[1]}-0002.json").unlink()  # ... while a later unit is missing
+    (out / WNIDS[1] / "00004.png").unlink()
+    (out / WNIDS[0] / "README.txt").write_text("notes of a user\n")  # a foreign file in a class folder
+    summary = run_request(request(models, out))
+    assert summary["complete"]
+    assert summary["images_made"] == 1  # the missing unit; the others were redone to the same bytes
+    now = snapshot(out)
+    assert now.pop(f"{WNIDS[0]}/README.txt") and now == snap
+    assert (out / WNIDS[0] / "README.txt").read_text() == "notes of a user\n"
+    assert len(read_manifest(out / "manifest.parquet")) == 10
+    assert verify_set(out).ok and verify_set(out).foreign == [f"{WNIDS[0]}/README.txt"]
+
+
+def test_unreadable_state_that_cannot_be_repaired_is_one_line(tmp_path):
+    out = tmp_path / "set"
+    out.mkdir()
+    (out / ".igds-job.json").write_text("{trunc")
+    code, _, stderr = main("verify", str(out))
+    assert code == 2 and len(stderr.strip().splitlines()) == 1 and "job file" in stderr
+
+
+# ---------------------------------------------------------------- (5) locks
+
+
+def test_a_second_writer_is_refused_naming_the_holder(models, tmp_path):  # noqa: F811
+    out = tmp_path / "set"
+    out.mkdir()
+    with WriterLocks(out).acquire(), pytest.raises(UserError, match=rf"being written by pid {os.getpid()} on host"):
+        run_request(request(models, out))
+    assert not list(out.glob(".unit-*")) and not list(out.glob("n*"))
+
+
+def test_lock_is_released_when_its_holder_dies_and_wait_queues(models, tmp_path):  # noqa: F811
+    out = tmp_path / "set"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from igds_fast.jobs.lock import WriterLocks; "
+            "WriterLocks(Path(sys.argv[1])).acquire(); print('locked', flush=True); time.sleep(120)",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, stdout, stderr = main(*job_args(models, out))
+        assert code == 2 and f"pid {holder.pid}" in stderr and len(stderr.strip().splitlines()) == 1
+        assert events(stdout)[-1]["event"] == "error"
+        threading.Timer(1.0, lambda: holder.send_signal(signal.SIGKILL)).start()
+        t0 = time.perf_counter()
+        code, stdout, stderr = main(*job_args(models, out, "--wait"))  # queues until the holder is gone
+        assert code == 0, stderr
+        assert time.perf_counter() - t0 >= 0.9
+        assert [e["event"] for e in events(stdout)].count("waiting") == 1
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_shards_share_a_folder_but_not_a_shard(models, tmp_path):  # noqa: F811
+    out = tmp_path / "set"
+    out.mkdir()
+    with WriterLocks(out, (0, 2)).acquire():
+        assert not run_request(request(models, out, shard="1/2"))["complete"]  # the other shard may run
+        with pytest.raises(UserError, match=r"shard 0/2"):
+            run_request(request(models, out, shard="0/2"))
+        with pytest.raises(UserError, match="being written"):  # an unsharded writer may not
+            run_request(request(models, out))
+    assert run_request(request(models, out, shard="0/2"))["complete"]
+
+
+# ---------------------------------------------------------------- (6) a failed run claims nothing
+
+
+def test_a_failed_run_does_not_claim_the_folder(models, tmp_path):  # noqa: F811
+    from igds_fast.models.dit import DiT, DiTConfig
+    from igds_fast.models.loading import save_denoiser
+
+    bad = DiT(DiTConfig(input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2, wnids=WNIDS))
+    bad.final_layer.linear.bias.data.fill_(float("nan"))
+    save_denoiser(bad, tmp_path / "nan.safetensors")
+    out = tmp_path / "set"
+    with pytest.raises(UserError, match="non-finite"):
+        run_request(request(models, out, denoiser=tmp_path / "nan.safetensors"))
+    assert (out / ".igds-job.json").exists()  # it had claimed the folder, but committed no unit
+    assert run_request(request(models, out))["complete"]  # so another configuration may take it
+    # once a unit is committed, another configuration is refused (and the set kept)
+    with pytest.raises(UserError, match="another configuration.*seed"):
+        run_request(request(models, out, seed=4))
+    assert len(read_manifest(out / "manifest.parquet")) == 10
+
+
+def test_overwrite_keeps_files_distill_did_not_write(models, tmp_path):  # noqa: F811
+    out = tmp_path / "set"
+    run_request(request(models, out, ipc=2))
+    (out / WNIDS[0] / "notes.txt").write_text("keep me")
+    (out / "README.md").write_text("keep me too")
+    assert run_request(request(models, out, ipc=3, overwrite=True))["complete"]
+    assert (out / WNIDS[0] / "notes.txt").read_text() == "keep me" and (out / "README.md").exists()
+    assert len(read_manifest(out / "manifest.parquet")) == 6
+
+
+# ---------------------------------------------------------------- (7) events, progress, exit codes
+
+
+def test_events_are_json_lines_on_stdout_and_exit_codes(models, tmp_path):  # noqa: F811
+    out = tmp_path / "set"
+    code, stdout, stderr = main(*job_args(models, out, "--shard", "0/2"))
+    assert code == 3, stderr  # this shard is done, the set is not
+    evs = events(stdout)
+    kinds = [e["event"] for e in evs]
+    assert kinds[0] == "start" and kinds[-1] == "finished" and kinds.count("unit_done") == 3
+    assert kinds.count("class_done") == 1 and evs[-1]["complete"] is False
+    assert "\r" not in stdout and "\r" not in stderr  # no progress bar off a terminal
+    log = tmp_path / "events.jsonl"
+    code, stdout, stderr = main(*job_args(models, out, "--shard", "1/2", "--log-json", str(log), "--progress"))
+    assert code == 0, stderr
+    assert [e["event"] for e in events(stdout)] == ["finished"]  # the summary still reaches stdout
+    assert [e["event"] for e in events(log.read_text())][-1] == "finished"
+    assert "distill" in stderr  # the progress bar, asked for, on stderr
+    code, stdout, stderr = main(*job_args(models, tmp_path / "x", "--ipc", "0"))
+    assert code == 2 and stderr.strip().splitlines() == ["error: --ipc must be >= 1, got 0"]
+    assert events(stdout)[-1] == events(stdout)[-1] | {"event": "error", "exit_code": 2}
+
+
+# ---------------------------------------------------------------- (8) up-front limits
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        ({"ipc": 10_000_000}, ("--ipc 10000000", "GiB", "memory")),
+        ({"resolution": 100_000}, ("100000 px", "GiB", "--resolution")),
+    ],
+)
+def test_jobs_this_machine_cannot_hold_are_refused_with_numbers(models, tmp_path, monkeypatch, kw, words):  # noqa: F811
+    monkeypatch.setattr(job_mod, "build_pipeline", lambda *a, **k: pytest.fail("weights loaded before the limits"))
+    monkeypatch.setattr(limits, "available_memory", lambda: 16 * 2**30)  # the same verdict on any CI machine
+    out = tmp_path / "set"
+    with pytest.raises(UserError) as e:
+        run_request(request(models, out, **kw, steps="50"))
+    for w in words:
+        assert w in str(e.value), str(e.value)
+    assert not out.exists()
+
+
+def test_the_issues_huge_ipc_is_refused_at_once_with_the_embedded_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(limits, "available_memory", lambda: 128 * 2**30)
+    t0 = time.perf_counter()
+    code, _, stderr = main("distill", "--ipc", "10000000", "--out", tmp_path / "x", "--backend", "eager")
+    assert code == 2 and "GiB" in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert time.perf_counter() - t0 < 20 and not (tmp_path / "x").exists()
+
+
+def test_disk_estimate_refuses_a_job_that_cannot_fit(models, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(limits, "free_disk", lambda out: 10_000)
+    with pytest.raises(UserError, match=r"10 images of 8 px.*disk.*free"):
+        run_request(request(models, tmp_path / "set"))
+    assert not (tmp_path / "set").exists()
+
+
+# ------------------------------------------------ (10) a no-op rerun: no weights, nothing rewritten, history
+
+
+def test_noop_rerun_loads_no_weights_rewrites_nothing_and_keeps_history(models, finished, tmp_path, monkeypatch):  # noqa: F811
+    src, snap = finished
+    out = fresh_copy(src, tmp_path / "set")
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir() if p.is_file()}
+    first = json.loads((out / "run.json").read_text())
+    with monkeypatch.context() as m:
+        m.setattr(job_mod, "build_pipeline", lambda *a, **k: pytest.fail("weights loaded for a no-op rerun"))
+        summary = run_request(request(models, out))
+    assert summary["nothing_to_do"] and summary["complete"] and summary["images_made"] == 0
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir() if p.is_file()}
+    assert {k: v for k, v in after.items() if not k.name.startswith(".igds-lock")} == {
+        k: v for k, v in before.items() if not k.name.startswith(".igds-lock")
+    }
+    (out / WNIDS[1] / "00000.png").unlink()
+    run_request(request(models, out))
+    run = json.loads((out / "run.json").read_text())
+    assert len(run["runs"]) == len(first["runs"]) + 1
+    assert run["started"] == first["started"] and run["runs"][0] == first["runs"][0]  # provenance kept
+    assert run["runs"][-1]["repaired"] == [f"{WNIDS[1]}/00000.png"] and snapshot(out) == snap
+
+
+# ---------------------------------------------------------------- (1) export --overwrite never deletes a foreign folder
+
+
+def test_export_overwrite_refuses_a_folder_that_is_not_an_engine(tmp_path):
+    """The issue's reproduction: ``important.txt`` must survive."""
+    (tmp_path / "u" / "sub").mkdir(parents=True)
+    (tmp_path / "u" / "sub" / "important.txt").write_text("x\n")
+    code, _, stderr = main(
+        "export", "--out", tmp_path / "u", "--overwrite", "--batch-size", "2", "--steps", "10", "--ipc", "3",
+        "--memory-size", "4",
+    )  # fmt: skip
+    assert code == 2 and "not one" in stderr and len(stderr.strip().splitlines()) == 1
+    assert (tmp_path / "u" / "sub" / "important.txt").read_text() == "x\n"
+    (tmp_path / "f").write_text("a file")
+    code, _, stderr = main("export", "--out", tmp_path / "f", "--batch-size", "2", "--steps", "10")
+    assert code == 2 and "is a file" in stderr and "--overwrite" not in stderr
+
+
+# ---------------------------------------------------------------- (a) the default backend
+
+
+def test_default_backend_rule():
+    amx = default_backend("cpu", {"avx2", "avx512f", "amx_bf16", "amx_tile"}, True)
+    assert (amx.backend, amx.precision) == ("eager", "bf16") and "amx_bf16" in amx.reason
+    zen = default_backend("cpu", {"avx2", "avx512f"}, True)
+    assert (zen.backend, zen.precision) == ("onnxruntime", "fp32")
+    assert (default_backend("cpu", {"avx2"}, False).backend, default_backend("cpu", set(), False).precision) == (
+        "eager",
+        "fp32",
+    )
+    assert default_backend("cuda:0", {"amx_bf16"}, True).backend == "eager"
+
+
+def test_default_job_exports_once_into_the_cache_and_reuses_it(models, tmp_path, monkeypatch):  # noqa: F811
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(engine_cache, "cpu_flags", lambda: {"avx2"})  # a CPU without bf16 units
+    cache = tmp_path / "cache"
+    a = run_request(request(models, tmp_path / "a", backend="auto", engine_cache=cache))
+    assert a["complete"] and a["backend"] == "onnxruntime"
+    (entry,) = [p for p in cache.iterdir() if p.is_dir()]
+    rows = read_manifest(tmp_path / "a" / "manifest.parquet")
+    assert {r["backend"] for r in rows} == {"onnxruntime"} and rows[0]["engine_id"]
+    with monkeypatch.context() as m:  # the second job loads the cached engine: no export
+        m.setattr(engine_cache, "export_engine", lambda spec: pytest.fail("exported again"))
+        b = run_request(request(models, tmp_path / "b", backend="auto", engine_cache=cache))
+    assert b["complete"] and snapshot(tmp_path / "b") == snapshot(tmp_path / "a")
+    # a damaged entry is rebuilt (the export replaced by a copy of the good entry: one real export per test)
+    good = tmp_path / "good-entry"
+    subprocess.run(["cp", "-a", str(entry), str(good)], check=True)
+    manifest = entry / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"batch_size": 2', '"batch_size": 3'))
+    rebuilt = []
+
+    def fake_export(spec):
+        rebuilt.append(spec.out)
+        shutil.rmtree(spec.out, ignore_errors=True)
+        shutil.copytree(good, spec.out)
+
+    with monkeypatch.context() as m:
+        m.setattr(engine_cache, "export_engine", fake_export)
+        assert run_request(request(models, tmp_path / "c", backend="auto", engine_cache=cache))["complete"]
+    assert rebuilt == [entry] and snapshot(tmp_path / "c") == snapshot(tmp_path / "a")
+    # a cleared cache does not make a finished set "another configuration": nothing to do, no export
+    subprocess.run(["rm", "-rf", str(entry)], check=True)
+    with monkeypatch.context() as m:
+        m.setattr(engine_cache, "export_engine", lambda spec: pytest.fail("exported for a finished set"))
+        assert run_request(request(models, tmp_path / "a", backend="auto", engine_cache=cache))["nothing_to_do"]
+
+
+# ---------------------------------------------------------------- (9) train-critics validates before creating --out
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--batch-size", "1"], ("--batch-size",)),
+        (["--steps", "0"], ("--steps",)),
+        (["--heads", "5"], ("--heads 5", "--width")),
+        (["--eval-images", "0"], ("--eval-images",)),
+        (["--feat-dim", "0"], ("--feat-dim",)),
+        (["--lr", "nan"], ("--lr",)),
+        (["--data", "MISSING"], ("does not exist",)),
+        (["--data", "FILE"], ("is a file",)),
+        (["--classes", "n01443537"], ("n01443537", "not in the model")),
+    ],
+)
+def test_train_critics_refuses_bad_options_before_creating_out(tmp_path, extra, words):
+    data = tmp_path / "data"
+    (data / WNIDS[0]).mkdir(parents=True)
+    (tmp_path / "file").write_text("x")
+    extra = [{"MISSING": str(tmp_path / "nope"), "FILE": str(tmp_path / "file")}.get(x, x) for x in extra]
+    args = ["train-critics", "--data", str(data), "--out", str(tmp_path / "critics"), "--classes", WNIDS[0]]
+    code, _, stderr = main(*args, *extra)
+    assert code == 2, stderr
+    line = stderr.strip().splitlines()
+    assert len(line) == 1 and all(w in line[0] for w in words), line
+    assert not (tmp_path / "critics").exists()
+
+
+def test_numpy_helpers_roundtrip():
+    from igds_fast.jobs.state import npy_bytes
+
+    a = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    assert np.array_equal(np.load(io.BytesIO(npy_bytes(a))), a)
