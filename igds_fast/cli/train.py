@@ -16,9 +16,10 @@ def train_dit_cmd(
     out: Path = typer.Option(..., help="Output folder: denoiser.safetensors, train_state.pt, log.jsonl."),
     subset: str | None = typer.Option(None, help="Class subset (imagenette, imagewoof, ...)."),
     classes: str | None = typer.Option(None, help="Comma-separated WNIDs instead of --subset."),
-    resolution: int = typer.Option(32, help="Training resolution (pixel space)."),
+    resolution: int = typer.Option(32, help="Image resolution (latent models: R / the VAE factor per side)."),
     config: str = typer.Option("small", help="Model size preset: tiny, small, base."),
-    space: str = typer.Option("pixel", help="pixel (latent training: encode with --vae first; not yet)."),
+    vae: str | None = typer.Option(None, help="Train on this VAE's latents (a latent DiT); default: pixel space."),
+    patch: int | None = typer.Option(None, help="Patch size instead of the preset's (2 on small latents)."),
     steps: int = typer.Option(20000, help="Total optimizer steps (resumes from out/train_state.pt)."),
     batch_size: int = typer.Option(64, help="Images per step."),
     lr: float = typer.Option(3e-4, help="AdamW learning rate (after linear warmup)."),
@@ -31,8 +32,6 @@ def train_dit_cmd(
     from ..subsets import resolve_classes
     from ..training.train_dit import TrainDiTConfig, train_dit
 
-    if space != "pixel":
-        raise UserError("only --space pixel is supported by train-dit for now")
     wnids = [c.wnid for c in resolve_classes(subset, classes)]
     cfg = TrainDiTConfig(
         data=str(data),
@@ -47,6 +46,8 @@ def train_dit_cmd(
         seed=seed,
         device=device,
         ckpt_every=ckpt_every,
+        vae=vae,
+        patch=patch,
     )
     path = train_dit(cfg)
     typer.echo(f"wrote {path}")

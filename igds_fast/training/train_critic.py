@@ -8,7 +8,6 @@ Kernel widths: median pairwise feature distance per (t bucket, class) on held-ou
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -23,10 +22,11 @@ from tqdm import tqdm
 from ..diffusion.schedule import Schedule
 from ..errors import UserError
 from ..guidance.bounds import barber_agakov, class_log_prob
-from ..imagefolder import load_imagefolder, to_model_range
+from ..imagefolder import load_imagefolder
 from ..models.critics import CriticConfig, NoiseCritic, save_critic
 from ..models.labels import class_labels
 from ..models.vae import PixelSpace
+from .latents import encoded
 from .losses import q_sample
 
 
@@ -52,34 +52,12 @@ class TrainCriticConfig:
     eval_images: int = 1000  # held-out images scored per t bucket (a class-balanced subsample)
 
 
-def encode_space(images: torch.Tensor, vae: nn.Module, batch: int = 64) -> torch.Tensor:
-    """uint8 images -> the denoiser's input space (latents, or [-1, 1] pixels)."""
-    x = to_model_range(images)
-    if isinstance(vae, PixelSpace):
-        return x
-    with torch.no_grad():
-        return torch.cat([vae.encode(x[k : k + batch]) for k in range(0, len(x), batch)])
-
-
 def load_encoded(
     root: str, wnids: list[str], resolution: int, vae: nn.Module, cache: Path
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The split in the denoiser's input space; latents are encoded once and cached under a key of
-    the exact images and VAE weights (another VAE or image set never reuses them)."""
+    """The split in the denoiser's input space (latents cached, see ``training.latents``)."""
     images, labels = load_imagefolder(root, wnids, resolution, cache_dir=cache)
-    if isinstance(vae, PixelSpace):
-        return encode_space(images, vae), labels
-    h = hashlib.sha256(images.numpy().tobytes())
-    for v in vae.state_dict().values():
-        h.update(v.detach().cpu().numpy().tobytes())
-    key = cache / f"latents_{h.hexdigest()[:16]}.pt"
-    if key.exists():
-        return torch.load(key, weights_only=True), labels
-    z = encode_space(images, vae)
-    tmp = key.with_suffix(".tmp")
-    torch.save(z, tmp)
-    tmp.replace(key)
-    return z, labels
+    return encoded(images, vae, cache), labels
 
 
 def balanced_subsample(x: torch.Tensor, y: torch.Tensor, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,9 +17,11 @@ from tqdm import tqdm
 
 from ..diffusion.schedule import Schedule
 from ..errors import UserError
-from ..imagefolder import load_imagefolder, to_model_range
+from ..imagefolder import load_imagefolder
 from ..models.dit import DiT, DiTConfig
 from ..models.loading import save_denoiser
+from ..models.vae import load_vae
+from .latents import encoded
 from .losses import hybrid_loss, q_sample
 
 # Presets for small pixel/latent models (name -> hidden, depth, heads, patch).
@@ -47,12 +49,15 @@ class TrainDiTConfig:
     device: str = "cpu"
     ckpt_every: int = 1000
     log_every: int = 50
+    vae: str | None = None  # a VAE: train on its latents of the images (latent DiT); None: pixel space
+    patch: int | None = None  # patch size instead of the preset's (e.g. 2 on 16x16 latents)
 
 
 def build_model(cfg: TrainDiTConfig, in_channels: int, input_size: int) -> DiT:
     if cfg.preset not in PRESETS:
         raise UserError(f"unknown --config '{cfg.preset}': choose one of {', '.join(PRESETS)}")
     hidden, depth, heads, patch = PRESETS[cfg.preset]
+    patch = cfg.patch or patch
     dcfg = DiTConfig(
         input_size=input_size,
         patch_size=patch,
@@ -64,6 +69,14 @@ def build_model(cfg: TrainDiTConfig, in_channels: int, input_size: int) -> DiT:
         wnids=list(cfg.wnids),
     )
     return DiT(dcfg).initialize(cfg.seed)
+
+
+def training_data(images: torch.Tensor, vae: str | None, cache: Path) -> torch.Tensor:
+    """(N, 2, C, H, W): every image and its mirror image in the denoiser's space: [-1, 1] pixels, or
+    the VAE's scaled latents of both (a mirrored latent is not the latent of the mirrored image)."""
+    both = torch.stack([images, images.flip(-1)], dim=1)
+    z = encoded(both.flatten(0, 1), load_vae(vae).eval(), cache)
+    return z.reshape(len(images), 2, *z.shape[1:])
 
 
 def _save_state(path: Path, state: dict) -> None:
@@ -79,9 +92,10 @@ def train_dit(cfg: TrainDiTConfig, progress: bool = True) -> Path:
     if cfg.batch_size <= 0 or cfg.steps <= 0:
         raise UserError("--batch-size and --steps must be >= 1")
     images, labels = load_imagefolder(cfg.data, cfg.wnids, cfg.resolution, cache_dir=out / "cache")
-    data = to_model_range(images)
+    # (N, 2, C, H, W): each image and its mirror image, in the denoiser's space
+    data = training_data(images, cfg.vae, out / "cache")
     device = torch.device(cfg.device)
-    model = build_model(cfg, data.shape[1], data.shape[2]).to(device)
+    model = build_model(cfg, data.shape[2], data.shape[3]).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     step = 0
@@ -102,9 +116,8 @@ def train_dit(cfg: TrainDiTConfig, progress: bool = True) -> Path:
     model.train()
     while step < cfg.steps:
         idx = torch.randint(len(data), (cfg.batch_size,), generator=gen)
-        x0 = data[idx]
-        flip = torch.rand(cfg.batch_size, generator=gen) < 0.5
-        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0).to(device)
+        flip = (torch.rand(cfg.batch_size, generator=gen) < 0.5).long()
+        x0 = data[idx, flip].float().to(device)
         y = labels[idx].clone()
         y[torch.rand(cfg.batch_size, generator=gen) < cfg.label_dropout] = model.num_classes  # null class
         t = torch.randint(1000, (cfg.batch_size,), generator=gen)
