@@ -92,10 +92,10 @@ def test_cli_bench_writes_every_field(tmp_path):
 def test_failing_and_unavailable_backends_are_recorded(tmp_path, monkeypatch):
     real = runners.exported
 
-    def broken(ctx, name):
+    def broken(ctx, name, *rest):
         if name == "compiled":
             raise RuntimeError("boom")
-        return real(ctx, name)
+        return real(ctx, name, *rest)
 
     monkeypatch.setattr(runners, "exported", broken)
     backends = ["compiled", "torch-compile-cg", "tensorrt"]
@@ -138,11 +138,27 @@ def test_critic_is_small_next_to_xl2():
     assert 3 * critic.flops_per_image() / (2 * xl) < 0.15
 
 
+def test_rows_in_their_own_precision_and_attention(tmp_path):
+    """'eager@bf16' runs one row in bf16 next to the run's --dtype; --attention sets the eager rows'."""
+    cfg = BenchConfig(
+        model="tiny", batch_size=2, steps=2, backends=["eager", "eager@bf16"], e2e_backends=[], warmup=0,
+        repeats=1, peak_tflops=1.0, threads=1, attention="math",
+    )  # fmt: skip
+    rows = run_bench(cfg, log=lambda _m: None)["results"]
+    assert [rows[k]["precision"] for k in ("eager", "eager@bf16")] == ["fp32", "bf16"]
+    assert all("denoiser attention: math" in rows[k]["notes"] for k in rows)
+    assert max(rows["eager"]["max_rel_error_vs_eager_fp32"].values()) < 1e-5  # the fp32 reference is this same pipeline
+    assert 0 < max(rows["eager@bf16"]["max_rel_error_vs_eager_fp32"].values()) < 5e-2
+
+
 @pytest.mark.parametrize(
     "kw",
     [
         {"model": "dit-xxl"},
         {"backends": ["eager", "magic"]},
+        {"backends": ["eager@int8"]},
+        {"backends": ["eager", "eager"]},
+        {"attention": "flash"},
         {"dtype": "int8"},
         {"model": "dit-s2", "resolution": 200},
     ],

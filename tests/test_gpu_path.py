@@ -6,6 +6,12 @@ trainers read. Nothing here runs CUDA: what needs a GPU is in ``benchmarks/gpu_c
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +166,61 @@ def test_ort_engine_on_cuda_n_uses_that_device_and_torchs_stream(
     fake_session.used = [CUDA, CPU]  # asked for TensorRT, got the CUDA EP: refused
     with pytest.raises(UserError, match="instead of TensorrtExecutionProvider"):
         ortb.OrtEngine(tmp_path, MANIFEST, LoadOptions(device="cuda:1", providers="tensorrt"))
+
+
+# ---- the bench leaves a valid JSON when it is stopped mid-run -----------------------------------
+
+
+def bench_args(out: Path, backends: str) -> list[str]:
+    return [
+        sys.executable, "-m", "igds_fast.cli", "bench", "--model", "tiny", "--batch-size", "2", "--steps", "2",
+        "--backends", backends, "--e2e-backends", "eager", "--warmup", "0", "--repeats", "1", "--threads", "1",
+        "--peak-tflops", "1", "--json", str(out),
+    ]  # fmt: skip
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None  # not written yet (it is replaced atomically, so never half-written)
+
+
+@pytest.mark.parametrize(("sig", "cut_status"), [(signal.SIGKILL, "running"), (signal.SIGTERM, "timed out")])
+def test_bench_killed_mid_run_leaves_valid_json(tmp_path: Path, sig: int, cut_status: str) -> None:
+    """Stopped while its second row (an ONNX export) runs: the first row is complete, the cut one says
+    so. SIGKILL leaves the "running" row written before it started; SIGTERM (what ``timeout`` sends)
+    rewrites it as "timed out" and exits 124."""
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        bench_args(out, "eager,onnxruntime"),
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline, seen = time.time() + 120, None
+        while time.time() < deadline and proc.poll() is None:
+            d = read_json(out)
+            rows = (d or {}).get("results", {})
+            if rows.get("eager", {}).get("status") == "ok" and rows.get("onnxruntime", {}).get("status") == "running":
+                seen = d
+                break
+            time.sleep(0.02)
+        assert seen is not None, f"never saw eager done and onnxruntime running (rc {proc.poll()})"
+        proc.send_signal(sig)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    d = json.loads(out.read_text())  # valid JSON
+    rows = d["results"]
+    assert list(rows) == ["eager", "onnxruntime"]
+    assert rows["eager"]["status"] == "ok" and rows["eager"]["step_ms"] > 0 and rows["eager"]["e2e"]["img_s"] > 0
+    assert rows["onnxruntime"]["status"] == cut_status, rows["onnxruntime"]
+    assert rows["onnxruntime"]["started"] > 0
+    if sig == signal.SIGTERM:
+        assert rc == 124, proc.stderr.read().decode()[-2000:] if proc.stderr else rc
+        assert rows["onnxruntime"]["after_s"] >= 0
+    else:
+        assert rc == -signal.SIGKILL

@@ -17,12 +17,20 @@ PIXEL_SIZES = {"embedded": 32, "tiny": 16}
 #                     TF32 matmuls on, decode per image
 #   torch-compile     torch.compile of the traced step in-process; -cg: with CUDA graphs (reduce-overhead)
 # and "compiled" is the table's backend: the AOTInductor package ``igds-fast export`` builds.
+# A row may name its own precision: "onnxruntime@fp16" (ORT builds no bf16) next to "eager" in --dtype.
 EXTRA_VARIANTS = ("eager-ref", "torch-compile", "torch-compile-cg")
 DEFAULT_BACKENDS = ("eager-ref", "eager", "torch-compile", "onnxruntime", "tensorrt")
+ATTENTION = ("sdpa", "math")  # the denoiser's attention in the eager rows (exported graphs choose their own)
 
 
 def variant_names() -> tuple[str, ...]:
     return (EXTRA_VARIANTS[0], *BACKENDS, *EXTRA_VARIANTS[1:])
+
+
+def split_row(name: str) -> tuple[str, str | None]:
+    """'onnxruntime@fp16' -> ('onnxruntime', 'fp16'); 'eager' -> ('eager', None): the run's --dtype."""
+    variant, _, dtype = name.partition("@")
+    return variant, dtype or None
 
 
 @dataclass
@@ -45,16 +53,31 @@ class BenchConfig:
     threads: int | None = None  # torch and ORT intra-op threads (None: library defaults)
     png_workers: int = 2
     seed: int = 0
+    attention: str = "sdpa"
+
+    def row_dtype(self, name: str) -> str:
+        """The precision a row runs in: its own ('name@fp16'), else --dtype; eager-ref is always fp32."""
+        variant, dtype = split_row(name)
+        return "fp32" if variant == "eager-ref" else dtype or self.dtype
 
     def validate(self) -> BenchConfig:
         if self.model not in MODELS:
             raise UserError(f"unknown --model '{self.model}': use {', '.join(MODELS[:4])}")
         names = variant_names()
-        unknown = [b for b in self.backends if b not in names]
+        unknown = [b for b in self.backends if split_row(b)[0] not in names]
         if unknown or not self.backends:
-            raise UserError(f"unknown backend '{(unknown or [''])[0]}': use {', '.join(names)}")
+            raise UserError(
+                f"unknown backend '{(unknown or [''])[0]}': use {', '.join(names)} (optionally @fp32/@bf16/@fp16)"
+            )
+        bad_dtype = [b for b in self.backends if split_row(b)[1] not in (None, *DTYPES)]
+        if bad_dtype:
+            raise UserError(f"unknown precision in '{bad_dtype[0]}': use name@fp32, name@bf16 or name@fp16")
+        if len(set(self.backends)) != len(self.backends):
+            raise UserError("--backends names a row twice")
         if self.dtype not in DTYPES:
             raise UserError(f"unknown --dtype '{self.dtype}': use fp32, bf16 or fp16")
+        if self.attention not in ATTENTION:
+            raise UserError(f"unknown --attention '{self.attention}': use sdpa or math")
         if self.guidance not in ("igds", "off"):
             raise UserError(f"unknown --guidance '{self.guidance}': use igds or off")
         if min(self.batch_size, self.steps, self.repeats, self.memory_size) < 1 or self.warmup < 0:

@@ -6,17 +6,21 @@ and PNG encoding, a per-stage split (eager only: exported engines run the step a
 peak memory, FLOPs per step, achieved FLOP/s against a peak measured in the same run, the error
 against the eager fp32 step, and ratios vs ``eager`` and ``eager-ref``. A row that fails is
 recorded with its error and the run goes on; the JSON is rewritten before and after every row, so
-a run killed by a time limit leaves its finished rows and a "running" row for the one it cut off.
+a run killed by a time limit leaves its finished rows and a "running" row for the one it cut off
+(SIGKILL), or a "timed out" row (SIGTERM, what ``timeout`` sends first: ``BenchTerminated``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import signal
 import statistics
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -147,6 +151,34 @@ def bench_backend(ctx: BenchContext, name: str, flops: dict[str, Any], peak: flo
     return row
 
 
+class BenchTerminated(BaseException):
+    """SIGTERM during a bench run (``timeout`` sends it at a time limit). A BaseException, so a row's
+    ``except Exception`` does not record it as that backend's error."""
+
+
+_TERMINATED = threading.Event()  # set by the handler: library code may swallow the exception itself
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into ``BenchTerminated`` while the bench runs (main thread only: signal handlers
+    cannot be set elsewhere, and then SIGTERM keeps its default)."""
+    _TERMINATED.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        _TERMINATED.set()
+        raise BenchTerminated(signum)
+
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def add_ratios(results: dict[str, dict[str, Any]]) -> None:
     """Speedups against eager and eager-ref, from numbers measured in this run."""
     for base in ("eager", "eager-ref"):
@@ -166,7 +198,15 @@ def run_bench(
     json_path: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run every row of ``cfg``; the JSON (when asked) is rewritten before and after each row."""
+    """Run every row of ``cfg``; the JSON (when asked) is rewritten before and after each row. On
+    SIGTERM the row it interrupted is written as "timed out" and ``BenchTerminated`` propagates."""
+    with sigterm_raises():
+        return _run_bench(cfg, command, json_path, log)
+
+
+def _run_bench(
+    cfg: BenchConfig, command: str | None, json_path: Path | None, log: Callable[[str], None]
+) -> dict[str, Any]:
     cfg.validate()
     dev = resolve_device(cfg.device)
     if cfg.threads is not None:
@@ -195,13 +235,28 @@ def run_bench(
         result["peak"] = {"tflops": peak / 1e12, "how": how}
         for name in cfg.backends:
             log(f"bench: {name} ...")
-            result["results"][name] = {"status": "running", "started": time.time()}
-            if json_path is not None:
-                write_json(result, json_path)
-            sub = Path(tmp) / name.replace("-", "_")
-            sub.mkdir()
-            ctx.tmp = sub
-            row = bench_backend(ctx, name, flops=result["flops"], peak=peak)
+            started = time.time()
+            try:
+                result["results"][name] = {"status": "running", "started": started}
+                if json_path is not None:
+                    write_json(result, json_path)
+                sub = Path(tmp) / name.replace("-", "_").replace("@", "_")
+                sub.mkdir()
+                ctx.tmp = sub
+                row = bench_backend(ctx, name, flops=result["flops"], peak=peak)
+                if _TERMINATED.is_set():  # the signal came, but a library turned it into its own error
+                    raise BenchTerminated(signal.SIGTERM)
+            except BenchTerminated:
+                result["results"][name] = {
+                    "status": "timed out",
+                    "started": started,
+                    "after_s": time.time() - started,
+                    "reason": "SIGTERM (a time limit) while this row ran",
+                }
+                log(f"bench: {name}: timed out after {time.time() - started:.0f} s")
+                if json_path is not None:
+                    write_json(result, json_path)
+                raise
             result["results"][name] = row
             add_ratios(result["results"])
             log(f"bench: {name}: " + summary(row))

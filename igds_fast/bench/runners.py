@@ -23,7 +23,7 @@ from ..config import StepConfig, step_config
 from ..guidance.step import GuidedStep, step_index
 from ..sampling.engine import StepEngine
 from ..sampling.pipeline import Pipeline, build_pipeline
-from .config import BenchConfig
+from .config import BenchConfig, split_row
 from .models import CRITIC_CLASSES, BenchModels
 
 Stages = dict[str, tuple[Callable[..., Any], Callable[[int], tuple]]]
@@ -55,11 +55,15 @@ class BenchContext:
         self.shapes = step_shapes(self.pipeline("fp32").step, cfg.batch_size, cfg.memory_size)
 
     def pipeline(self, dtype: str) -> Pipeline:
+        """The eager pipeline in ``dtype``, its denoiser's attention as ``--attention`` says."""
         if dtype not in self._pipes:
             p = self.models.paths
-            self._pipes[dtype] = build_pipeline(
+            pipe = build_pipeline(
                 p["denoiser"], p["vae"], p["critics"], self.step_cfg, device=self.cfg.device, dtype=dtype
             )
+            if hasattr(pipe.step.denoiser, "set_attention"):
+                pipe.step.denoiser.set_attention(self.cfg.attention)
+            self._pipes[dtype] = pipe
         return self._pipes[dtype]
 
     def inputs(self, seed: int) -> tuple[torch.Tensor, ...]:
@@ -121,8 +125,8 @@ def stage_fns(ctx: BenchContext, step: GuidedStep) -> Stages:
         with torch.no_grad():
             return step.eps(x.float(), step_index(i), y.long())
 
-    def critic_grad(x: Tensor, i: Tensor, y: Tensor, _noise: Tensor, memory: Tensor, mask: Tensor) -> tuple:
-        return step.guidance_grad(x.float(), step_index(i), y.long(), memory, mask)
+    def critic_grad(x: Tensor, i: Tensor, y: Tensor, noise: Tensor, memory: Tensor, mask: Tensor) -> tuple:
+        return step.guidance_grad(x.float(), step_index(i), y.long(), noise, memory, mask)  # noise stands in for eps
 
     def update(x: Tensor, i: Tensor, eps: Tensor, var: Tensor, noise: Tensor) -> Tensor:
         with torch.no_grad():
@@ -141,34 +145,39 @@ def stage_fns(ctx: BenchContext, step: GuidedStep) -> Stages:
 def eager_ref(ctx: BenchContext) -> Runner:
     pipe = ctx.pipeline("fp32")
     engine = ReferenceEngine(pipe.step, pipe.vae, memory_size=ctx.cfg.memory_size)
-    return Runner(engine, "fp32", ["batch 1 loop over the batch, fp32 with TF32 matmuls, decode per image"])
+    notes = ["batch 1 loop over the batch, fp32 with TF32 matmuls, decode per image"]
+    return Runner(engine, "fp32", notes + [f"denoiser attention: {ctx.cfg.attention}"])
 
 
-def eager(ctx: BenchContext) -> Runner:
-    pipe = ctx.pipeline(ctx.cfg.dtype)
+def eager(ctx: BenchContext, dtype: str) -> Runner:
+    pipe = ctx.pipeline(dtype)
     engine = EagerEngine(pipe.step, pipe.vae, memory_size=ctx.cfg.memory_size)
-    return Runner(engine, ctx.cfg.dtype, stages=stage_fns(ctx, pipe.step))
+    return Runner(engine, dtype, [f"denoiser attention: {ctx.cfg.attention}"], stages=stage_fns(ctx, pipe.step))
 
 
-def torch_compile(ctx: BenchContext, mode: str | None) -> Runner:
-    """torch.compile of the traced step (the graph every exporter writes); compiles on first call."""
+def torch_compile(ctx: BenchContext, mode: str | None, dtype: str) -> Runner:
+    """torch.compile of the traced step (fused denoiser attention, as AOTInductor); compiles on first call."""
     if mode == "reduce-overhead" and ctx.device.type != "cuda":
         raise Skipped("CUDA graphs (mode reduce-overhead) need --device cuda")
-    pipe = ctx.pipeline(ctx.cfg.dtype)
+    pipe = ctx.pipeline(dtype)
     engine = CompiledEngine.jit(pipe.step, ctx.shapes, ctx.inputs(0), mode)
     eager_codec = EagerEngine(pipe.step, pipe.vae)
     engine.decode = eager_codec.decode  # the fused step only; decode stays eager
-    notes = [f"torch.compile mode={mode or 'default'} of the make_fx graph; fused step only", "decode: eager codec"]
-    return Runner(engine, ctx.cfg.dtype, notes)
+    notes = [
+        f"torch.compile mode={mode or 'default'} of the make_fx graph; fused step only",
+        "denoiser attention: fused sdpa",
+        "decode: eager codec",
+    ]
+    return Runner(engine, dtype, notes)
 
 
-def exported(ctx: BenchContext, name: str) -> Runner:
+def exported(ctx: BenchContext, name: str, precision: str | None = None) -> Runner:
     """Built by ``export_engine`` and opened by ``load_engine``: exactly what a user runs."""
     row = BACKENDS[name]
     reason = row.unavailable()
     if reason:
         raise Skipped(reason)
-    precision = ctx.cfg.dtype
+    precision = precision or ctx.cfg.dtype
     if precision not in row.precisions:
         raise Skipped(f"{name} does not build {precision} (it builds {', '.join(row.precisions)})")
     p = ctx.models.paths
@@ -187,18 +196,21 @@ def exported(ctx: BenchContext, name: str) -> Runner:
     export_engine(spec)
     engine = load_engine(spec.out, options=LoadOptions(device=ctx.cfg.device, threads=ctx.cfg.threads))
     notes = ["fused step only (one graph): no per-stage split", "built by export_engine, opened by load_engine"]
+    notes.append("denoiser attention: " + ("spelled out (ONNX graph)" if row.onnx else "fused sdpa"))
     if name == "onnxruntime":
         notes.append("providers: " + ", ".join(engine.session.get_providers()))
     return Runner(engine, precision, notes)
 
 
 def make_runner(ctx: BenchContext, name: str) -> Runner:
-    if name == "eager-ref":
+    """The row ``name`` ('eager', 'onnxruntime@fp16', ...) in its precision (``BenchConfig.row_dtype``)."""
+    variant, dtype = split_row(name)[0], ctx.cfg.row_dtype(name)
+    if variant == "eager-ref":
         return eager_ref(ctx)
-    if name == "eager":
-        return eager(ctx)
-    if name == "torch-compile":
-        return torch_compile(ctx, None)
-    if name == "torch-compile-cg":
-        return torch_compile(ctx, "reduce-overhead")
-    return exported(ctx, name)
+    if variant == "eager":
+        return eager(ctx, dtype)
+    if variant == "torch-compile":
+        return torch_compile(ctx, None, dtype)
+    if variant == "torch-compile-cg":
+        return torch_compile(ctx, "reduce-overhead", dtype)
+    return exported(ctx, variant, dtype)

@@ -45,7 +45,9 @@ def register(app: typer.Typer) -> None:
         steps: int = typer.Option(50, help="Respaced steps: the schedule, and the end-to-end chain length."),
         backends: str = typer.Option(
             ",".join(DEFAULT_BACKENDS),
-            help="Comma list of " + ", ".join(variant_names()) + " (compiled = the AOTInductor engine).",
+            help="Comma list of "
+            + ", ".join(variant_names())
+            + " (compiled = the AOTInductor engine); NAME@fp16 etc. runs one row in its own precision.",
         ),
         e2e_backends: str | None = typer.Option(
             None, help="Backends that also run the full chain + decode + PNG (default: all; 'none' for none)."
@@ -59,10 +61,14 @@ def register(app: typer.Typer) -> None:
         parity_inputs: int = typer.Option(1, help="Fresh inputs for the error check against eager fp32."),
         peak_tflops: float | None = typer.Option(None, help="Peak TFLOP/s to compare with (default: measured)."),
         threads: int | None = typer.Option(None, help="CPU threads for torch and onnxruntime."),
+        attention: str = typer.Option(
+            "sdpa",
+            help="Denoiser attention of the eager rows: sdpa (fused) or math (exported graphs choose their own).",
+        ),
         json_out: Path | None = typer.Option(None, "--json", help="Write the results here."),
     ) -> None:
         """Time the guided step and the whole distill path (steps, decode, PNG) per backend."""
-        from ..bench import BenchConfig, run_bench
+        from ..bench import BenchConfig, BenchTerminated, run_bench
 
         e2e = None
         if e2e_backends is not None:
@@ -84,8 +90,13 @@ def register(app: typer.Typer) -> None:
             parity_inputs=parity_inputs,
             peak_tflops=peak_tflops,
             threads=threads,
+            attention=attention,
         )
         command = canonical_command(ctx)
-        run_bench(cfg, command=command, json_path=json_out, log=lambda m: typer.echo(m, err=True))
+        try:
+            run_bench(cfg, command=command, json_path=json_out, log=lambda m: typer.echo(m, err=True))
+        except BenchTerminated:
+            typer.echo(f"bench: terminated (SIGTERM); {json_out or 'the JSON'} holds the finished rows", err=True)
+            raise typer.Exit(124) from None
         if json_out is not None:
             typer.echo(f"wrote {json_out}")
