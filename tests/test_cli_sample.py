@@ -290,3 +290,54 @@ def test_wrong_init_noise_shape_exit_2(pixel_model, tmp_path):
         words=("--init-noise", "(3, 3, 8, 8)", "(4, 3, 8, 8)"),
     )
     assert not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("noise-random-bytes", ("--init-noise", "not a NumPy .npy array")),
+        ("noise-is-a-folder", ("--init-noise", "is a folder")),
+        ("out-is-a-folder", ("--out", "is a folder")),
+        ("out-not-png", ("--out", "must end in .png")),
+        ("latents-not-npy", ("--latents-out", "must end in .npy")),
+        ("eta-negative", ("--eta", "[0, 1]")),
+        ("no-images-without-latents", ("--no-images", "--latents-out")),
+    ],
+)
+def test_bad_outputs_and_inputs_exit_2_before_sampling(pixel_model, tmp_path, case, words):
+    """Issue 15 (9): each of these raised a traceback (after all the sampling, for --out DIR) or was accepted."""
+    (tmp_path / "junk.npy").write_bytes(os.urandom(300))
+    (tmp_path / "dir").mkdir()
+    extra = {
+        "noise-random-bytes": ["--init-noise", tmp_path / "junk.npy"],
+        "noise-is-a-folder": ["--init-noise", tmp_path / "dir"],
+        "out-is-a-folder": ["--out", tmp_path / "dir"],
+        "out-not-png": ["--out", tmp_path / "x.txt"],
+        "latents-not-npy": ["--latents-out", tmp_path / "lat.txt"],
+        "eta-negative": ["--sampler", "ddim", "--eta", "-1"],
+        "no-images-without-latents": ["--no-images"],
+    }[case]
+    flags = [x for x in extra if str(x).startswith("--no-")]  # switches take no value
+    pairs = [x for x in extra if x not in flags]
+    args = {"--classes": "1", "--out": str(tmp_path / "g.png")}
+    args.update(dict(zip(pairs[::2], map(str, pairs[1::2]), strict=True)))
+    flat = [x for kv in args.items() for x in kv] + flags
+    fails_with("--denoiser", pixel_model, *flat, words=words, subprocess=False)
+    assert not (tmp_path / "g.png").exists() and not list(tmp_path.glob("**/.*.tmp"))
+    assert not list((tmp_path / "dir").iterdir())
+
+
+@needs_diffusers
+def test_latents_only_for_a_latent_model_without_a_vae(latent_model, tmp_path):
+    """Issue 15 (b): a data platform may store latents only: no VAE needed, no grid written."""
+    lat = tmp_path / "lat.npy"
+    res = ok(
+        "--denoiser", latent_model / "dit.safetensors", "--classes", "0,4", "--n-per-class", "2", "--steps", "5",
+        "--latents-out", lat, "--no-images", "--out", tmp_path / "never.png",
+    )  # fmt: skip
+    assert "wrote" in res.stdout and not (tmp_path / "never.png").exists()
+    got = np.load(lat)
+    assert got.shape == (4, 4, 4, 4) and np.isfinite(got).all()
+    # the same latents as with the VAE (decoding does not change the chain)
+    _, ref = sample(latent_model / "dit.safetensors", tmp_path, "v", "--vae", latent_model / "vae", classes="0,4")
+    np.testing.assert_array_equal(got, ref)

@@ -396,3 +396,40 @@ def test_an_edited_engine_manifest_is_refused(ort_engine, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(UserError, match="edited or damaged"):
         load_engine(copy)
+
+
+def test_a_distill_with_an_edited_engine_manifest_is_refused_before_any_output(models, ort_engine, tmp_path):
+    """The issue's reproduction through distill: swapped class WNIDs (would write class-1 images under
+    class 0) and an edited shapes.batch_size (was a traceback, and left .igds-job.json)."""
+    import shutil
+
+    for edit in ("class_wnids", "batch_size"):
+        copy = tmp_path / f"copy-{edit}"
+        shutil.copytree(ort_engine, copy)
+        m = json.loads((copy / "manifest.json").read_text())
+        if edit == "class_wnids":
+            m["class_wnids"][0], m["class_wnids"][1] = m["class_wnids"][1], m["class_wnids"][0]
+        else:
+            m["shapes"]["batch_size"] = 3
+        (copy / "manifest.json").write_text(json.dumps(m))
+        out = tmp_path / f"out-{edit}"
+        with pytest.raises(UserError, match="edited or damaged"):
+            run_request(request(models, out, engines=copy, classes=WNIDS[0]))
+        assert not out.exists()
+
+
+def test_an_engine_for_another_ipc_is_named_by_its_ipc(models, ort_engine, tmp_path):
+    """An engine exported for IPC 4 used for IPC 5 differs only in beta(IPC): the message says IPC."""
+    import math
+    import shutil
+
+    from igds_fast.backends.engine_manifest import engine_id
+
+    copy = tmp_path / "ipc4"
+    shutil.copytree(ort_engine, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["step"]["beta"] = 0.5 * math.log(4)
+    m["id"] = engine_id(m)
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(UserError, match=r"exported for IPC 4 .* this job is IPC 5.*--ipc 5"):
+        run_request(request(models, tmp_path / "o", engines=copy, beta=None))
