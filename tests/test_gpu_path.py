@@ -224,3 +224,29 @@ def test_bench_killed_mid_run_leaves_valid_json(tmp_path: Path, sig: int, cut_st
         assert rows["onnxruntime"]["after_s"] >= 0
     else:
         assert rc == -signal.SIGKILL
+
+
+# ---- export builds on the GPU by default when there is one ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("backend", "cuda", "ort_providers", "want"),
+    [
+        ("compiled", True, [CPU], "cuda"),
+        ("compiled", False, [CPU], "cpu"),
+        ("onnxruntime", True, [CUDA, CPU], "cuda"),
+        ("onnxruntime", True, [CPU], "cpu"),  # CPU-only onnxruntime: --verify could not run a CUDA engine
+        ("onnxruntime", False, [CUDA, CPU], "cpu"),
+        ("tensorrt", False, [CPU], "cuda"),  # TensorRT runs on the GPU only (and refuses without one)
+    ],
+)
+def test_export_device_default(monkeypatch, providers, tmp_path: Path, backend, cuda, ort_providers, want) -> None:
+    from igds_fast.backends.build import export_spec
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    providers(ort_providers)
+    assert export_spec(None, {"backend": backend}, tmp_path / "e").device == want
+    assert export_spec(None, {"backend": backend, "device": "cpu"}, tmp_path / "e").device == "cpu"  # a flag wins
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'backend = "{backend}"\ndevice = "cpu"\n')
+    assert export_spec(recipe, {}, tmp_path / "e").device == "cpu"  # and so does the recipe

@@ -42,6 +42,12 @@ class LoadOptions:
     cuda_graph: bool = True  # tensorrt: replay a captured CUDA graph
 
 
+def cuda_if_visible() -> str:
+    """Where ``export`` builds when --device is not given: on the GPU when there is one (an engine is
+    built for the device it will run on; a CUDA AOTInductor package or TensorRT plan runs only there)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
@@ -53,6 +59,7 @@ class Backend:
     write: Callable[[ExportInputs], dict[str, Any]] | None = None
     load: Callable[[Path, dict[str, Any], LoadOptions], StepEngine] | None = None
     onnx: bool = False  # whether its engine is built from the exported ONNX graphs
+    export_device: Callable[[], str] = cuda_if_visible  # the device ``export`` uses when none is given
 
     @property
     def exports(self) -> bool:

@@ -37,7 +37,7 @@ EXPORT_DEFAULTS: dict[str, Any] = {
     "backend": "onnxruntime",
     "opset": 18,
     "split": False,
-    "device": None,  # None: cpu (the device to trace and compile on)
+    "device": None,  # None: the backend's export_device() (cuda when a GPU is visible; see docs/export.md)
 }
 
 
@@ -83,7 +83,7 @@ def export_spec(recipe: Path | None, flags: dict[str, Any], out: Path, overwrite
         overwrite=overwrite,
         split=bool(s["split"]),
         opset=int(s["opset"]),
-        device=str(s["device"] or "cpu"),
+        device=str(s["device"] or backend_row(str(s["backend"]), exporting=True).export_device()),
     )
 
 

@@ -195,6 +195,14 @@ def _unavailable() -> str | None:
     return None
 
 
+def _export_device() -> str:
+    """CUDA when a GPU is visible and this onnxruntime has the CUDA EP (--verify runs the engine
+    where it was built), else the CPU."""
+    if not torch.cuda.is_available() or _unavailable():
+        return "cpu"
+    return "cuda" if PROVIDERS["cuda"] in available_providers() else "cpu"
+
+
 def _describe() -> str:
     return "providers: " + ", ".join(p.removesuffix("ExecutionProvider") for p in available_providers())
 
@@ -208,4 +216,5 @@ BACKEND = Backend(
     write=write_onnx,
     load=lambda folder, manifest, options: OrtEngine(folder, manifest, options),
     onnx=True,
+    export_device=_export_device,
 )

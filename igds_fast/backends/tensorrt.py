@@ -227,4 +227,5 @@ BACKEND = Backend(
     write=write_plans,
     load=lambda folder, manifest, options: TrtEngine(folder, manifest, options),
     onnx=True,
+    export_device=lambda: "cuda",  # TensorRT builds and runs on the GPU only
 )
