@@ -460,3 +460,24 @@ def test_numpy_helpers_roundtrip():
 
     a = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
     assert np.array_equal(np.load(io.BytesIO(npy_bytes(a))), a)
+
+
+def test_train_critics_writes_its_weights_with_the_usual_mode(tmp_path):
+    """critic.safetensors was written 0600 (safetensors' own mode), every other output 0644."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for w in WNIDS[:2]:
+        (tmp_path / "data" / w).mkdir(parents=True)
+        for k in range(6):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "data" / w / f"{k}.png")
+    out = tmp_path / "critics"
+    code, _, stderr = main(
+        "train-critics", "--data", tmp_path / "data", "--out", out, "--classes", TWO, "--steps", "2",
+        "--batch-size", "4", "--width", "16", "--depth", "1", "--heads", "2", "--eval-images", "4", "--feat-dim", "8",
+    )  # fmt: skip
+    assert code == 0, stderr
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if p.is_file()}
+    assert modes["critic.safetensors"] == 0o666 & ~mask and modes["critic.json"] == 0o666 & ~mask, modes

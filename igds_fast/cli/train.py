@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 from pathlib import Path
 
 import typer
@@ -49,7 +51,7 @@ def train_dit_cmd(
         vae=vae,
         patch=patch,
     )
-    path = train_dit(cfg)
+    path = usual_mode(train_dit(cfg))
     typer.echo(f"wrote {path}")
 
 
@@ -116,7 +118,7 @@ def train_critics_cmd(
         eval_images=eval_images,
     )
     try:
-        path = train_critic(cfg, model, codec, overwrite=overwrite)
+        path = usual_mode(train_critic(cfg, model, codec, overwrite=overwrite))
     except UserError:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # refused inside training: leave no empty --out behind
@@ -127,6 +129,16 @@ def train_critics_cmd(
         f"{m['trained']['ba_bound_nats']:.3f} nats (untrained {m['untrained']['ba_bound_nats']:.3f}, "
         f"ln K {m['trained']['ln_k']:.3f})"
     )
+
+
+def usual_mode(path: Path) -> Path:
+    """safetensors' ``save_file`` creates its file 0600; give the weights the mode every other output
+    has (0666 & ~umask), so whoever reads the other outputs can read the weights too."""
+    mask = os.umask(0)
+    os.umask(mask)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o666 & ~mask)
+    return Path(path)
 
 
 def check_folder(path: Path, option: str) -> None:
