@@ -481,3 +481,15 @@ def test_train_critics_writes_its_weights_with_the_usual_mode(tmp_path):
     os.umask(mask)
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if p.is_file()}
     assert modes["critic.safetensors"] == 0o666 & ~mask and modes["critic.json"] == 0o666 & ~mask, modes
+
+
+def test_auto_continues_a_folder_made_with_another_backend_or_precision(models, finished, tmp_path, monkeypatch):  # noqa: F811
+    """A set made by eager fp32 (another machine, or before the default changed) is continued and
+    repaired by the default job in fp32, not refused as another configuration."""
+    src, snap = finished
+    out = fresh_copy(src, tmp_path / "set")
+    monkeypatch.setattr(engine_cache, "cpu_flags", lambda: {"amx_bf16"})  # the default here would be bf16
+    (out / WNIDS[0] / "00000.png").unlink()
+    summary = run_request(request(models, out, backend="auto"))
+    assert summary["precision"] == "fp32" and summary["repaired"] == [f"{WNIDS[0]}/00000.png"]
+    assert snapshot(out) == snap

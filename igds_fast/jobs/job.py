@@ -28,7 +28,7 @@ from ..models.labels import class_labels, labels_for_wnids
 from ..sampling import StepEngine, memory_rows
 from ..sampling.pipeline import build_pipeline
 from ..subsets import ClassInfo, resolve_classes
-from .distill import DistillConfig
+from .distill import DistillConfig, read_job_file
 from .engine_cache import (
     BACKEND_CHOICES,
     Choice,
@@ -166,7 +166,7 @@ def choose(job: DistillJob, hashes: dict[str, str | None] | None = None) -> Choi
         manifest = read_engine_manifest(job.engines)
         return Choice(str(manifest["backend"]), str(manifest["precision"]), "--engines", engines=job.engines)
     if job.backend == "auto":
-        choice = default_backend(job.device)
+        choice = continued_choice(job) or default_backend(job.device)
         if job.dtype is not None and job.dtype != choice.precision:
             choice = Choice("eager", job.dtype, f"--dtype {job.dtype}: the eager step in that precision")
     elif job.backend == "eager":
@@ -183,6 +183,22 @@ def choose(job: DistillJob, hashes: dict[str, str | None] | None = None) -> Choi
     key = cache_key(hashes, job.step, job.batch, engine_memory(job), choice.backend, choice.precision, job.device)
     entry = cache_entry(job.engine_cache or default_cache_dir(), choice.backend, choice.precision, key)
     return Choice(choice.backend, choice.precision, choice.reason, engines=entry, cache_key=key)
+
+
+def continued_choice(job: DistillJob) -> Choice | None:
+    """``auto`` into a folder that already holds a run of another backend or precision (made on
+    another machine, or before the default changed): continue with that one, so the set stays one
+    set (same bytes on resume and repair) instead of being refused as another configuration."""
+    have = read_job_file(job.out) if job.out.is_dir() else None
+    if have is None or have.get("damaged"):
+        return None
+    cfg = have["config"]
+    backend, precision = cfg.get("backend"), cfg.get("precision", "fp32")
+    if backend == "eager" and precision in DTYPES:
+        return Choice("eager", precision, f"continues the {precision} eager run in {job.out}")
+    if backend in EXPORT_BACKENDS and cfg.get("engine_key") and not BACKENDS[backend].unavailable():
+        return Choice(backend, precision, f"continues the {backend} {precision} run in {job.out}")
+    return None
 
 
 def engine_memory(job: DistillJob) -> int:
