@@ -14,6 +14,7 @@ their content changes.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import threading
 import time
@@ -28,7 +29,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
-from ..imageio import encode_image, grid, save_picture, to_uint8, write_atomic
+from ..imageio import encode_image, grid, to_uint8, write_atomic
 from ..sampling import StepEngine, WorkUnit, class_units, run_class, shard_classes
 from ..seeds import sample_seed
 from ..subsets import class_info
@@ -399,7 +400,9 @@ def contact_sheet(out: Path, wnid: str, rows: list[dict[str, Any]]) -> None:
     files = [out / r["path"] for r in sorted(rows, key=lambda r: r["sample_index"])][:100]
     arr = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])
     imgs = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1
-    save_picture(grid(imgs, rows=max(1, int(len(files) ** 0.5))), out / f"contact_{wnid}.png")
+    buf = io.BytesIO()
+    grid(imgs, rows=max(1, int(len(files) ** 0.5))).save(buf, format="PNG")
+    _write_if_changed(out / f"contact_{wnid}.png", buf.getvalue())  # the same sheet is not rewritten
 
 
 def assembled(out: Path, cfg: DistillConfig, job: str, states: dict[str, UnitState] | None = None) -> dict[str, Any]:
@@ -613,12 +616,16 @@ def _run_units(
             "precision": cfg.precision,
             "engine_id": cfg.engine_id,
         } | run_info
-    summary["complete"] = finalize(out, cfg, job, entry, changed, request, events=events)
+    # units that checked out before this run are not hashed again; the ones just written are
+    unchanged = {k: st for k, st in states.items() if st.done}
+    summary["complete"] = finalize(out, cfg, job, entry, changed, request, unchanged, events)
     return summary
 
 
-def is_finished(out: Path, request: str, shard: tuple[int, int]) -> tuple[DistillConfig, str] | None:
-    """(config, job digest) when ``out`` holds the job of this ``request`` key with every unit of
+def is_finished(
+    out: Path, request: str, shard: tuple[int, int]
+) -> tuple[DistillConfig, str, dict[str, UnitState]] | None:
+    """(config, job digest, unit states) when ``out`` holds the job of this ``request`` key with every unit of
     this shard checking out: the run has nothing to sample, so no weights need loading."""
     have = read_job_file(out) if out.is_dir() else None
     if have is None or have.get("damaged") or have.get("request") != request:
@@ -630,4 +637,4 @@ def is_finished(out: Path, request: str, shard: tuple[int, int]) -> tuple[Distil
         return None
     if not all(st.done for st in states.values()):
         return None
-    return cfg, have["digest"]
+    return cfg, have["digest"], states

@@ -39,9 +39,9 @@ def run_job(job: DistillJob, events: Events = QUIET) -> dict[str, Any]:
     )
     finished = is_finished(job.out, request, job.shard) if job.ray is None else None
     if finished is not None:  # every unit of this shard checks out: no weights needed
-        cfg, digest = finished
+        cfg, digest, states = finished
         with WriterLocks(job.out, job.shard).acquire(wait=job.wait):
-            complete = finalize(job.out, cfg, digest, None, request=request, events=events)
+            complete = finalize(job.out, cfg, digest, None, request=request, states=states, events=events)
         return base | {
             "images_made": 0,
             "repaired": [],

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..sampling import WorkUnit
+from .image_manifest import MANIFEST_SCHEMA
 
 JOB_FILE = ".igds-job.json"
 RUNS_FILE = ".igds-runs.jsonl"
@@ -108,16 +109,20 @@ def read_record(out: Path, unit: WorkUnit, job: str) -> tuple[dict[str, Any] | N
         return None, f"{path.name} is damaged or from an older version"
     if rec.get("job") != job:
         return None, f"{path.name} belongs to another configuration"
-    rows, sizes, feats = rec.get("rows"), rec.get("sizes"), rec.get("feats")
+    rows, sizes, feats, where = rec.get("rows"), rec.get("sizes"), rec.get("feats"), rec.get("unit")
+    columns = set(MANIFEST_SCHEMA.names)
     ok = (
         isinstance(rows, list)
         and isinstance(sizes, list)
         and len(rows) == len(sizes) == unit.count
-        and all(isinstance(r, dict) and isinstance(r.get("path"), str) for r in rows)
-        and all(isinstance(r.get("sha256"), str) for r in rows)
+        and all(isinstance(r, dict) and set(r) == columns for r in rows)
+        and all(isinstance(r["path"], str) and isinstance(r["sha256"], str) for r in rows)
+        and all(isinstance(n, int) for n in sizes)
         and isinstance(feats, dict)
-        and rec.get("unit", {}).get("start") == unit.start
-        and rec.get("unit", {}).get("count") == unit.count
+        and isinstance(where, dict)
+        and where.get("start") == unit.start
+        and where.get("count") == unit.count
+        and [r["path"].split("/")[0] for r in rows] == [unit.wnid] * unit.count
     )
     if not ok:
         return None, f"{path.name} is incomplete"
