@@ -493,3 +493,29 @@ def test_auto_continues_a_folder_made_with_another_backend_or_precision(models, 
     summary = run_request(request(models, out, backend="auto"))
     assert summary["precision"] == "fp32" and summary["repaired"] == [f"{WNIDS[0]}/00000.png"]
     assert snapshot(out) == snap
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--device", "tpu"], ("unknown device 'tpu'",)),  # was a torch RuntimeError traceback
+        (["--log-json", "DIR"], ("--log-json", "is a folder")),  # was IsADirectoryError
+        (["--log-json", "MISSING/x.jsonl"], ("--log-json", "does not exist")),  # was FileNotFoundError
+        (["--engines", "FILE"], ("--engines", "is a file")),  # was "does not exist"
+        (["--backend", "cuda"], ("--backend", "auto, eager")),
+        (["--dtype", "fp8"], ("--dtype",)),
+        (["--format", "gif"], ("--format",)),
+        (["--resolution", "3"], ("--resolution",)),
+    ],
+)
+def test_bad_distill_input_is_one_line_and_writes_nothing(tmp_path, extra, words):
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("x")
+    names = {"DIR": tmp_path / "dir", "MISSING/x.jsonl": tmp_path / "nope" / "x.jsonl", "FILE": tmp_path / "file"}
+    extra = [str(names.get(x, x)) for x in extra]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, stdout, stderr = main("distill", "--out", tmp_path / "o", *extra)
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert all(w in lines[0] for w in words), lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and not list((tmp_path / "dir").iterdir())

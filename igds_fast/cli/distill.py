@@ -62,10 +62,11 @@ def distill(
     stdout, or in --log-json FILE. Exit codes: 0 complete, 3 incomplete (other shards' classes
     missing), 2 user error, 1 bug."""
     options = dict(locals())  # exactly the options above: distill_job takes them by name
-    from ..jobs.events import EXIT_INCOMPLETE, Events
+    from ..jobs.events import EXIT_INCOMPLETE, Events, check_log_path
     from ..jobs.job import distill_job
     from ..jobs.run import run_job
 
+    check_log_path(log_json)  # before any event is written there
     events = Events(path=log_json, out=out)
     try:
         job = distill_job(options.pop("out"), **options)

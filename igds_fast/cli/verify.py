@@ -29,9 +29,10 @@ def verify(
 
     Events are JSON lines on stdout (or --log-json FILE); the last, ``verified``, is the report.
     Exit codes: 0 intact (or fully repaired), 3 damage left, 2 user error, 1 bug."""
-    from ..jobs.events import EXIT_INCOMPLETE, Events
+    from ..jobs.events import EXIT_INCOMPLETE, Events, check_log_path
     from ..jobs.verify import repair_set, verify_set
 
+    check_log_path(log_json)  # before any event is written there
     events = Events(path=log_json, out=out)
     try:
         rep = verify_set(out)

@@ -19,6 +19,8 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
+from ..errors import UserError
+
 EXIT_COMPLETE = 0
 EXIT_BUG = 1
 EXIT_USER_ERROR = 2
@@ -61,6 +63,16 @@ class Events:
 
 
 QUIET = Events(quiet=True)
+
+
+def check_log_path(path: Path | None) -> None:
+    """``--log-json FILE`` must name a file (appended to) in an existing folder."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UserError(f"--log-json '{path}' is a folder; give a file name, e.g. events.jsonl")
+    if not path.parent.is_dir():
+        raise UserError(f"--log-json '{path}': its folder '{path.parent}' does not exist")
 
 
 def show_progress(progress: bool | None) -> bool:

@@ -18,7 +18,7 @@ from ..backends.build import expect_for
 from ..backends.eager import EagerEngine
 from ..backends.engine_manifest import manifest_view, optional_sha256, read_engine_manifest
 from ..backends.registry import BACKENDS, EXPORT_BACKENDS, load_engine
-from ..config import BETA0, DTYPES, STEP_DEFAULTS, StepConfig, check_count, parse_shard, step_config
+from ..config import BETA0, DTYPES, STEP_DEFAULTS, StepConfig, check_count, parse_shard, resolve_device, step_config
 from ..diffusion.schedule import respaced_timesteps
 from ..errors import UserError
 from ..machine import library_versions, machine_facts
@@ -38,6 +38,7 @@ from .engine_cache import (
     default_cache_dir,
     ensure_cached_engine,
 )
+from .events import check_log_path
 from .limits import JobShape
 from .state import digest
 
@@ -84,12 +85,14 @@ class DistillJob:
             raise UserError(f"unknown --backend '{self.backend}': use {', '.join(BACKEND_CHOICES)}")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise UserError(f"unknown --dtype '{self.dtype}': use {', '.join(DTYPES)}")
+        resolve_device(self.device)
+        if self.engines is not None and self.engines.is_file():
+            raise UserError(f"--engines '{self.engines}' is a file; give the engine folder `igds-fast export` wrote")
         if self.engines is not None and self.backend not in ("auto",):
             raise UserError("give --engines or --backend, not both (an engine folder fixes its backend)")
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"--out '{self.out}' is a file; choose a folder")
-        if self.log_json is not None and (self.log_json.is_dir() or not self.log_json.parent.is_dir()):
-            raise UserError(f"--log-json '{self.log_json}' must be a file in an existing folder")
+        check_log_path(self.log_json)
         return self
 
 
