@@ -44,6 +44,7 @@ def sample(
 
     from ..config import parse_classes, step_config
     from ..imageio import grid, save_picture, write_atomic
+    from ..jobs.events import show_progress
     from ..jobs.sample import sample_classes, sample_pipeline
     from ..jobs.state import npy_bytes
     from ..models.embedded import resolve_models
@@ -70,7 +71,14 @@ def sample(
     )
     labels = model_labels(labels, pipe.step.denoiser)
     latents, images, _, _ = sample_classes(
-        pipe, labels, n_per_class, seed, batch_size, init_noise=noise, images_too=not no_images
+        pipe,
+        labels,
+        n_per_class,
+        seed,
+        batch_size,
+        init_noise=noise,
+        images_too=not no_images,
+        progress=show_progress(None),
     )
     if images is not None:
         save_picture(grid(images, rows=len(labels)), out)
