@@ -32,15 +32,39 @@ from igds_fast.subsets import subset
 # name -> step options (the rest: config defaults). s and beta are in units of eps RMS.
 CONFIGS: dict[str, dict] = {
     "off": {"guidance": "off"},
+    "proto s0.1": {"guidance_scale": 0.1, "beta": 0.0},
     "proto s0.25": {"guidance_scale": 0.25, "beta": 0.0},
     "proto s0.5": {"guidance_scale": 0.5, "beta": 0.0},
-    "proto s1": {"guidance_scale": 1.0, "beta": 0.0},
-    "proto s0.5 flat": {"guidance_scale": 0.5, "beta": 0.0, "weighting": "flat"},
-    "s0.5 x0 b0.25": {"guidance_scale": 0.5, "beta": 0.25},
-    "s0.5 x0 b0.5": {"guidance_scale": 0.5, "beta": 0.5},
-    "s0.5 x0 b1": {"guidance_scale": 0.5, "beta": 1.0},
-    "s0.5 collision b0.5": {"guidance_scale": 0.5, "beta": 0.5, "diversity": "collision"},
+    "proto s0.25 flat": {"guidance_scale": 0.25, "beta": 0.0, "weighting": "flat"},
+    "s0.1 x0 b0.25": {"guidance_scale": 0.1, "beta": 0.25},
+    "s0.25 x0 b0.25": {"guidance_scale": 0.25, "beta": 0.25},
+    "s0.25 x0 b0.5": {"guidance_scale": 0.25, "beta": 0.5},
+    "s0.25 x0 b1": {"guidance_scale": 0.25, "beta": 1.0},
+    "s0.25 collision b0.5": {"guidance_scale": 0.25, "beta": 0.5, "diversity": "collision"},
+    # with the range guard (pixel models: guidance may not push x0_hat outside [-1, 1]); the rows
+    # above were run before it existed (range_guard recorded as false in their JSON)
+    "guard proto s0.25": {"guidance_scale": 0.25, "beta": 0.0},
+    "guard s0.25 x0 b0.05": {"guidance_scale": 0.25, "beta": 0.05},
+    "guard s0.25 x0 b0.1": {"guidance_scale": 0.25, "beta": 0.1},
+    "guard s0.1 x0 b0.05": {"guidance_scale": 0.1, "beta": 0.05},
 }
+# The order a sweep runs them in when --only is not given (most informative first).
+ORDER = [
+    "off",
+    "guard proto s0.25",
+    "guard s0.25 x0 b0.1",
+    "guard s0.25 x0 b0.05",
+    "guard s0.1 x0 b0.05",
+    "proto s0.25",
+    "s0.25 x0 b0.5",
+    "s0.25 x0 b1",
+    "proto s0.1",
+    "s0.1 x0 b0.25",
+    "s0.25 x0 b0.25",
+    "proto s0.25 flat",
+    "s0.25 collision b0.5",
+    "proto s0.5",
+]
 KEYS = ("accuracy", "coverage", "density", "precision", "recall", "saturation", "within_class_distance")
 
 
@@ -119,7 +143,7 @@ def main() -> None:
     args.real_train, args.real_val = args.data / "train", args.data / "val"
     wnids = [c.wnid for c in subset("imagenette")]
     judge = load_or_train_judge(args.real_train, args.resolution, progress=False)
-    names = args.only.split(",") if args.only else list(CONFIGS)
+    names = args.only.split(",") if args.only else ORDER
     rows = []
     for name in names:
         row = run_config(name, CONFIGS[name], args, judge, wnids)

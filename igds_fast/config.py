@@ -54,6 +54,8 @@ class StepConfig:
     # The diversity term: "x0" (nearest-neighbour repulsion of the clean estimate's features from the
     # class's other samples), "collision" (H2 of same-step noisy features), "knn" (eager only).
     diversity: str = "x0"
+    # Pixel-space models: guidance may not push the clean estimate outside [-1, 1] (no effect on latents).
+    range_guard: bool = True
 
     def validate(self) -> StepConfig:
         if self.sampler not in ("ddpm", "ddim"):
@@ -96,6 +98,7 @@ STEP_DEFAULTS: dict[str, Any] = {
     "window_hi": 999,
     "weighting": "ba",
     "diversity": "x0",
+    "range_guard": True,
 }
 
 
@@ -140,6 +143,7 @@ def step_config(ipc: int | None, *layers: dict[str, Any] | None) -> StepConfig:
         window_hi=int(s["window_hi"]),
         weighting=str(s["weighting"]),
         diversity=str(s["diversity"]),
+        range_guard=bool(s["range_guard"]),
     ).validate()
 
 

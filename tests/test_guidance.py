@@ -138,8 +138,8 @@ def test_guided_eps_is_cfg_eps_minus_normalised_terms():
         in_window = 300 <= sched.timesteps[i] <= 999
         # The update is affine in eps: x_prev(eps - d) = x_prev(eps) - coef * d, coef = c1 * sqrt(1/abar - 1).
         coef = float(sched.posterior_mean_coef1[i] * math.sqrt(1 / sched.alphas_cumprod[i] - 1))
-        w = float(step.proto_weight[i])
-        shift = math.sqrt(1 - sched.alphas_cumprod[i]) * (s * w * unit_rms(g_proto) + beta * unit_rms(g_div))
+        w = float(step.guide_weight[i])
+        shift = math.sqrt(1 - sched.alphas_cumprod[i]) * w * (s * unit_rms(g_proto) + beta * unit_rms(g_div))
         if not in_window:
             shift = torch.zeros_like(shift)
         ref = off(x, torch.tensor(i), y, noise)[0] + coef * shift
@@ -310,3 +310,22 @@ def test_diversity_term_spreads_the_class(trained):
     _, sim_zero = _sample(dit, critic, scale=0.5, beta=0.0)
     _, sim_beta = _sample(dit, critic, scale=0.5, beta=0.5)
     assert sim_beta < sim_zero - 0.02, (sim_zero, sim_beta)
+
+
+def test_range_guard_keeps_the_clean_estimate_in_the_image_range():
+    """Pixel space: where guidance would push x0_hat past [-1, 1] it stops at the edge; elsewhere the
+    guided eps is unchanged; latent models are not guarded."""
+    cfg = StepConfig(steps="10", guidance="igds", guidance_scale=50.0, beta=0.0, weighting="flat")
+    step = GuidedStep(small_dit(), cfg, random_critic(), pixel_space=True)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 3, 16, 16, generator=g)
+    i = torch.tensor([5])
+    eps = torch.randn(4, 3, 16, 16, generator=g)
+    guided = eps - 3 * torch.randn(4, 3, 16, 16, generator=g)
+    kept = step.keep_in_range(x, eps, guided, i)
+    a, b = step.tab_sqrt_recip_alphas_cumprod[5], step.tab_sqrt_recipm1_alphas_cumprod[5]
+    free, x0 = a * x - b * eps, a * x - b * kept
+    assert bool((x0 <= torch.clamp(free, min=1.0) + 1e-5).all() and (x0 >= torch.clamp(free, max=-1.0) - 1e-5).all())
+    inside = (a * x - b * guided).abs() <= 1
+    assert torch.allclose(kept[inside], guided[inside], atol=1e-5)
+    assert not GuidedStep(small_dit(), cfg, random_critic(), pixel_space=False).range_guard

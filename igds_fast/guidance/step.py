@@ -7,13 +7,13 @@
                            nearest same-class neighbours (batch + the class's final samples of earlier
                            chunks): a soft minimum of cosine distances, gradient through x0_hat
                 collision: our earlier estimator, H2_hat of same-step noisy features (kept for comparison)
-    eps_tilde = eps_cfg - sqrt(1 - alphabar_t) * (s * w_t * n(g_proto) + beta * n(g_div))
+    eps_tilde = eps_cfg - sqrt(1 - alphabar_t) * w_t * (s * n(g_proto) + beta * n(g_div))
     x_{t-1}   = DDPM (learned range) or DDIM update with eps_tilde
 
 n(g) scales each sample's gradient to unit RMS, so s and beta are in units of eps (the two terms
-have separate, comparable scales). w_t weights the prototype term by the critic's held-out
-Barber-Agakov bound at t (``weighting="ba"``: 0 where the critic knows nothing, 1 where it knows
-most); both terms act only inside the window [window_lo, window_hi].
+have separate, comparable scales). w_t weights both terms by the critic's held-out Barber-Agakov
+bound at t (``weighting="ba"``: 0 where the critic knows nothing, 1 where it knows most; both
+terms read the critic); both act only inside the window [window_lo, window_hi].
 
 The critics are noise-conditional, so the gradient never flows through the denoiser (eps_cfg is a
 constant of the gradient). Gradients are taken with ``torch.func.grad``: eager runs it as is, and
@@ -44,9 +44,13 @@ class GuidedStep(nn.Module):
     step's are the final samples' features), f(x_t, t) for the same-step estimators.
     """
 
-    def __init__(self, denoiser: nn.Module, cfg: StepConfig, critic: NoiseCritic | None = None):
+    def __init__(
+        self, denoiser: nn.Module, cfg: StepConfig, critic: NoiseCritic | None = None, pixel_space: bool = False
+    ):
         super().__init__()
         self.cfg = cfg.validate()
+        # Images in [-1, 1]: guidance may not push the clean estimate out of that range (latents have none).
+        self.range_guard = bool(pixel_space and cfg.range_guard)
         self.denoiser = denoiser
         self.schedule = Schedule.create(cfg.steps)
         self.num_classes = int(denoiser.num_classes)
@@ -62,7 +66,7 @@ class GuidedStep(nn.Module):
         weight = (
             prototype_weights(critic, t) if cfg.guidance == "igds" and cfg.weighting == "ba" else torch.ones(len(t))
         )
-        self.register_buffer("proto_weight", on * weight, persistent=False)
+        self.register_buffer("guide_weight", on * weight, persistent=False)
         if cfg.guidance == "igds":
             if critic is None:
                 raise UserError("--guidance igds needs critics (--critics PATH); or pass --guidance off")
@@ -168,11 +172,24 @@ class GuidedStep(nn.Module):
         return g_proto, g_div, feats, log_q, value
 
     def guide(self, eps: torch.Tensor, g_proto: torch.Tensor, g_div: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        """eps_tilde = eps - sqrt(1 - alphabar_t) * (s * w_t * n(g_proto) + beta * n(g_div)), 0 outside the window."""
-        s = self.cfg.guidance_scale * self.proto_weight[i]
-        beta = self.cfg.beta * self.guide_on[i]
+        """eps_tilde = eps - sqrt(1 - alphabar_t) * w_t * (s * n(g_proto) + beta * n(g_div)), 0 outside the window."""
+        w = self.guide_weight[i]  # the critic's informativeness at t: both terms use its features
+        s, beta = self.cfg.guidance_scale * w, self.cfg.beta * w
         shift = s * unit_rms(g_proto) + beta * unit_rms(g_div)
         return eps - self.tab_sqrt_one_minus_alphas_cumprod[i] * shift
+
+    def keep_in_range(self, x: torch.Tensor, eps: torch.Tensor, guided: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """The guided eps, except where it would move the clean estimate x0_hat outside [-1, 1] (or
+        further outside, where the unguided estimate already is): there x0_hat stops at the edge."""
+        a = self.tab_sqrt_recip_alphas_cumprod[i]
+        b = self.tab_sqrt_recipm1_alphas_cumprod[i]
+        x0_free, x0_guided = a * x - b * eps, a * x - b * guided
+        lo, hi = (
+            torch.minimum(x0_free, torch.full_like(x0_free, -1.0)),
+            torch.maximum(x0_free, torch.ones_like(x0_free)),
+        )
+        x0 = torch.maximum(torch.minimum(x0_guided, hi), lo)
+        return (a * x - x0) / b
 
     def update(
         self, x: torch.Tensor, eps: torch.Tensor, var: torch.Tensor | None, i: torch.Tensor, noise: torch.Tensor
@@ -197,7 +214,8 @@ class GuidedStep(nn.Module):
         eps, var = self.eps(x, i, y)
         if self.critic is not None:
             g_proto, g_div, feats, log_q, h2 = self.guidance_grad(x, i, y, eps, memory, memory_mask)
-            eps = self.guide(eps, g_proto, g_div, i)
+            guided = self.guide(eps, g_proto, g_div, i)
+            eps = self.keep_in_range(x, eps, guided, i) if self.range_guard else guided
         else:
             b = x.shape[0]
             feats = torch.zeros(b, 1, device=x.device)

@@ -53,5 +53,5 @@ def build_pipeline(
     if critic is not None:
         critic.requires_grad_(False)
     model.requires_grad_(False)
-    step = GuidedStep(model.to(den_dtype), cfg, critic).to(dev)
+    step = GuidedStep(model.to(den_dtype), cfg, critic, pixel_space=isinstance(codec, PixelSpace)).to(dev)
     return Pipeline(step=step, vae=codec.to(dev), device=dev)
