@@ -1,92 +1,163 @@
 #!/usr/bin/env bash
-# GPU check for a lent H100/H200 (about 5 minutes): DiT-XL/2 at 256 px with IGDS guidance.
-#   1. main    batch 64, bf16: eager-ref, eager, compiled, compiled + CUDA graphs; each backend's
-#              error against the eager fp32 step on fresh inputs (the parity check), ms/step,
-#              img/s for the 50-step chain with decode and PNG
-#   2. aoti    batch 8, bf16: AOTInductor package, parity and ms/step
-#   3. b256    batch 256, bf16: eager (the large-batch end of the range)
-# Each stage runs under its own timeout and rewrites its JSON after every backend, so a stage cut
-# short still leaves what it measured. Installs nothing; runs with the machine's python.
+# The staged GPU check (issue 12): every number comes from `python3 -m igds_fast.cli`, the route a
+# user takes. Installs nothing. Writes JSON under $OUT (or the folder argument) and prints one
+# summary table at the end. Each stage runs under its own `timeout`, and `igds-fast bench` rewrites
+# its JSON after every backend (a row cut by the limit says "timed out", or "running" after
+# SIGKILL), so a short GPU lease always leaves what was measured.
 #
-#   bash benchmarks/gpu_check.sh                      # results in $OUT (default ./gpu_check_out)
-#   IGDS_GPU_CHECK_DRY=1 bash benchmarks/gpu_check.sh # tiny model on the CPU: proves the script runs
+#   Stage 0 (<= 60 s)  tiny model on CUDA in bf16: a 5-step distill through the CLI, then every
+#                      backend present (eager, onnxruntime@fp16, tensorrt@fp16, compiled), parity
+#                      against the eager fp32 step. Fails fast, with the reason, when CUDA, the CLI,
+#                      the eager step or the distill does not work.
+#   Stage 1            DiT-XL/2 256 px (random weights, official layout) + latent critic + our
+#                      AutoencoderKL decoder, IGDS on every step, 50 steps, CFG 4 on 3 channels, bf16:
+#                      b64  eager-ref, eager, torch-compile-cg, torch-compile
+#                      b256 eager (the large-batch end of the range)
+#                      end to end img/s including decode and PNG encoding.
+#   Stage 2            the AOTInductor `compiled` engine at b64: package build (export_engine),
+#                      reload (load_engine), parity, step and end-to-end timing; its own time budget.
+#
+# Worst case = the sum of the stage limits below + 5 s grace per command: <= 8 min by construction.
+#
+#   bash benchmarks/gpu_check.sh [OUT_DIR]          # on a machine with a CUDA GPU
+#   bash benchmarks/gpu_check.sh --dry-run [OUT_DIR] # the same commands on the CPU at tiny sizes
+#
+# Environment: PYTHON (default python3); S0_LIMIT S1A_LIMIT S1B_LIMIT S2_LIMIT (seconds);
+# S0_BACKENDS S1A_BACKENDS S1B_BACKENDS S2_BACKENDS (bench rows; empty skips that bench).
 set -u
+
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
+DRY=0
+OUT_ARG=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) DRY=1 ;;
+    -h | --help) usage; exit 0 ;;
+    -*) echo "error: unknown option $1 (use --dry-run, --help)" >&2; exit 2 ;;
+    *) OUT_ARG=$1 ;;
+  esac
+  shift
+done
+
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-PY=${PYTHON:-python}
-OUT=${OUT:-$PWD/gpu_check_out}
-DRY=${IGDS_GPU_CHECK_DRY:-0}
-mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+OUT=$(mkdir -p "${OUT_ARG:-${OUT:-$PWD/gpu_check_out}}" && cd "${OUT_ARG:-${OUT:-$PWD/gpu_check_out}}" && pwd)
+CLI=("$PY" -m igds_fast.cli)
 start=$(date +%s)
 
-echo "== environment"
-for pkg in torch numpy; do
-  if ! $PY -c "import $pkg" 2>/dev/null; then
-    echo "error: $pkg is not importable with $PY; nothing can run" >&2
-    exit 2
-  fi
-done
-# What each optional package changes here (none of them is installed by this script).
-declare -A WHY=(
-  [typer]="no CLI: stages run through benchmarks/gpu_check.py"
-  [safetensors]="stubbed by benchmarks/gpu_check.py (random weights need no files)"
-  [tqdm]="not needed by the bench"
-  [pyarrow]="not needed by the bench"
-  [PIL]="PNG encoding skipped in the end-to-end numbers"
-  [diffusers]="VAE decode simulated (zeros) in the end-to-end numbers"
-  [onnxruntime]="onnxruntime backend unavailable (not run here anyway)"
-  [tensorrt]="tensorrt backend skipped"
-)
-for pkg in typer safetensors tqdm pyarrow PIL diffusers onnxruntime tensorrt; do
-  if $PY -c "import $pkg" 2>/dev/null; then echo "have    $pkg"; else echo "missing $pkg: ${WHY[$pkg]}"; fi
-done
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-if [ "$DRY" = "0" ] && ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  echo "error: no CUDA device visible; set IGDS_GPU_CHECK_DRY=1 for the CPU dry run" >&2
-  exit 2
-fi
+S0_LIMIT=${S0_LIMIT:-60}
+S1A_LIMIT=${S1A_LIMIT:-185}
+S1B_LIMIT=${S1B_LIMIT:-60}
+S2_LIMIT=${S2_LIMIT:-130}
+worst=$((S0_LIMIT + S1A_LIMIT + S1B_LIMIT + S2_LIMIT + 6 * 5 + 15))
+echo "== igds-fast GPU check ($([ "$DRY" = 1 ] && echo "DRY RUN on the CPU" || echo GPU)), results in $OUT"
+echo "stage limits: 0 ${S0_LIMIT}s, 1 ${S1A_LIMIT}+${S1B_LIMIT}s, 2 ${S2_LIMIT}s; worst case ${worst}s"
+echo "route: ${CLI[*]} (distill, bench, doctor)"
 
-# The CLI when everything it imports is here (and not in a dry run: only the runner shrinks sizes).
-if [ "$DRY" = "0" ] && $PY -c "import igds_fast.cli, igds_fast.bench" 2>/dev/null; then
-  RUN=("$PY" -m igds_fast.cli bench --random-weights)
-  echo "route: python -m igds_fast.cli bench"
+# ---- what the stages run: the GPU sizes, or tiny ones for the dry run (the same commands) --------
+if [ "$DRY" = 1 ]; then
+  DEV=cpu
+  S0_STEPS=2 S0_BATCH=2 DISTILL_CLASSES=n01440764 DISTILL_IPC=1
+  S1_MODEL=(--model dit-s2 --resolution 32) S1_STEPS=2 S1A_BATCH=2 S1B_BATCH=4 REF_IMAGES=1
+  TIMING=(--warmup 0 --repeats 1 --threads 1 --peak-tflops 1)
 else
-  RUN=("$PY" benchmarks/gpu_check.py)
-  echo "route: python benchmarks/gpu_check.py (igds_fast.bench without the CLI)"
+  DEV=cuda
+  S0_STEPS=5 S0_BATCH=4 DISTILL_CLASSES=n01440764,n02102040 DISTILL_IPC=2
+  S1_MODEL=(--model dit-xl2 --resolution 256) S1_STEPS=50 S1A_BATCH=64 S1B_BATCH=256 REF_IMAGES=4
+  TIMING=(--warmup 1 --repeats 3)
 fi
+DTYPE=bf16
+S0_BACKENDS=${S0_BACKENDS-eager,onnxruntime@fp16,tensorrt@fp16,compiled}
+S1A_BACKENDS=${S1A_BACKENDS-eager-ref,eager,torch-compile-cg,torch-compile}
+S1B_BACKENDS=${S1B_BACKENDS-eager}
+S2_BACKENDS=${S2_BACKENDS-compiled}
+case ",$S0_BACKENDS," in *,eager,*) ;; *) echo "error: S0_BACKENDS must include eager (the fail-fast check)" >&2; exit 2 ;; esac
 
-stage() {  # stage NAME SECONDS ARGS...
+# ---- environment: what is here (nothing is installed) ---------------------------------------------
+echo "== environment"
+"$PY" - <<'EOF' | tee "$OUT/environment.txt"
+import importlib.util, platform, sys
+print("python", sys.version.split()[0], platform.platform())
+why = {
+    "onnxruntime": "onnxruntime rows skipped", "onnx": "ONNX export rows fail", "onnxscript": "ONNX export rows fail",
+    "tensorrt": "tensorrt rows skipped", "diffusers": "not needed (our own AutoencoderKL)",
+}
+for name in ("torch", "numpy", "typer", "safetensors", "PIL", "pyarrow", "tqdm", *why):
+    have = importlib.util.find_spec(name) is not None
+    print(("have    " if have else "missing ") + name + ("" if have or name not in why else ": " + why[name]))
+try:
+    import torch
+    print("torch", torch.__version__, "cuda", torch.version.cuda, "visible", torch.cuda.is_available(),
+          "|", ", ".join(torch.cuda.get_device_name(k) for k in range(torch.cuda.device_count())))
+except Exception as e:  # reported, and the check below fails with it
+    print("torch: cannot import:", e)
+EOF
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
+  | tee -a "$OUT/environment.txt"
+
+fail() {  # fail REASON: the summary so far, then exit 1
+  echo "FAILED: $1" | tee "$OUT/FAILED.txt" >&2
+  "$PY" benchmarks/gpu_check_summary.py "$OUT" --dry-run="$DRY" --failed "$1"
+  exit 1
+}
+if ! err=$("$PY" -c "import igds_fast.cli, igds_fast.bench, igds_fast.jobs.job" 2>&1); then
+  fail "the CLI does not import with $PY: $(tail -n 1 <<<"$err") (nothing is installed by this script)"
+fi
+if [ "$DRY" = 0 ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  fail "no CUDA device visible to torch (use --dry-run on a CPU)"
+fi
+"${CLI[@]}" doctor >"$OUT/doctor.txt" 2>&1 || fail "igds-fast doctor failed (see $OUT/doctor.txt)"
+
+# run NAME LIMIT CMD...: the command under its own timeout, output to NAME.log; sets RC
+run() {
   local name=$1 limit=$2
   shift 2
-  echo "== $name (limit ${limit}s)"
-  timeout -k 5 "$limit" "${RUN[@]}" "$@" --json "$OUT/$name.json" 2>&1 | tee "$OUT/$name.log" | grep -E "^bench|^wrote|^error"
-  local rc=${PIPESTATUS[0]}
-  [ "$rc" = 124 ] && echo "$name: stopped at its ${limit}s limit (JSON holds the backends that finished)"
-  [ "$rc" != 0 ] && [ "$rc" != 124 ] && echo "$name: exit code $rc (see $OUT/$name.log)"
-  return 0
+  echo "-- $name (limit ${limit}s): ${*:3}"
+  timeout -k 5 "$limit" "$@" >"$OUT/$name.log" 2>&1
+  RC=$?
+  grep -E "^bench: [^ ]+: |^wrote|^error|FAILED|Traceback" "$OUT/$name.log" | sed 's/^/   /'
+  case $RC in
+    0) ;;
+    124 | 137) echo "   $name: stopped at its ${limit}s limit (its JSON keeps the rows that finished)" ;;
+    *) echo "   $name: exit code $RC (see $OUT/$name.log)" ;;
+  esac
+}
+left() {  # seconds left of a stage budget $1 started at $2 (at least 5: `timeout 0` would mean none)
+  local n=$(($1 - ($(date +%s) - $2)))
+  echo $((n < 5 ? 5 : n))
 }
 
-COMMON=(--model dit-xl2 --resolution 256 --steps 50 --device cuda --dtype bf16)
-stage main 160 "${COMMON[@]}" --batch-size 64 --backends eager-ref,eager,compiled,compiled-cg \
-  --e2e-backends eager,compiled,compiled-cg --warmup 1 --repeats 5 --parity-inputs 2
-stage aoti 70 "${COMMON[@]}" --batch-size 8 --backends aoti --e2e-backends none --warmup 1 --repeats 3 \
-  --parity-inputs 2
-stage b256 50 "${COMMON[@]}" --batch-size 256 --backends eager --warmup 1 --repeats 3 --parity-inputs 1
+# ---- Stage 0 ---------------------------------------------------------------------------------------
+echo "== Stage 0: tiny model, $DEV, $DTYPE: distill, every backend, parity"
+s0=$(date +%s)
+mkdir -p "$OUT/stage0"
+run stage0-distill "$(left "$S0_LIMIT" "$s0")" "${CLI[@]}" distill --out "$OUT/stage0/distill" \
+  --classes "$DISTILL_CLASSES" --ipc "$DISTILL_IPC" --steps "$S0_STEPS" --backend eager --device "$DEV" \
+  --dtype "$DTYPE" --log-json "$OUT/stage0/distill.jsonl" --overwrite
+[ "$RC" = 0 ] || fail "Stage 0: the ${S0_STEPS}-step distill failed (exit $RC): $(tail -n 1 "$OUT/stage0-distill.log")"
+run stage0-bench "$(left "$S0_LIMIT" "$s0")" "${CLI[@]}" bench --model tiny --batch-size "$S0_BATCH" \
+  --steps "$S0_STEPS" --device "$DEV" --dtype "$DTYPE" --backends "$S0_BACKENDS" --parity-inputs 2 \
+  "${TIMING[@]}" --json "$OUT/stage0.json"
+if ! why=$("$PY" benchmarks/gpu_check_summary.py "$OUT" --check-stage0); then
+  fail "Stage 0: $why"
+fi
+
+# ---- Stage 1 ---------------------------------------------------------------------------------------
+echo "== Stage 1: ${S1_MODEL[*]}, $DEV, $DTYPE, IGDS every step, $S1_STEPS steps, decode + PNG"
+COMMON=("${S1_MODEL[@]}" --random-weights --steps "$S1_STEPS" --device "$DEV" --dtype "$DTYPE" --parity-inputs 1)
+[ -n "$S1A_BACKENDS" ] && run stage1-b$S1A_BATCH "$S1A_LIMIT" "${CLI[@]}" bench "${COMMON[@]}" \
+  --batch-size "$S1A_BATCH" --backends "$S1A_BACKENDS" --ref-images "$REF_IMAGES" "${TIMING[@]}" \
+  --json "$OUT/stage1-b$S1A_BATCH.json"
+[ -n "$S1B_BACKENDS" ] && run stage1-b$S1B_BATCH "$S1B_LIMIT" "${CLI[@]}" bench "${COMMON[@]}" \
+  --batch-size "$S1B_BATCH" --backends "$S1B_BACKENDS" "${TIMING[@]}" --json "$OUT/stage1-b$S1B_BATCH.json"
+
+# ---- Stage 2 ---------------------------------------------------------------------------------------
+if [ -n "$S2_BACKENDS" ]; then
+  echo "== Stage 2: AOTInductor package (build, reload), b$S1A_BATCH"
+  run stage2-aoti "$S2_LIMIT" "${CLI[@]}" bench "${COMMON[@]}" --batch-size "$S1A_BATCH" \
+    --backends "$S2_BACKENDS" "${TIMING[@]}" --json "$OUT/stage2-aoti.json"
+fi
 
 echo "== summary ($(($(date +%s) - start)) s)"
-$PY - "$OUT" <<'EOF'
-import json, pathlib, sys
-for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
-    d = json.loads(path.read_text())
-    b = d["config"]["batch_size"]
-    for name, r in d["results"].items():
-        if r.get("status") != "ok":
-            print(f"{path.stem:5} b{b:<4} {name:12} {r.get('status')}: {r.get('reason') or r.get('error')}")
-            continue
-        err = max(r["max_rel_error_vs_eager_fp32"].values())
-        e2e = f"{r['e2e']['img_s']:8.2f} img/s" if "e2e" in r else " " * 14
-        x = r.get("step_speedup_vs_eager")
-        print(f"{path.stem:5} b{b:<4} {name:12} {r['step_ms']:9.1f} ms/step {e2e} {r['peak_fraction']:6.1%} of peak"
-              f"  err {err:.1e}" + (f"  x{x:.2f} vs eager" if x else ""))
-EOF
+"$PY" benchmarks/gpu_check_summary.py "$OUT" --dry-run="$DRY"

@@ -250,3 +250,206 @@ def test_export_device_default(monkeypatch, providers, tmp_path: Path, backend, 
     recipe = tmp_path / "r.toml"
     recipe.write_text(f'backend = "{backend}"\ndevice = "cpu"\n')
     assert export_spec(recipe, {}, tmp_path / "e").device == "cpu"  # and so does the recipe
+
+
+# ---- benchmarks/gpu_check.sh: the dry run takes the GPU run's CLI route -------------------------
+
+
+def gpu_check(out: Path, *args: str, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", **env}
+    script = ROOT / "benchmarks" / "gpu_check.sh"
+    return subprocess.run(
+        ["bash", str(script), *args, str(out)], env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_gpu_check_dry_run_goes_through_the_cli(tmp_path: Path) -> None:
+    """Stage 0 (distill + bench) and Stage 1 (latent DiT-S/2 with our VAE decoder, eager-ref and
+    eager) on the CPU at tiny sizes, through ``python -m igds_fast.cli`` as on the GPU; the compile
+    rows and Stage 2 are left out here (the slow test below runs them)."""
+    out = tmp_path / "gc"
+    res = gpu_check(out, "--dry-run", S0_BACKENDS="eager,tensorrt@fp16", S1A_BACKENDS="eager-ref,eager",
+                    S1B_BACKENDS="", S2_BACKENDS="")  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "route: " in res.stdout and "-m igds_fast.cli" in res.stdout
+    s0 = json.loads((out / "stage0.json").read_text())
+    assert s0["command"].startswith("igds-fast bench --model tiny")  # written by the CLI command itself
+    assert s0["config"]["dtype"] == "bf16" and s0["results"]["eager"]["status"] == "ok"
+    assert s0["results"]["tensorrt@fp16"]["status"] == "skipped"  # no TensorRT here: a reason, not a failure
+    events = [json.loads(x) for x in (out / "stage0" / "distill.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "finished" and events[-1]["complete"]
+    s1 = json.loads((out / "stage1-b2.json").read_text())
+    assert s1["command"].startswith("igds-fast bench --model dit-s2")
+    assert s1["flops"]["decode_per_image"] > 0  # latent model: our AutoencoderKL decodes
+    rows = s1["results"]
+    assert rows["eager-ref"]["e2e"]["images"] == 1 and rows["eager"]["e2e"]["images"] == 2
+    assert all(r["status"] == "ok" and r["e2e"]["img_s"] > 0 and r["e2e"]["png_s"] > 0 for r in rows.values())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dry_run"] and not summary["failed"]
+    assert {r["row"] for r in summary["rows"]} >= {"eager", "eager-ref", "tensorrt@fp16"}
+    assert [g["goal"].split()[0] for g in summary["goals"]] == ["best", "best", "IGDS"]
+    assert "goals (issue 12)" in res.stdout and "DRY RUN" in res.stdout
+
+
+def test_gpu_check_without_a_gpu_fails_fast_with_the_reason(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the real check would run")
+    t0 = time.time()
+    res = gpu_check(tmp_path / "gc")
+    assert res.returncode == 1
+    assert "no CUDA device visible" in res.stderr and time.time() - t0 < 60
+    assert "no CUDA device visible" in (tmp_path / "gc" / "FAILED.txt").read_text()
+    assert json.loads((tmp_path / "gc" / "summary.json").read_text())["failed"]
+
+
+@pytest.mark.slow
+def test_gpu_check_full_dry_run(tmp_path: Path) -> None:
+    """Every row of every stage, compile rows and the AOTInductor Stage 2 included (minutes on 2 cores)."""
+    out = tmp_path / "gc"
+    res = gpu_check(out, "--dry-run", S0_LIMIT="900", S1A_LIMIT="900", S1B_LIMIT="900", S2_LIMIT="900", timeout=3600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    s0 = json.loads((out / "stage0.json").read_text())["results"]
+    assert s0["compiled"]["status"] == "ok" and s0["onnxruntime@fp16"]["status"] == "ok"
+    s1 = json.loads((out / "stage1-b2.json").read_text())["results"]
+    assert s1["torch-compile-cg"]["status"] == "skipped"  # no CUDA
+    # Inductor on 2 busy cores may not compile DiT-S/2's step within the limit: then the row says so
+    assert s1["torch-compile"]["status"] in ("ok", "timed out"), s1["torch-compile"]
+    s2 = json.loads((out / "stage2-aoti.json").read_text())["results"]
+    assert s2["compiled"]["status"] == "ok" and s2["compiled"]["e2e"]["img_s"] > 0
+
+
+# ---- the data pack, and the trainers reading it --------------------------------------------------
+
+WNIDS = ["n01440764", "n02102040"]
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two classes of 5 random 12 px images (the trainers resize to 8 px)."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("folder") / "train"
+    rng = np.random.default_rng(0)
+    for wnid in WNIDS:
+        (root / wnid).mkdir(parents=True)
+        for k in range(5):
+            Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root / wnid / f"{k}.png")
+    return root
+
+
+def test_pack_holds_the_image_folder_in_the_callers_class_order(image_folder: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from igds_fast.cli import app
+    from igds_fast.imagefolder import load_imagefolder
+    from igds_fast.training.data_pack import load_training_images, read_pack
+
+    pack = tmp_path / "p.npz"
+    res = CliRunner().invoke(
+        app, ["pack-data", "--data", str(image_folder), "--classes", ",".join(WNIDS), "--resolution", "8",
+              "--out", str(pack)]
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert pack.stat().st_size < 10 * 3 * 8 * 8 + 4096  # uint8 images + labels + class list, uncompressed
+    ref_x, ref_y = load_imagefolder(image_folder, WNIDS, 8)
+    x, y = load_training_images(pack, WNIDS, 8)
+    assert x.dtype == torch.uint8 and torch.equal(x, ref_x) and torch.equal(y, ref_y)
+    rx, ry = read_pack(pack, WNIDS[::-1], 8)  # labels are positions in the list asked for
+    assert torch.equal(rx[ry == 0], ref_x[ref_y == 1]) and torch.equal(rx[ry == 1], ref_x[ref_y == 0])
+    one_x, one_y = read_pack(pack, WNIDS[1:], 8)
+    assert len(one_x) == 5 and set(one_y.tolist()) == {0}
+    with pytest.raises(UserError, match="8 px images, this model trains at 16 px"):
+        read_pack(pack, WNIDS, 16)
+    with pytest.raises(UserError, match="no images of class n03000684"):
+        read_pack(pack, ["n03000684"], 8)
+
+
+def tiny_dit_config(data: Path, out: Path, **kw: Any):
+    from igds_fast.training.train_dit import TrainDiTConfig
+
+    base = dict(data=str(data), wnids=WNIDS, out=str(out), resolution=8, preset="tiny", steps=3, batch_size=4,
+                warmup=1, ckpt_every=100, log_every=1)  # fmt: skip
+    return TrainDiTConfig(**{**base, **kw})
+
+
+def test_train_dit_from_a_pack_is_the_image_folder_run(image_folder: Path, tmp_path: Path) -> None:
+    """Same images, same random stream: the pack is a drop-in data source (weights bit-identical),
+    and bf16 autocast trains with finite losses on the CPU too."""
+    from safetensors.torch import load_file
+
+    from igds_fast.training.data_pack import write_pack
+    from igds_fast.training.train_dit import train_dit
+
+    pack = write_pack(image_folder, WNIDS, 8, tmp_path / "p.npz")
+    a = load_file(train_dit(tiny_dit_config(image_folder, tmp_path / "a"), progress=False))
+    b = load_file(train_dit(tiny_dit_config(pack, tmp_path / "b"), progress=False))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    train_dit(tiny_dit_config(pack, tmp_path / "c", precision="bf16", steps=2), progress=False)
+    logs = [json.loads(x) for x in (tmp_path / "c" / "log.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in logs)
+    with pytest.raises(UserError, match="unknown --precision"):
+        train_dit(tiny_dit_config(pack, tmp_path / "d", precision="fp8"), progress=False)
+
+
+def test_train_critics_from_a_pack(image_folder: Path, tmp_path: Path) -> None:
+    from igds_fast.models.critics import load_critic
+    from igds_fast.models.dit import DiT, DiTConfig
+    from igds_fast.models.vae import PixelSpace
+    from igds_fast.training.data_pack import write_pack
+    from igds_fast.training.train_critic import TrainCriticConfig, train_critic
+
+    pack = write_pack(image_folder, WNIDS, 8, tmp_path / "p.npz")
+    den = DiT(DiTConfig(input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2,
+                        num_classes=2, wnids=WNIDS))  # fmt: skip
+    cfg = TrainCriticConfig(data=str(pack), wnids=WNIDS, out=str(tmp_path / "c"), steps=2, batch_size=4, width=16,
+                            depth=1, heads=2, feat_dim=4, eval_images=4, precision="bf16")  # fmt: skip
+    critic = load_critic(train_critic(cfg, den, PixelSpace(), progress=False))
+    assert critic.config.wnids == WNIDS
+
+
+@pytest.mark.slow
+def test_train_dit_compiled_on_the_cpu(image_folder: Path, tmp_path: Path) -> None:
+    """--compile (the CUDA default) through torch.compile on the CPU: trains, and saves plain keys."""
+    from safetensors.torch import load_file
+
+    from igds_fast.training.train_dit import train_dit
+
+    weights = load_file(train_dit(tiny_dit_config(image_folder, tmp_path / "a", compile=True, steps=2), progress=False))
+    assert not any("_orig_mod" in k for k in weights)
+
+
+@pytest.mark.slow
+def test_gpu_train_dry_run_writes_weights_in_parts(tmp_path: Path) -> None:
+    """benchmarks/gpu_train.sh --dry-run: the recipe's commands on the CPU for a few steps, from a
+    data pack; the weights come back in parts of at most 16 MB that reassemble to the trained files."""
+    import hashlib
+
+    import numpy as np
+    from PIL import Image
+
+    from igds_fast.subsets import subset
+    from igds_fast.training.data_pack import write_pack
+
+    wnids = [c.wnid for c in subset("imagenette")]
+    root = tmp_path / "train"
+    rng = np.random.default_rng(1)
+    for wnid in wnids:
+        (root / wnid).mkdir(parents=True)
+        for k in range(3):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / wnid / f"{k}.png")
+    pack = write_pack(root, wnids, 32, tmp_path / "pack.npz")
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "PACK": str(pack), "WORK": str(work)}
+    res = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_train.sh"), "--dry-run", str(out)], env=env,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    parts = sorted((out / "weights").glob("*.part-*"))
+    assert parts and all(p.stat().st_size <= 16 * 2**20 for p in parts)
+    for name in ("denoiser.safetensors", "critic.safetensors"):
+        joined = b"".join(p.read_bytes() for p in parts if p.name.startswith(name + ".part-"))
+        trained = next(work.rglob(name)).read_bytes()
+        assert hashlib.sha256(joined).hexdigest() == hashlib.sha256(trained).hexdigest(), name
+    assert "denoiser.safetensors" in (out / "weights" / "SHA256SUMS").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dit_last"]["step"] == 3 and summary["dit_last"]["img_s"] > 0

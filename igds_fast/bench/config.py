@@ -54,6 +54,7 @@ class BenchConfig:
     png_workers: int = 2
     seed: int = 0
     attention: str = "sdpa"
+    ref_images: int | None = None  # eager-ref's end-to-end chain on this many images (None: the batch)
 
     def row_dtype(self, name: str) -> str:
         """The precision a row runs in: its own ('name@fp16'), else --dtype; eager-ref is always fp32."""
@@ -76,6 +77,8 @@ class BenchConfig:
             raise UserError("--backends names a row twice")
         if self.dtype not in DTYPES:
             raise UserError(f"unknown --dtype '{self.dtype}': use fp32, bf16 or fp16")
+        if self.ref_images is not None and self.ref_images < 1:
+            raise UserError("--ref-images must be >= 1")
         if self.attention not in ATTENTION:
             raise UserError(f"unknown --attention '{self.attention}': use sdpa or math")
         if self.guidance not in ("igds", "off"):

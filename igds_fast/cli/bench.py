@@ -65,6 +65,9 @@ def register(app: typer.Typer) -> None:
             "sdpa",
             help="Denoiser attention of the eager rows: sdpa (fused) or math (exported graphs choose their own).",
         ),
+        ref_images: int | None = typer.Option(
+            None, help="eager-ref's end-to-end chain on this many images (one at a time: a per-image rate) [batch]."
+        ),
         json_out: Path | None = typer.Option(None, "--json", help="Write the results here."),
     ) -> None:
         """Time the guided step and the whole distill path (steps, decode, PNG) per backend."""
@@ -91,6 +94,7 @@ def register(app: typer.Typer) -> None:
             peak_tflops=peak_tflops,
             threads=threads,
             attention=attention,
+            ref_images=ref_images,
         )
         command = canonical_command(ctx)
         try:

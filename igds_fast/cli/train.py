@@ -1,4 +1,4 @@
-"""``igds-fast train-dit`` and ``igds-fast train-critics``."""
+"""``igds-fast train-dit``, ``igds-fast train-critics`` and ``igds-fast pack-data``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from ..errors import UserError
 
 
 def train_dit_cmd(
-    data: Path = typer.Option(..., help="ImageFolder root (<wnid>/*.jpg), e.g. imagenette-64/train."),
+    data: Path = typer.Option(
+        ..., help="ImageFolder root (<wnid>/*.jpg), e.g. imagenette-64/train, or a data pack (.npz, pack-data)."
+    ),
     out: Path = typer.Option(..., help="Output folder: denoiser.safetensors, train_state.pt, log.jsonl."),
     subset: str | None = typer.Option(None, help="Class subset (imagenette, imagewoof, ...)."),
     classes: str | None = typer.Option(None, help="Comma-separated WNIDs instead of --subset."),
@@ -29,6 +31,10 @@ def train_dit_cmd(
     seed: int = typer.Option(0, help="Initialisation and data-order seed."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     ckpt_every: int = typer.Option(500, help="Checkpoint interval in steps."),
+    precision: str = typer.Option("auto", help="Forward pass: fp32 or bf16 (autocast) [auto: bf16 on CUDA]."),
+    compile_model: bool | None = typer.Option(
+        None, "--compile/--no-compile", help="torch.compile the model [on for CUDA, off for the CPU]."
+    ),
 ) -> None:
     """Train a class-conditional DiT (learned sigma, label dropout for CFG, EMA) on an ImageFolder."""
     from ..subsets import resolve_classes
@@ -50,13 +56,17 @@ def train_dit_cmd(
         ckpt_every=ckpt_every,
         vae=vae,
         patch=patch,
+        precision=precision,
+        compile=compile_model,
     )
     path = usual_mode(train_dit(cfg))
     typer.echo(f"wrote {path}")
 
 
 def train_critics_cmd(
-    data: Path = typer.Option(..., help="ImageFolder root of real training images (<wnid>/*.jpg)."),
+    data: Path = typer.Option(
+        ..., help="ImageFolder root of real training images (<wnid>/*.jpg), or a data pack (.npz, pack-data)."
+    ),
     out: Path = typer.Option(..., help="Output folder: critic.safetensors + critic.json (config, metrics)."),
     subset: str | None = typer.Option(None, help="Class subset (imagenette, imagewoof, imageidc, ...)."),
     classes: str | None = typer.Option(None, help="Comma-separated WNIDs instead of --subset."),
@@ -74,6 +84,10 @@ def train_critics_cmd(
     seed: int = typer.Option(0, help="Seed."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     overwrite: bool = typer.Option(False, help="Replace finished critics in --out."),
+    precision: str = typer.Option("auto", help="Forward pass: fp32 or bf16 (autocast) [auto: bf16 on CUDA]."),
+    compile_model: bool | None = typer.Option(
+        None, "--compile/--no-compile", help="torch.compile the critic for training [on for CUDA only]."
+    ),
 ) -> None:
     """Train the noise-conditional critics (class head + feature head) and fit kernel widths."""
     from ..models.embedded import resolve_models
@@ -95,6 +109,8 @@ def train_critics_cmd(
     model = load_denoiser(models.denoiser)
     class_labels(model, wnids)  # every class must be one of the model's
     for folder, option in ((data, "--data"), (val, "--val")):
+        if folder is not None and is_pack_file(folder):
+            continue  # the pack's classes are checked when it is read
         lacking = [w for w in wnids if folder is not None and not (folder / w).is_dir()]
         if lacking:
             w = lacking[0]
@@ -116,6 +132,8 @@ def train_critics_cmd(
         seed=seed,
         device=device,
         eval_images=eval_images,
+        precision=precision,
+        compile=compile_model,
     )
     try:
         path = usual_mode(train_critic(cfg, model, codec, overwrite=overwrite))
@@ -141,7 +159,13 @@ def usual_mode(path: Path) -> Path:
     return Path(path)
 
 
+def is_pack_file(path: Path) -> bool:
+    return path.suffix == ".npz" and path.is_file()  # training.data_pack.PACK_SUFFIX
+
+
 def check_folder(path: Path, option: str) -> None:
+    if is_pack_file(path):
+        return
     if not path.exists():
         raise UserError(f"{option} folder '{path}' does not exist")
     if not path.is_dir():
@@ -166,6 +190,27 @@ def check_critic_options(
         raise UserError(f"--eval-images must be >= 1, got {eval_images}")
 
 
+def pack_data_cmd(
+    data: Path = typer.Option(..., help="ImageFolder root (<wnid>/*.jpg), e.g. imagenette-64/train."),
+    out: Path = typer.Option(..., help="The pack file to write (.npz), e.g. runs/packs/imagenette-32-train.npz."),
+    subset: str | None = typer.Option(None, help="Class subset (imagenette, imagewoof, ...)."),
+    classes: str | None = typer.Option(None, help="Comma-separated WNIDs instead of --subset."),
+    resolution: int = typer.Option(32, help="Image size in px (the model's resolution)."),
+) -> None:
+    """Pack an ImageFolder at one resolution into one uint8 .npz that train-dit and train-critics read
+    (Imagenette train at 32 px: 29 MB). The images keep their licence: never commit a pack."""
+    from ..subsets import resolve_classes
+    from ..training.data_pack import write_pack
+
+    check_folder(data, "--data")
+    if resolution < 8:
+        raise UserError(f"--resolution must be >= 8, got {resolution}")
+    wnids = [c.wnid for c in resolve_classes(subset, classes)]
+    path = write_pack(data, wnids, resolution, out)
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {len(wnids)} classes, {resolution} px)")
+
+
 def register(app: typer.Typer) -> None:
     app.command("train-dit")(train_dit_cmd)
     app.command("train-critics")(train_critics_cmd)
+    app.command("pack-data")(pack_data_cmd)

@@ -4,6 +4,10 @@ Class head: cross-entropy over uniformly random t (as for classifier guidance).
 Feature head: instance discrimination (InfoNCE) between two independent noisings of the same
 image, so features separate individual images (the spread H(X|Y) is about), not just classes.
 Kernel widths: median pairwise feature distance per (t bucket, class) on held-out real data.
+
+On CUDA the (encoded) training set is held on the GPU and every random draw is made there; the
+forward pass runs under bf16 autocast (losses in fp32) and the critic is compiled. ``--data`` and
+``--val`` are ImageFolders or data packs (``training.data_pack``).
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from tqdm import tqdm
 from ..diffusion.schedule import Schedule
 from ..errors import UserError
 from ..guidance.bounds import barber_agakov, class_log_prob
-from ..imagefolder import load_imagefolder
 from ..models.critics import CriticConfig, NoiseCritic, save_critic
 from ..models.labels import class_labels
 from ..models.vae import PixelSpace
+from .accel import autocast, autocast_dtype, compiled_forward
+from .data_pack import load_training_images
 from .latents import encoded
 from .losses import q_sample
 
@@ -50,13 +55,15 @@ class TrainCriticConfig:
     device: str = "cpu"
     ckpt_every: int = 500
     eval_images: int = 1000  # held-out images scored per t bucket (a class-balanced subsample)
+    precision: str = "auto"  # forward pass: fp32, or bf16 autocast; auto = bf16 on CUDA, fp32 elsewhere
+    compile: bool | None = None  # torch.compile the critic for training; None = on CUDA only
 
 
 def load_encoded(
     root: str, wnids: list[str], resolution: int, vae: nn.Module, cache: Path
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The split in the denoiser's input space (latents cached, see ``training.latents``)."""
-    images, labels = load_imagefolder(root, wnids, resolution, cache_dir=cache)
+    images, labels = load_training_images(root, wnids, resolution, cache_dir=cache)
     return encoded(images, vae, cache), labels
 
 
@@ -174,21 +181,26 @@ def train_critic(
         opt.load_state_dict(st["opt"])
         sched.load_state_dict(st["sched"])
         step = int(st["step"])
-    gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+    gen = torch.Generator(dev).manual_seed(cfg.seed * 7919 + step)
+    amp = autocast_dtype(cfg.precision, dev)
+    forward = compiled_forward(critic, cfg.compile, dev)
+    x, y, tab_dev = x.to(dev), y.to(dev), {k: v.to(dev) for k, v in tab.items()}  # the training set on the device
     bar = tqdm(total=cfg.steps, initial=step, desc="train-critics", unit="step", disable=not progress)
     t0 = time.perf_counter()
     critic.train()
     while step < cfg.steps:
-        idx = torch.randint(len(x), (cfg.batch_size,), generator=gen)
+        idx = torch.randint(len(x), (cfg.batch_size,), generator=gen, device=dev)
         x0, yb = x[idx], y[idx]
         if isinstance(vae, PixelSpace):  # flips are label-preserving; latents are not flipped
-            flip = torch.rand(len(x0), generator=gen) < 0.5
+            flip = torch.rand(len(x0), generator=gen, device=dev) < 0.5
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        t1, t2 = (torch.randint(1000, (len(x0),), generator=gen) for _ in range(2))
-        v1 = q_sample(x0, t1, torch.randn(x0.shape, generator=gen), tab)
-        v2 = q_sample(x0, t2, torch.randn(x0.shape, generator=gen), tab)
-        logits, f = critic(torch.cat([v1, v2]).to(dev), torch.cat([t1, t2]).float().to(dev))
-        ce = F.cross_entropy(logits, torch.cat([yb, yb]).to(dev))
+        t1, t2 = (torch.randint(1000, (len(x0),), generator=gen, device=dev) for _ in range(2))
+        v1 = q_sample(x0, t1, torch.randn(x0.shape, generator=gen, device=dev), tab_dev)
+        v2 = q_sample(x0, t2, torch.randn(x0.shape, generator=gen, device=dev), tab_dev)
+        with autocast(dev, amp):
+            logits, f = forward(torch.cat([v1, v2]), torch.cat([t1, t2]).float())
+        logits, f = logits.float(), f.float()
+        ce = F.cross_entropy(logits, torch.cat([yb, yb]))
         f1, f2 = f.chunk(2)
         sim = f1 @ f2.T / cfg.nce_temperature
         target = torch.arange(len(f1), device=dev)
@@ -200,7 +212,8 @@ def train_critic(
         sched.step()
         step += 1
         bar.update(1)
-        bar.set_postfix(ce=f"{ce.item():.3f}", nce=f"{nce.item():.3f}")
+        if step % 25 == 0 or step == cfg.steps:  # .item() waits for the device: not every step
+            bar.set_postfix(ce=f"{ce.item():.3f}", nce=f"{nce.item():.3f}")
         if step % cfg.ckpt_every == 0 and step < cfg.steps:
             cfg_key = json.dumps(asdict(ccfg), sort_keys=True)
             st = {

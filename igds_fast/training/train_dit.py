@@ -2,6 +2,11 @@
 
 Resumable: ``<out>/train_state.pt`` holds model, EMA, optimizer and step (tensors only, loaded
 with ``weights_only=True``); ``<out>/denoiser.safetensors`` holds the EMA weights in our format.
+
+On CUDA: the training set lives on the GPU (pixel space as uint8, scaled per batch; latents as
+float), every random draw is made there, the forward pass runs under bf16 autocast (the losses in
+fp32) and the model is compiled with ``torch.compile``. ``--data`` is an ImageFolder or a data pack
+(``training.data_pack``).
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from tqdm import tqdm
 
 from ..diffusion.schedule import Schedule
 from ..errors import UserError
-from ..imagefolder import load_imagefolder
+from ..imagefolder import to_model_range
 from ..models.dit import DiT, DiTConfig
 from ..models.loading import save_denoiser
 from ..models.vae import load_vae
+from .accel import autocast, autocast_dtype, compiled_forward
+from .data_pack import load_training_images
 from .latents import encoded
 from .losses import hybrid_loss, q_sample
 
@@ -51,6 +58,8 @@ class TrainDiTConfig:
     log_every: int = 50
     vae: str | None = None  # a VAE: train on its latents of the images (latent DiT); None: pixel space
     patch: int | None = None  # patch size instead of the preset's (e.g. 2 on 16x16 latents)
+    precision: str = "auto"  # forward pass: fp32, or bf16 autocast; auto = bf16 on CUDA, fp32 elsewhere
+    compile: bool | None = None  # torch.compile the model; None = on CUDA only
 
 
 def build_model(cfg: TrainDiTConfig, in_channels: int, input_size: int) -> DiT:
@@ -91,10 +100,16 @@ def train_dit(cfg: TrainDiTConfig, progress: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if cfg.batch_size <= 0 or cfg.steps <= 0:
         raise UserError("--batch-size and --steps must be >= 1")
-    images, labels = load_imagefolder(cfg.data, cfg.wnids, cfg.resolution, cache_dir=out / "cache")
-    # (N, 2, C, H, W): each image and its mirror image, in the denoiser's space
-    data = training_data(images, cfg.vae, out / "cache")
+    images, labels = load_training_images(cfg.data, cfg.wnids, cfg.resolution, cache_dir=out / "cache")
     device = torch.device(cfg.device)
+    amp = autocast_dtype(cfg.precision, device)
+    # (N, 2, C, H, W): each image and its mirror image, in the denoiser's space; pixels stay uint8
+    # (scaled to [-1, 1] per batch, the same values), all of it held on the training device
+    if cfg.vae is None:
+        data = torch.stack([images, images.flip(-1)], dim=1).to(device)
+    else:
+        data = training_data(images, cfg.vae, out / "cache").to(device)
+    labels = labels.to(device)
     model = build_model(cfg, data.shape[2], data.shape[3]).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -109,22 +124,25 @@ def train_dit(cfg: TrainDiTConfig, progress: bool = True) -> Path:
         opt.load_state_dict(state["opt"])
         step = int(state["step"])
     tab = {k: v.to(device) for k, v in Schedule.create(1000).tables().items()}
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # resumes get a fresh stream
+    gen = torch.Generator(device).manual_seed(cfg.seed * 1_000_003 + step)  # resumes get a fresh stream
+    forward = compiled_forward(model, cfg.compile, device)
     log = open(out / "log.jsonl", "a")  # noqa: SIM115 - held for the whole loop, closed at the end
     bar = tqdm(total=cfg.steps, initial=step, desc="train-dit", unit="step", disable=not progress)
     t_start, seen = time.perf_counter(), 0
     model.train()
     while step < cfg.steps:
-        idx = torch.randint(len(data), (cfg.batch_size,), generator=gen)
-        flip = (torch.rand(cfg.batch_size, generator=gen) < 0.5).long()
-        x0 = data[idx, flip].float().to(device)
+        idx = torch.randint(len(data), (cfg.batch_size,), generator=gen, device=device)
+        flip = (torch.rand(cfg.batch_size, generator=gen, device=device) < 0.5).long()
+        x0 = data[idx, flip]
+        x0 = to_model_range(x0) if x0.dtype == torch.uint8 else x0.float()
         y = labels[idx].clone()
-        y[torch.rand(cfg.batch_size, generator=gen) < cfg.label_dropout] = model.num_classes  # null class
-        t = torch.randint(1000, (cfg.batch_size,), generator=gen)
-        eps = torch.randn(x0.shape, generator=gen)
-        y, t, eps = y.to(device), t.to(device), eps.to(device)
+        y[torch.rand(cfg.batch_size, generator=gen, device=device) < cfg.label_dropout] = model.num_classes  # null
+        t = torch.randint(1000, (cfg.batch_size,), generator=gen, device=device)
+        eps = torch.randn(x0.shape, generator=gen, device=device)
         x_t = q_sample(x0, t, eps, tab)
-        mse, vb = hybrid_loss(model(x_t, t.float(), y), x0, x_t, t, eps, tab)
+        with autocast(device, amp):
+            pred = forward(x_t, t.float(), y)
+        mse, vb = hybrid_loss(pred.float(), x0, x_t, t, eps, tab)
         loss = (mse + vb).mean()
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
