@@ -519,3 +519,20 @@ def test_bad_distill_input_is_one_line_and_writes_nothing(tmp_path, extra, words
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), stderr
     assert all(w in lines[0] for w in words), lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before and not list((tmp_path / "dir").iterdir())
+
+
+def test_a_damaged_manifest_or_contact_sheet_is_rebuilt_without_weights(models, finished, tmp_path, monkeypatch):  # noqa: F811
+    src, snap = finished
+    out = fresh_copy(src, tmp_path / "set")
+    m = out / "manifest.parquet"
+    data = bytearray(m.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    m.write_bytes(bytes(data))
+    (out / f"contact_{WNIDS[1]}.png").write_bytes(b"\x89PNG trunc")
+    assert verify_set(out).manifest in ("damaged", "stale") and verify_set(out).sheets == [f"contact_{WNIDS[1]}.png"]
+    monkeypatch.setattr(job_mod, "build_pipeline", lambda *a, **k: pytest.fail("weights loaded to rebuild a manifest"))
+    summary = run_request(request(models, out))
+    assert summary["nothing_to_do"] and summary["complete"]
+    assert snapshot(out) == snap and verify_set(out).ok
+    run = json.loads((out / "run.json").read_text())
+    assert run["runs"][-1]["rebuilt"] == ["manifest.parquet", f"contact_{WNIDS[1]}.png"]

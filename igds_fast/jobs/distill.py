@@ -451,19 +451,20 @@ def finalize(
             return False
         sheets = sorted(set(plan["sheets"]) | set(changed))
         rebuilt = (["manifest.parquet"] if plan["manifest"] else []) + [f"contact_{w}.png" for w in sheets]
-        if run_entry is None and (rebuilt or plan["run_json"]):
+        only_rebuilt = run_entry is None  # nothing was sampled: manifest, sheets or run.json were damaged
+        if only_rebuilt and (rebuilt or plan["run_json"]):
             run_entry = {"finished": _now(), "images_made": 0, "repaired": [], "rebuilt": rebuilt or ["run.json"]}
         if run_entry is None:
             return True  # nothing changed: nothing is rewritten
-        if rebuilt:
+        if rebuilt and only_rebuilt:
             run_entry = run_entry | {"rebuilt": rebuilt}
         append_run(out, run_entry)
         if plan["manifest"]:
             write_image_manifest(plan["rows"], out / "manifest.parquet")
         for wnid in sheets:
             contact_sheet(out, wnid, plan["by_class"][wnid])
-        if rebuilt:
-            events.emit("rebuilt", files=rebuilt)
+        if only_rebuilt:
+            events.emit("rebuilt", files=rebuilt or ["run.json"])
         write_run_json(out, cfg, job, request, plan)
     return True
 
