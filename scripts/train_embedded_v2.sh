@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Embedded default v2 (latent, 64 px): the recipe, as run for the shipped files (see MODEL_CARD.md).
+#   1. the autoencoder (our SD-layout AutoencoderKL, 64 px -> 4x16x16)   scripts/train_autoencoder.py
+#   2. a class-conditional DiT, patch 2, on its latents                  igds-fast train-dit --vae
+#   3. the noise-conditional critics on the same latents                 igds-fast train-critics --vae
+# Resumable (each step resumes from its train_state.pt); CPU threads per job: THREADS (default 1).
+#   bash scripts/train_embedded_v2.sh VAE_DIR OUT [DIT_STEPS] [CRITIC_STEPS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. .venv/bin/activate
+VAE=${1:?VAE folder from scripts/train_autoencoder.py}
+OUT=${2:?output folder}
+DIT_STEPS=${3:-3000}
+CRITIC_STEPS=${4:-2500}
+DATA=${IGDS_DATA:-../shared/data}/imagenette-64
+export OMP_NUM_THREADS=${THREADS:-1}
+mkdir -p "$OUT"
+igds-fast train-dit --data "$DATA/train" --subset imagenette --vae "$VAE" --resolution 64 --config small --patch 2 \
+  --steps "$DIT_STEPS" --batch-size 64 --lr 5e-4 --ckpt-every 100 --out "$OUT/dit" > "$OUT/dit.log" 2>&1 &
+dit=$!
+# The critics need only the denoiser's input space and class names: start once the first checkpoint exists.
+while [ ! -f "$OUT/dit/denoiser.safetensors" ]; do sleep 20; kill -0 $dit 2>/dev/null || { cat "$OUT/dit.log"; exit 1; }; done
+igds-fast train-critics --data "$DATA/train" --val "$DATA/val" --subset imagenette --denoiser "$OUT/dit/denoiser.safetensors" \
+  --vae "$VAE" --steps "$CRITIC_STEPS" --batch-size 64 --lr 2e-3 --width 128 --depth 3 --heads 4 --out "$OUT/critic" \
+  > "$OUT/critic.log" 2>&1
+wait $dit
