@@ -35,7 +35,7 @@ def sample_pipeline(
     den_dtype, dev = resolve_dtype(dtype), resolve_device(device)
     model = load_denoiser(denoiser).requires_grad_(False)
     critic = load_critic(critics).requires_grad_(False) if critics is not None and cfg.guidance == "igds" else None
-    step = GuidedStep(model.to(den_dtype), cfg, critic).to(dev)
+    step = GuidedStep(model.to(den_dtype), cfg, critic, pixel_space=model.in_channels == 3).to(dev)
     return Pipeline(step=step, vae=PixelSpace().to(dev), device=dev)
 
 
