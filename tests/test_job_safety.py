@@ -506,6 +506,7 @@ def test_auto_continues_a_folder_made_with_another_backend_or_precision(models, 
         (["--dtype", "fp8"], ("--dtype",)),
         (["--format", "gif"], ("--format",)),
         (["--resolution", "3"], ("--resolution",)),
+        (["--threads", "0"], ("--threads must be >= 1",)),
     ],
 )
 def test_bad_distill_input_is_one_line_and_writes_nothing(tmp_path, extra, words):

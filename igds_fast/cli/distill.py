@@ -55,6 +55,9 @@ def distill(
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="Progress bar on stderr [only when stderr is a terminal]."
     ),
+    threads: int | None = typer.Option(
+        None, help="CPU threads of torch and onnxruntime [all cores; 1 can be faster on a busy machine]."
+    ),
 ) -> None:
     """Distill a class subset into IPC synthetic images per class (the main job).
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError, safe_open
 
 from ..backends.backend import LoadOptions
@@ -69,6 +70,7 @@ class DistillJob:
     engine_cache: Path | None = None  # None: engine_cache.default_cache_dir()
     progress: bool | None = None  # None: on a terminal only
     wait: bool = False  # queue behind another writer of --out instead of failing
+    threads: int | None = None  # CPU threads of torch and onnxruntime; None: their defaults (all cores)
 
     @property
     def batch(self) -> int:
@@ -86,6 +88,8 @@ class DistillJob:
         if self.dtype is not None and self.dtype not in DTYPES:
             raise UserError(f"unknown --dtype '{self.dtype}': use {', '.join(DTYPES)}")
         resolve_device(self.device)
+        if self.threads is not None:
+            check_count(self.threads, "--threads")
         if self.engines is not None and self.engines.is_file():
             raise UserError(f"--engines '{self.engines}' is a file; give the engine folder `igds-fast export` wrote")
         if self.engines is not None and self.backend not in ("auto",):
@@ -121,6 +125,7 @@ def distill_job(
     engine_cache: Path | None = None,
     progress: bool | None = None,
     wait: bool = False,
+    threads: int | None = None,
     **step_options: Any,
 ) -> DistillJob:
     """A job from the command line's options (strings as typed; ``step_options``: the step options
@@ -152,6 +157,7 @@ def distill_job(
         engine_cache=Path(engine_cache) if engine_cache is not None else None,
         progress=progress,
         wait=wait,
+        threads=threads,
     ).validate()
 
 
@@ -285,6 +291,8 @@ def build_engine(job: DistillJob, choice: Choice | None = None, log: Any = None)
     """The engine to run: an exported one (given, or from the cache: exported now if missing;
     checked against the models and config) or eager."""
     choice = choice or choose(job)
+    if job.threads is not None:
+        torch.set_num_threads(job.threads)
     m, cfg, batch = job.models, job.step, job.batch
     rows_needed = memory_rows(job.ipc, batch)
     if choice.engines is not None:
@@ -300,7 +308,7 @@ def build_engine(job: DistillJob, choice: Choice | None = None, log: Any = None)
             m.denoiser, m.vae, m.critics, cfg, batch, have["memory_size"], have["precision"], have["backend"]
         )
         try:
-            engine = load_engine(choice.engines, expect, LoadOptions(device=job.device))
+            engine = load_engine(choice.engines, expect, LoadOptions(device=job.device, threads=job.threads))
         except UserError:
             if choice.cache_key is None:
                 raise
@@ -317,7 +325,7 @@ def build_engine(job: DistillJob, choice: Choice | None = None, log: Any = None)
                 log,
                 rebuild=True,
             )
-            engine = load_engine(choice.engines, expect, LoadOptions(device=job.device))
+            engine = load_engine(choice.engines, expect, LoadOptions(device=job.device, threads=job.threads))
         if rows_needed > engine.memory_size:
             raise UserError(
                 f"IPC {job.ipc} with batch {batch} needs {rows_needed} memory rows, the engine takes "
