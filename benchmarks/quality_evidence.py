@@ -137,7 +137,7 @@ def step_config(args: argparse.Namespace, guidance: str) -> StepConfig:
         cfg_scale=args.cfg_scale,
         guidance=guidance,
         guidance_scale=args.guidance_scale,
-        beta=resolve_beta(args.beta, args.n_per_class, guidance),
+        beta=resolve_beta(args.beta, guidance),
     )
 
 

@@ -26,7 +26,7 @@
 #   IPCS ["1 10 50"]   METHODS ["random-real dit igds"]   SEEDS [3]   SEED [0] (picks / noise)
 #   EPOCHS_IPC1 [300]  EPOCHS_IPC10 [300]  EPOCHS_IPC50 [150]: evaluate epochs for IPC 1, 2..10,
 #     above 10 (the protocol's tiers; protocol 3000 / 2000 / 1500); EPOCHS, if set, for every IPC
-#   STEPS [50]   GUIDANCE_SCALE, BETA [CLI defaults: 1, 0.5 ln IPC]   BATCH [min(IPC, 25)]
+#   STEPS [50]   GUIDANCE_SCALE, BETA [CLI defaults: igds_fast/config.py]   BATCH [min(IPC, 25)]
 #   BACKEND [onnxruntime | eager]   DENOISER, CRITICS [embedded]   DEVICE [cpu]
 #   NET [convnet3]   RESOLUTION [32]   IGDS_ORT_THREADS (ONNX Runtime threads, 0 = all cores)
 set -euo pipefail
@@ -129,7 +129,7 @@ epochs_for() { # the scaled-down evaluate epochs for an IPC
 # The beta distill uses when BETA is unset (0.5 ln IPC), from the library itself: the engine must be
 # exported with exactly this float or distill refuses it.
 default_beta() {
-  python -c 'import sys; from igds_fast.config import resolve_beta; print(repr(resolve_beta(None, int(sys.argv[1]), "igds")))' "$1"
+  python -c 'from igds_fast.config import resolve_beta; print(repr(resolve_beta(None, "igds")))' 
 }
 
 # The settings of this run, as the one line that repeats it.

@@ -47,6 +47,9 @@ CONFIGS: dict[str, dict] = {
     "guard s0.25 x0 b0.05": {"guidance_scale": 0.25, "beta": 0.05},
     "guard s0.25 x0 b0.1": {"guidance_scale": 0.25, "beta": 0.1},
     "guard s0.1 x0 b0.05": {"guidance_scale": 0.1, "beta": 0.05},
+    "guard s0.1 x0 b0.1": {"guidance_scale": 0.1, "beta": 0.1},
+    "guard s0.1 x0 b0.2": {"guidance_scale": 0.1, "beta": 0.2},
+    "guard s0.25 x0 b0.2": {"guidance_scale": 0.25, "beta": 0.2},
 }
 # The order a sweep runs them in when --only is not given (most informative first).
 ORDER = [
@@ -55,6 +58,9 @@ ORDER = [
     "guard s0.25 x0 b0.1",
     "guard s0.25 x0 b0.05",
     "guard s0.1 x0 b0.05",
+    "guard s0.1 x0 b0.1",
+    "guard s0.1 x0 b0.2",
+    "guard s0.25 x0 b0.2",
     "proto s0.25",
     "s0.25 x0 b0.5",
     "s0.25 x0 b1",

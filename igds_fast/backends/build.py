@@ -32,7 +32,7 @@ EXPORT_DEFAULTS: dict[str, Any] = {
     "critics": None,
     "batch_size": 16,
     "memory_size": 64,
-    "ipc": 10,  # the IPC the engine is for: sets the default beta(IPC)
+    "ipc": 10,  # the IPC the engine is for (validated; the step defaults do not depend on it)
     "precision": "fp32",
     "backend": "onnxruntime",
     "opset": 18,

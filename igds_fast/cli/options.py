@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from ..config import STEP_DEFAULTS
+from ..config import DIVERSITY_WEIGHT, STEP_DEFAULTS
 
 STEP_OPTIONS = tuple(STEP_DEFAULTS)
 
@@ -43,7 +43,7 @@ def guidance_scale() -> Any:
 
 
 def beta() -> Any:
-    return typer.Option(None, help="Weight of the contextual (H2) term [beta(IPC) = 0.5 ln IPC].")
+    return typer.Option(None, help=f"Weight of the diversity term, in units of eps [{DIVERSITY_WEIGHT:g}].")
 
 
 def window_lo() -> Any:

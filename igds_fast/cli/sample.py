@@ -27,7 +27,6 @@ def sample(
     beta: float | None = opt.beta(),
     window_lo: int | None = opt.window_lo(),
     window_hi: int | None = opt.window_hi(),
-    ipc: int | None = typer.Option(None, help="Images per class, for the default beta(IPC) [--n-per-class]."),
     seed: int = typer.Option(0, help="Global seed; each sample's noise derives from (seed, class, index)."),
     batch_size: int = typer.Option(16, help="Samples per denoiser batch."),
     init_noise: Path | None = typer.Option(None, help="Initial noise .npy of shape (N, C, H, W)."),
@@ -51,7 +50,7 @@ def sample(
     from ..models.labels import model_labels
 
     labels = parse_classes(classes)
-    cfg = step_config(ipc if ipc is not None else n_per_class, opt.step_flags(locals()))
+    cfg = step_config(n_per_class, opt.step_flags(locals()))
     models = resolve_models(denoiser, vae, critics, cfg.guidance)
     if no_images and latents_out is None:
         raise UserError("--no-images writes only the latents: pass --latents-out FILE.npy")

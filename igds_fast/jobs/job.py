@@ -5,7 +5,6 @@ configuration that identifies its output folder."""
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from ..backends.build import expect_for
 from ..backends.eager import EagerEngine
 from ..backends.engine_manifest import manifest_view, optional_sha256, read_engine_manifest
 from ..backends.registry import BACKENDS, EXPORT_BACKENDS, load_engine
-from ..config import BETA0, DTYPES, STEP_DEFAULTS, StepConfig, check_count, parse_shard, resolve_device, step_config
+from ..config import DTYPES, STEP_DEFAULTS, StepConfig, check_count, parse_shard, resolve_device, step_config
 from ..diffusion.schedule import respaced_timesteps
 from ..errors import UserError
 from ..machine import library_versions, machine_facts
@@ -268,19 +267,13 @@ def job_shape(job: DistillJob, engine: StepEngine | None = None, classes: int | 
 
 
 def _check_ipc_of(job: DistillJob, have_step: dict[str, Any]) -> None:
-    """An engine exported for another IPC differs only in beta(IPC): say so in IPC, not in beta."""
+    """An engine that differs from the job only in beta: say which beta to pass to use it."""
     want = job.step.to_dict()
     if have_step.get("beta") == want["beta"] or job.step.guidance != "igds":
         return
     if {k: v for k, v in have_step.items() if k != "beta"} != {k: v for k, v in want.items() if k != "beta"}:
         return
     beta = float(have_step.get("beta") or 0.0)
-    ipc = round(math.exp(beta / BETA0)) if beta > 0 else 1
-    if abs(BETA0 * math.log(max(ipc, 1)) - beta) < 1e-9:
-        raise UserError(
-            f"the engine was exported for IPC {ipc} (beta {beta:.4g}), this job is IPC {job.ipc} "
-            f"(beta {want['beta']:.4g}); export one with --ipc {job.ipc}, or pass --beta {beta:.6g} to use it"
-        )
     raise UserError(
         f"the engine was exported with beta {beta:.4g}, this job uses {want['beta']:.4g}; "
         f"pass --beta {beta:.6g}, or export an engine for this job"
