@@ -418,18 +418,21 @@ def test_a_distill_with_an_edited_engine_manifest_is_refused_before_any_output(m
         assert not out.exists()
 
 
-def test_an_engine_for_another_ipc_is_named_by_its_ipc(models, ort_engine, tmp_path):
-    """An engine exported for IPC 4 used for IPC 5 differs only in beta(IPC): the message says IPC."""
-    import math
+def test_an_engine_for_another_beta_or_ipc_says_what_to_pass(models, ort_engine, tmp_path):
+    """An engine that differs only in beta names the beta to pass (was two bare beta values); one
+    whose memory is too small for the IPC names the IPC and the --memory-size to export."""
     import shutil
 
     from igds_fast.backends.engine_manifest import engine_id
 
-    copy = tmp_path / "ipc4"
+    copy = tmp_path / "beta"
     shutil.copytree(ort_engine, copy)
     m = json.loads((copy / "manifest.json").read_text())
-    m["step"]["beta"] = 0.5 * math.log(4)
+    m["step"]["beta"] = 0.25
     m["id"] = engine_id(m)
     (copy / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(UserError, match=r"exported for IPC 4 .* this job is IPC 5.*--ipc 5"):
-        run_request(request(models, tmp_path / "o", engines=copy, beta=None))
+    with pytest.raises(UserError, match=r"exported with beta 0\.25, this job uses 1;.*--beta 0\.25"):
+        run_request(request(models, tmp_path / "o", engines=copy))
+    with pytest.raises(UserError, match=r"IPC 9 with batch 2 needs 8 memory rows, the engine takes 4.*--memory-size 8"):
+        run_request(request(models, tmp_path / "p", engines=ort_engine, ipc=9))
+    assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()
