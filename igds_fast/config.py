@@ -118,10 +118,8 @@ def resolve_beta(beta: float | None, guidance: str) -> float:
 
 def step_config(ipc: int | None, *layers: dict[str, Any] | None) -> StepConfig:
     """The step for these options: ``STEP_DEFAULTS``, then each layer in order (a recipe, the flags),
-    where a layer's None values mean "not given". ``ipc``: the job's IPC (validated; the defaults no
-    longer depend on it)."""
-    if ipc is not None:
-        check_count(ipc, "--ipc")
+    where a layer's None values mean "not given". ``ipc``: the job's IPC (callers check it; the
+    defaults no longer depend on it)."""
     s = dict(STEP_DEFAULTS)
     for layer in layers:
         s.update({k: v for k, v in (layer or {}).items() if k in STEP_DEFAULTS and v is not None})
