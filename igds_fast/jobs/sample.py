@@ -9,12 +9,8 @@ import torch
 from tqdm import tqdm
 
 from ..backends.eager import EagerEngine
-from ..config import StepConfig, check_count, resolve_device, resolve_dtype
+from ..config import StepConfig, check_count
 from ..errors import UserError
-from ..guidance.step import GuidedStep
-from ..models.critics import load_critic
-from ..models.loading import load_denoiser
-from ..models.vae import PixelSpace
 from ..sampling import class_units, run_class
 from ..sampling.pipeline import Pipeline, build_pipeline
 
@@ -30,13 +26,7 @@ def sample_pipeline(
 ) -> Pipeline:
     """The models as a pipeline. Without images (latents only) a latent denoiser needs no VAE: a data
     platform may keep latents alone."""
-    if images or str(vae).lower() not in ("none", "null"):
-        return build_pipeline(denoiser, vae, critics, cfg, device=device, dtype=dtype)
-    den_dtype, dev = resolve_dtype(dtype), resolve_device(device)
-    model = load_denoiser(denoiser).requires_grad_(False)
-    critic = load_critic(critics).requires_grad_(False) if critics is not None and cfg.guidance == "igds" else None
-    step = GuidedStep(model.to(den_dtype), cfg, critic, pixel_space=model.in_channels == 3).to(dev)
-    return Pipeline(step=step, vae=PixelSpace().to(dev), device=dev)
+    return build_pipeline(denoiser, vae, critics, cfg, device=device, dtype=dtype, need_codec=images)
 
 
 def sample_classes(

@@ -39,13 +39,15 @@ def build_pipeline(
     cfg: StepConfig,
     device: str = "cpu",
     dtype: str = "fp32",
+    need_codec: bool = True,
 ) -> Pipeline:
-    """Load the models (denoiser in ``dtype``, critics in fp32: their gradient guides the step)."""
+    """Load the models (denoiser in ``dtype``, critics in fp32: their gradient guides the step).
+    ``need_codec=False``: a latent denoiser may run without its VAE (latents only, no images)."""
     den_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
     model = load_denoiser(denoiser)
     codec = load_vae(vae)
-    if isinstance(codec, PixelSpace) and model.in_channels != 3:
+    if isinstance(codec, PixelSpace) and model.in_channels != 3 and need_codec:
         raise UserError(f"the denoiser works on {model.in_channels}-channel latents: pass --vae PATH to its VAE")
     if not isinstance(codec, PixelSpace) and codec.channels != model.in_channels:
         raise UserError(f"the VAE has {codec.channels} latent channels, the denoiser {model.in_channels}")
@@ -53,5 +55,6 @@ def build_pipeline(
     if critic is not None:
         critic.requires_grad_(False)
     model.requires_grad_(False)
-    step = GuidedStep(model.to(den_dtype), cfg, critic, pixel_space=isinstance(codec, PixelSpace)).to(dev)
+    pixel_space = isinstance(codec, PixelSpace) and model.in_channels == 3
+    step = GuidedStep(model.to(den_dtype), cfg, critic, pixel_space=pixel_space).to(dev)
     return Pipeline(step=step, vae=codec.to(dev), device=dev)
