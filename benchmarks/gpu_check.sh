@@ -41,8 +41,15 @@ done
 
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# A fresh Inductor cache per run: a compile killed by a time limit can leave a truncated .so in a
+# shared cache ("file too short" on the next load). A TORCHINDUCTOR_CACHE_DIR the caller set wins.
+if [ -z "${TORCHINDUCTOR_CACHE_DIR:-}" ]; then
+  TORCHINDUCTOR_CACHE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/igds-inductor-XXXXXX")
+  export TORCHINDUCTOR_CACHE_DIR
+  trap 'rm -rf "$TORCHINDUCTOR_CACHE_DIR"' EXIT
+fi
 PY=${PYTHON:-python3}
-OUT=$(mkdir -p "${OUT_ARG:-${OUT:-$PWD/gpu_check_out}}" && cd "${OUT_ARG:-${OUT:-$PWD/gpu_check_out}}" && pwd)
+OUT=$(mkdir -p "${OUT_ARG:-${OUT:-$PWD/runs/gpu_check}}" && cd "${OUT_ARG:-${OUT:-$PWD/runs/gpu_check}}" && pwd)
 CLI=("$PY" -m igds_fast.cli)
 start=$(date +%s)
 
