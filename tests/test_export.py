@@ -39,7 +39,7 @@ from igds_fast.models.loading import save_denoiser
 from igds_fast.sampling.pipeline import build_pipeline
 
 CLASSES = [1, 3, 5, 7]
-GUIDED = StepConfig(beta=0.5, guidance_scale=20.0)  # a large scale: a missing gradient would show
+GUIDED = StepConfig(beta=0.5, guidance_scale=1.0)  # 1 eps RMS (10x the default): a missing gradient would show
 OFF = StepConfig(guidance="off")
 
 
@@ -141,12 +141,15 @@ def test_nan_never_passes() -> None:
     assert not rel_error(torch.tensor([float("nan")]), torch.ones(1)) < 1e-4
 
 
-def test_trajectory_50_steps(models, engines) -> None:
+def test_trajectory_50_steps(models, tmp_path: Path) -> None:
+    """A whole guided chain at the default scales (GUIDED's 10x scale makes these random tiny models'
+    trajectories chaotic, so round-off would be amplified, not measured)."""
     from igds_fast.sampling import run_chain
     from igds_fast.seeds import SampleNoise
 
-    step = eager_step(models, GUIDED)
-    engine = load_engine(engines[("igds", 8)])
+    cfg = StepConfig()
+    step = eager_step(models, cfg)
+    engine = load_engine(export_engine(spec(models, tmp_path / "traj", cfg, 8)))
     y = torch.tensor([1, 3, 5, 7, 1, 3, 5, 7])
     ref = run_chain(step, 50, y, SampleNoise(list(range(8)), (3, 16, 16)))
     out = run_chain(engine.step, 50, y, SampleNoise(list(range(8)), (3, 16, 16)))
@@ -188,7 +191,7 @@ def test_manifest_records_models_and_files(models, engines) -> None:
         "memory_size": 6,
         "feat_dim": 8,
     }
-    assert m["step"]["guidance_scale"] == 20.0 and "torch" in m["versions"]
+    assert m["step"]["guidance_scale"] == 1.0 and "torch" in m["versions"]
     assert set(m["files"]) == {"step.onnx"} and m["files"]["step.onnx"]["size"] > 0
 
 
