@@ -102,7 +102,7 @@ def engines(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
         "--beta",
         "0.5",
         "--guidance-scale",
-        "20",
+        "1",
         "--out",
         str(cli),
     ]
