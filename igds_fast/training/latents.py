@@ -1,6 +1,6 @@
 """Training images in the denoiser's space: [-1, 1] pixels, or a VAE's scaled latents, encoded once
 and cached under a key of the exact images and VAE weights (another VAE or image set never reuses
-them). train-dit and train-critics both read their data through ``encoded``."""
+them). train-dit and train-critics both read their data through ``encoded`` / ``encoded_pairs``."""
 
 from __future__ import annotations
 
@@ -39,3 +39,11 @@ def encoded(images: torch.Tensor, vae: nn.Module, cache: Path | None) -> torch.T
     torch.save(z, tmp)
     tmp.replace(key)
     return z
+
+
+def encoded_pairs(images: torch.Tensor, vae: nn.Module, cache: Path | None) -> torch.Tensor:
+    """(N, 2, C, H, W): every image and its mirror image in the denoiser's space. Both are encoded: a
+    mirrored latent is not the latent of the mirrored image, so a flip is only label-preserving here."""
+    both = torch.stack([images, images.flip(-1)], dim=1)
+    z = encoded(both.flatten(0, 1), vae, cache)
+    return z.reshape(len(images), 2, *z.shape[1:])

@@ -31,7 +31,7 @@ from ..models.labels import class_labels
 from ..models.vae import PixelSpace
 from .accel import autocast, autocast_dtype, compiled_forward
 from .data_pack import load_training_images
-from .latents import encoded
+from .latents import encoded, encoded_pairs
 from .losses import q_sample
 
 
@@ -141,14 +141,15 @@ def train_critic(
     ids = class_labels(denoiser, cfg.wnids)
     size, chans = int(denoiser.input_size), int(denoiser.in_channels)
     resolution = size * getattr(vae, "downsample", 1)
-    x, y = load_encoded(cfg.data, cfg.wnids, resolution, vae, out / "cache")
-    if x.shape[1:] != (chans, size, size):
-        raise UserError(f"encoded data has shape {tuple(x.shape[1:])}, the denoiser expects {(chans, size, size)}")
+    images, y = load_training_images(cfg.data, cfg.wnids, resolution, cache_dir=out / "cache")
+    x = encoded_pairs(images, vae, out / "cache")  # (N, 2, C, H, W): each image and its mirror image
+    if x.shape[2:] != (chans, size, size):
+        raise UserError(f"encoded data has shape {tuple(x.shape[2:])}, the denoiser expects {(chans, size, size)}")
     if cfg.val is not None:
         xv, yv = load_encoded(cfg.val, cfg.wnids, resolution, vae, out / "cache")
     else:  # hold out every 10th image
         held = torch.arange(len(x)) % 10 == 0
-        xv, yv, x, y = x[held], y[held], x[~held], y[~held]
+        xv, yv, x, y = x[held, 0], y[held], x[~held], y[~held]
     xv, yv = balanced_subsample(xv, yv, cfg.eval_images, len(cfg.wnids))
     ccfg = CriticConfig(
         in_channels=chans,
@@ -190,10 +191,8 @@ def train_critic(
     critic.train()
     while step < cfg.steps:
         idx = torch.randint(len(x), (cfg.batch_size,), generator=gen, device=dev)
-        x0, yb = x[idx], y[idx]
-        if isinstance(vae, PixelSpace):  # flips are label-preserving; latents are not flipped
-            flip = torch.rand(len(x0), generator=gen, device=dev) < 0.5
-            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        flip = (torch.rand(len(idx), generator=gen, device=dev) < 0.5).long()  # the image or its mirror
+        x0, yb = x[idx, flip], y[idx]
         t1, t2 = (torch.randint(1000, (len(x0),), generator=gen, device=dev) for _ in range(2))
         v1 = q_sample(x0, t1, torch.randn(x0.shape, generator=gen, device=dev), tab_dev)
         v2 = q_sample(x0, t2, torch.randn(x0.shape, generator=gen, device=dev), tab_dev)

@@ -28,7 +28,7 @@ from ..models.loading import save_denoiser
 from ..models.vae import load_vae
 from .accel import autocast, autocast_dtype, compiled_forward
 from .data_pack import load_training_images
-from .latents import encoded
+from .latents import encoded_pairs
 from .losses import hybrid_loss, q_sample
 
 # Presets for small pixel/latent models (name -> hidden, depth, heads, patch).
@@ -81,11 +81,8 @@ def build_model(cfg: TrainDiTConfig, in_channels: int, input_size: int) -> DiT:
 
 
 def training_data(images: torch.Tensor, vae: str | None, cache: Path) -> torch.Tensor:
-    """(N, 2, C, H, W): every image and its mirror image in the denoiser's space: [-1, 1] pixels, or
-    the VAE's scaled latents of both (a mirrored latent is not the latent of the mirrored image)."""
-    both = torch.stack([images, images.flip(-1)], dim=1)
-    z = encoded(both.flatten(0, 1), load_vae(vae).eval(), cache)
-    return z.reshape(len(images), 2, *z.shape[1:])
+    """(N, 2, C, H, W): every image and its mirror image in the VAE's scaled latents."""
+    return encoded_pairs(images, load_vae(vae).eval(), cache)
 
 
 def _save_state(path: Path, state: dict) -> None:
