@@ -14,11 +14,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from igds_fast.errors import UserError
 from igds_fast.jobs import distill as distill_mod
+from igds_fast.jobs.events import Events
+from igds_fast.jobs.image_manifest import NEAR_CONSTANT_STD, near_constant_classes, pixel_stats
 from igds_fast.jobs.image_manifest import read_image_manifest as read_manifest
 from igds_fast.jobs.job import DistillJob, distill_job
 from igds_fast.jobs.run import run_job as run_request
@@ -121,9 +125,44 @@ def test_outputs_layout_manifest_and_run_json(reference):
     for r in rows:
         assert hashlib.sha256((out / r["path"]).read_bytes()).hexdigest() == r["sha256"]
         assert r["backend"] == "eager" and r["log_q"] is not None
+        stats = pixel_stats(np.asarray(Image.open(out / r["path"]).convert("RGB")))
+        assert r["saturation"] == pytest.approx(stats["saturation"], abs=1e-6)
+        assert r["pixel_std"] == pytest.approx(stats["pixel_std"], rel=1e-5) and r["pixel_std"] > NEAR_CONSTANT_STD
     run = json.loads((out / "run.json").read_text())
     assert run["complete"] and run["ipc"] == 5 and run["classes"] == WNIDS[:2] and run["guidance"] == "igds"
     assert not list(out.glob("**/*.tmp"))
+
+
+def test_near_constant_images_are_recorded_and_their_class_named(models, tmp_path, monkeypatch):
+    """A class whose images collapsed to flat colour gets a warning event naming it, and run.json says so."""
+    flat = {WNIDS[1]}
+    real_write = distill_mod.UnitWriter._write
+
+    def write_flat(self, res, images, seconds, before):
+        if res.unit.wnid in flat:
+            images = np.full_like(images, 128)
+        return real_write(self, res, images, seconds, before)
+
+    monkeypatch.setattr(distill_mod.UnitWriter, "_write", write_flat)
+    log = tmp_path / "events.jsonl"
+    out = tmp_path / "set"
+    run_request(request(models, out), Events(path=log))
+    warnings = [e for e in map(json.loads, log.read_text().splitlines()) if e["event"] == "warning"]
+    assert [(w["wnid"], w["near_constant"], w["images"]) for w in warnings] == [(WNIDS[1], 5, 5)]
+    assert WNIDS[1] in warnings[0]["message"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["near_constant"] == {WNIDS[1]: {"images": 5, "of": 5}}
+    rows = read_manifest(out / "manifest.parquet")
+    assert {r["pixel_std"] for r in rows if r["wnid"] in flat} == {0.0}
+
+
+def test_near_constant_share_per_class():
+    rows = [{"wnid": "a", "pixel_std": 0.3}] * 19 + [{"wnid": "a", "pixel_std": 0.001}]  # 5%: not more
+    rows += [{"wnid": "b", "pixel_std": 0.001}, {"wnid": "b", "pixel_std": None}]  # null: not counted
+    assert near_constant_classes(rows) == {"b": (1, 2)}
+    stats = pixel_stats(np.array([[[0, 255, 10]]], dtype=np.uint8))
+    assert stats["saturation"] == pytest.approx(2 / 3)
+    assert stats["pixel_std"] == pytest.approx(np.std([0, 255, 10]) / 255)
 
 
 def test_rerun_of_finished_job_does_nothing(models, reference):
@@ -310,6 +349,7 @@ def ort_engine(models, tmp_path_factory) -> Path:
     """An ONNX Runtime engine of the same tiny models and step settings as ``request``."""
     pytest.importorskip("onnxruntime")
     from igds_fast.backends.build import ExportSpec, export_engine
+
     req = request(models, tmp_path_factory.mktemp("unused") / "o")
     out = tmp_path_factory.mktemp("engines") / "tiny-ort"
     spec = ExportSpec(

@@ -80,7 +80,7 @@ def random_real(data: Path, classes: list[ClassInfo], ipc: int, seed: int, out: 
             png = encode_image(pixels, "png")
             rel = f"{c.wnid}/{image_name(index)}"
             write_atomic(out / rel, png)
-            rows.append(image_row(c.wnid, c.imagenet_index, index, seed, rel, png, backend="real"))
+            rows.append(image_row(c.wnid, c.imagenet_index, index, seed, rel, png, backend="real", pixels=pixels))
     write_image_manifest(rows, out / "manifest.parquet")
     (height, width), *others = sizes
     run = identity | {

@@ -34,7 +34,14 @@ from ..sampling import StepEngine, WorkUnit, class_units, run_class, shard_class
 from ..seeds import sample_seed
 from ..subsets import class_info
 from .events import QUIET, Events
-from .image_manifest import image_name, image_row, read_image_manifest, write_image_manifest
+from .image_manifest import (
+    NEAR_CONSTANT_STD,
+    image_name,
+    image_row,
+    near_constant_classes,
+    read_image_manifest,
+    write_image_manifest,
+)
 from .lock import WriterLocks, claim_lock
 from .state import (
     JOB_FILE,
@@ -266,7 +273,8 @@ class UnitWriter:
         try:
             (out / unit.wnid).mkdir(exist_ok=True)
             for k, idx in enumerate(unit.indices):
-                data = encode_image(resize(images[k], cfg.resolution), cfg.image_format)
+                pixels = resize(images[k], cfg.resolution)
+                data = encode_image(pixels, cfg.image_format)
                 rel = f"{unit.wnid}/{image_name(idx, ext)}"
                 if _write_if_changed(out / rel, data):
                     written.append(rel)
@@ -285,6 +293,7 @@ class UnitWriter:
                         cfg.engine_id,
                         float(res.log_q[k]),
                         float(res.h2[k]),
+                        pixels,
                     )
                 )
                 sizes.append(len(data))
@@ -461,6 +470,15 @@ def finalize(
         append_run(out, run_entry)
         if plan["manifest"]:
             write_image_manifest(plan["rows"], out / "manifest.parquet")
+            for wnid, (k, n) in near_constant_classes(plan["rows"]).items():
+                events.emit(
+                    "warning",
+                    wnid=wnid,
+                    near_constant=k,
+                    images=n,
+                    message=f"class {wnid}: {k} of {n} images are near-constant (pixel std < "
+                    f"{NEAR_CONSTANT_STD}): the generator or the guidance collapsed there",
+                )
         for wnid in sheets:
             contact_sheet(out, wnid, plan["by_class"][wnid])
         if only_rebuilt:
@@ -489,6 +507,7 @@ def write_run_json(out: Path, cfg: DistillConfig, job: str, request: str | None,
         "images": len(rows),
         "unit_seconds_total": seconds,
         "img_per_s_units": len(rows) / seconds if seconds else None,
+        "near_constant": {w: {"images": k, "of": n} for w, (k, n) in near_constant_classes(rows).items()},
         "complete": True,
         "started": next((r.get("started") for r in runs if r.get("started")), None),  # the first run's
         "finished": last.get("finished"),

@@ -1,9 +1,10 @@
 """Machine-readable job events: one JSON object a line, on stdout or in a file.
 
-Events: ``start``, ``unit_done``, ``class_done``, ``repaired``, ``damaged`` (verify), ``finished``,
-``error``; each has ``event``, ``time`` (UTC, ISO 8601) and the job's ``out``. Progress bars are a
-separate matter: they go to stderr, and only on a terminal or when asked for (``--progress``), so
-an event line is never glued onto a progress line.
+Events: ``start``, ``unit_done``, ``class_done``, ``repaired``, ``damaged`` (verify), ``warning``
+(a class with near-constant images), ``finished``, ``error``; each has ``event``, ``time`` (UTC,
+ISO 8601) and the job's ``out``. Progress bars are a separate matter: they go to stderr, and only
+on a terminal or when asked for (``--progress``), so an event line is never glued onto a progress
+line.
 
 Exit codes of ``distill`` and ``verify`` (``EXIT_*``): 0 the set is complete (verify: intact or
 repaired), 3 incomplete (this shard is done but other shards' classes are not; verify: damage
