@@ -130,14 +130,44 @@ class GuidedStep(nn.Module):
         """The diversity term summed over the batch, and (features, per-sample value). ``z`` is the
         clean estimate x0_hat (``diversity="x0"``, t = 0) or x_t (the same-step estimators)."""
         _, feats = self.critic(z, t)
+        value = self.diversity_value(feats, t, y, cidx, memory, memory_mask)
+        return value.sum(), (feats.detach(), value.detach())
+
+    def diversity_value(
+        self,
+        feats: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        cidx: torch.Tensor,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """The diversity term per sample from the critic features (higher = more diverse)."""
         mode = self.cfg.diversity
         if mode == "x0":
-            value = -soft_nearest_similarity(feats, y, memory, memory_mask)  # higher = farther from neighbours
-        elif mode == "knn":
-            value = knn_entropy(feats, y, memory, memory_mask)
-        else:
-            value, _ = collision_entropy(feats, y, self.critic.sigma_for(t, cidx), memory, memory_mask)
-        return value.sum(), (feats.detach(), value.detach())
+            return -soft_nearest_similarity(feats, y, memory, memory_mask)  # higher = farther from neighbours
+        if mode == "knn":
+            return knn_entropy(feats, y, memory, memory_mask)
+        return collision_entropy(feats, y, self.critic.sigma_for(t, cidx), memory, memory_mask)[0]
+
+    def joint_objective(
+        self,
+        x: torch.Tensor,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        cidx: torch.Tensor,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``diversity="x0"``: sum_b log q(y_b | x_t, t) + the diversity term of x0_hat, from one critic
+        pass on the 2B inputs [x_t; x0_hat] (the critic treats samples independently, so the gradient
+        w.r.t. x_t is the prototype term's and the one w.r.t. x0_hat the diversity term's)."""
+        b = x.shape[0]
+        logits, feats = self.critic(torch.cat([x, x0]), torch.cat([t, torch.zeros_like(t)]))
+        log_q = class_log_prob(logits[:b], cidx)
+        value = self.diversity_value(feats[b:], torch.zeros_like(t), y, cidx, memory, memory_mask)
+        return log_q.sum() + value.sum(), (feats[b:].detach(), log_q.detach(), value.detach())
 
     def guidance_grad(
         self,
@@ -157,15 +187,15 @@ class GuidedStep(nn.Module):
         t = self.tab_timestep[i].expand(b)
         cidx = self.label_to_critic[y]
         with torch.enable_grad():
-            g_proto, log_q = torch.func.grad(self.prototype_objective, has_aux=True)(x, t, cidx)
             if self.cfg.diversity == "x0":
                 # d x0_hat / d x_t = 1/sqrt(alphabar) (eps is a constant): a positive scalar, which the
                 # per-sample normalisation of the guided step removes; so differentiate in x0_hat.
                 x0 = predict_x0(x, eps, i, self.tables)
-                g_div, (feats, value) = torch.func.grad(self.diversity_objective, has_aux=True)(
-                    x0, torch.zeros_like(t), y, cidx, memory, memory_mask
-                )
-            else:
+                (g_proto, g_div), (feats, log_q, value) = torch.func.grad(
+                    self.joint_objective, argnums=(0, 1), has_aux=True
+                )(x, x0, t, y, cidx, memory, memory_mask)
+            else:  # same-step estimators: both terms differentiate the critic at x_t
+                g_proto, log_q = torch.func.grad(self.prototype_objective, has_aux=True)(x, t, cidx)
                 g_div, (feats, value) = torch.func.grad(self.diversity_objective, has_aux=True)(
                     x, t, y, cidx, memory, memory_mask
                 )
