@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
-from ..imageio import encode_image, grid, to_uint8, write_atomic
+from ..imageio import encode_image, labelled_sheet, to_uint8, write_atomic
 from ..sampling import StepEngine, WorkUnit, class_units, run_class, shard_classes
 from ..seeds import sample_seed
 from ..subsets import class_info
@@ -406,11 +406,13 @@ def _same_rows(a: list[dict[str, Any]] | None, b: list[dict[str, Any]]) -> bool:
 
 
 def contact_sheet(out: Path, wnid: str, rows: list[dict[str, Any]]) -> None:
+    """The class's first 100 images, 10 a row, tiles >= 96 px, titled with the class's name."""
     files = [out / r["path"] for r in sorted(rows, key=lambda r: r["sample_index"])][:100]
     arr = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in files])
     imgs = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1
+    lines = [(f"{k}-{min(k + 10, len(imgs)) - 1}", imgs[k : k + 10]) for k in range(0, len(imgs), 10)]
     buf = io.BytesIO()
-    grid(imgs, rows=max(1, int(len(files) ** 0.5))).save(buf, format="PNG")
+    labelled_sheet(lines, f"{wnid} {class_info(wnid).name} ({len(rows)} images)").save(buf, format="PNG")
     _write_if_changed(out / f"contact_{wnid}.png", buf.getvalue())  # the same sheet is not rewritten
 
 
