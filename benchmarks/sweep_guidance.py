@@ -32,6 +32,7 @@ from igds_fast.subsets import subset
 # name -> step options (the rest: config defaults). s and beta are in units of eps RMS.
 CONFIGS: dict[str, dict] = {
     "off": {"guidance": "off"},
+    "default": {},  # the config defaults at run time (the row records them)
     "proto s0.1": {"guidance_scale": 0.1, "beta": 0.0},
     "proto s0.25": {"guidance_scale": 0.25, "beta": 0.0},
     "proto s0.5": {"guidance_scale": 0.5, "beta": 0.0},
@@ -92,7 +93,7 @@ def run_config(name: str, opts: dict, args: argparse.Namespace, judge, wnids: li
     if done.exists():
         return json.loads(done.read_text())
     cfg = step_config(args.ipc, opts)
-    models = resolve_models(args.denoiser, None, args.critics, cfg.guidance)
+    models = resolve_models(args.denoiser, args.vae, args.critics, cfg.guidance)
     pipe = build_pipeline(models.denoiser, models.vae, models.critics, cfg)
     labels = class_labels(pipe.step.denoiser, wnids)
     t0 = time.perf_counter()
@@ -106,6 +107,11 @@ def run_config(name: str, opts: dict, args: argparse.Namespace, judge, wnids: li
     res = judge_samples(folder, args.real_train, args.real_val, judge=judge, progress=False)
     row = {
         "name": name,
+        "denoiser": str(models.denoiser),
+        "vae": models.vae,
+        "critics": models.critics and str(models.critics),
+        "seed": args.seed,
+        "judge_resolution": args.resolution,
         "step": cfg.to_dict(),
         "seconds": seconds,
         **{k: res[k] for k in KEYS},
@@ -139,9 +145,10 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/data/imagenette-64"))
     ap.add_argument("--denoiser", type=Path, default=None)
     ap.add_argument("--critics", type=Path, default=None)
+    ap.add_argument("--vae", default=None, help="The denoiser's VAE (a latent --denoiser); default: the embedded rule.")
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--resolution", type=int, default=32, help="The judge's resolution (the samples' size).")
+    ap.add_argument("--resolution", type=int, default=32, help="The judge's resolution (samples are resized to it).")
     ap.add_argument("--only", default=None, help="Comma list of config names to run.")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
