@@ -110,7 +110,7 @@ class ExportSpec:
 
     @property
     def dtype(self) -> str:
-        """The denoiser's precision in the exported graph (the critic gradient stays fp32)."""
+        """The models' precision in the exported graph (bf16: the critic too; fp16: the critic stays fp32)."""
         return self.precision if self.precision in ("fp16", "bf16") else "fp32"
 
     def validate(self) -> ExportSpec:

@@ -110,11 +110,17 @@ class GuidedStep(nn.Module):
         cond, uncond = out.chunk(2)
         return cfg_combine(cond, uncond, self.cfg.cfg_scale, self.channels, self.cfg.cfg_channels)
 
+    def critic_outputs(self, z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, features) in z's dtype of the critic run in its weights' dtype (a bf16 critic:
+        the gradient w.r.t. the fp32 input flows back through the casts)."""
+        logits, feats = self.critic(z.to(self.critic.patch_in.weight.dtype), t)
+        return logits.to(z.dtype), feats.to(z.dtype)
+
     def prototype_objective(
         self, x: torch.Tensor, t: torch.Tensor, cidx: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """sum_b log q(y_b | x_t, t), and log q per sample."""
-        logits, _ = self.critic(x, t)
+        logits, _ = self.critic_outputs(x, t)
         log_q = class_log_prob(logits, cidx)
         return log_q.sum(), log_q.detach()
 
@@ -129,7 +135,7 @@ class GuidedStep(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """The diversity term summed over the batch, and (features, per-sample value). ``z`` is the
         clean estimate x0_hat (``diversity="x0"``, t = 0) or x_t (the same-step estimators)."""
-        _, feats = self.critic(z, t)
+        _, feats = self.critic_outputs(z, t)
         value = self.diversity_value(feats, t, y, cidx, memory, memory_mask)
         return value.sum(), (feats.detach(), value.detach())
 
@@ -164,7 +170,7 @@ class GuidedStep(nn.Module):
         pass on the 2B inputs [x_t; x0_hat] (the critic treats samples independently, so the gradient
         w.r.t. x_t is the prototype term's and the one w.r.t. x0_hat the diversity term's)."""
         b = x.shape[0]
-        logits, feats = self.critic(torch.cat([x, x0]), torch.cat([t, torch.zeros_like(t)]))
+        logits, feats = self.critic_outputs(torch.cat([x, x0]), torch.cat([t, torch.zeros_like(t)]))
         log_q = class_log_prob(logits[:b], cidx)
         value = self.diversity_value(feats[b:], torch.zeros_like(t), y, cidx, memory, memory_mask)
         return log_q.sum() + value.sum(), (feats[b:].detach(), log_q.detach(), value.detach())

@@ -2,8 +2,9 @@
 
 The rule (``default_backend``), from what the machine has (measured: README, "Default backend"):
 
-- a CPU with bf16 matrix units (AMX ``amx_bf16``, or ``avx512_bf16``): the eager step with a bf16
-  denoiser (the critic gradient stays fp32); an exported fp32 graph gains little there;
+- a CPU with bf16 matrix units (AMX ``amx_bf16``, or ``avx512_bf16``): the eager step in bf16
+  (denoiser and critic weights; the guidance gradient is taken w.r.t. the fp32 x_t); an exported
+  fp32 graph gains little there;
 - any other CPU: ONNX Runtime, the fused step exported once (fp32); eager fp32 if onnxruntime is missing;
 - CUDA: eager fp32 (the reference; GPU backends are chosen explicitly, none is measured yet).
 
@@ -57,7 +58,7 @@ def default_backend(device: str, flags: set[str] | None = None, have_onnxruntime
     flags = cpu_flags() if flags is None else flags
     units = [f for f in BF16_FLAGS if f in flags]
     if units:
-        return Choice("eager", "bf16", f"CPU with {units[0]}: eager step with a bf16 denoiser, fp32 critic gradient")
+        return Choice("eager", "bf16", f"CPU with {units[0]}: eager step in bf16 (denoiser and critic)")
     if have_onnxruntime is None:
         have_onnxruntime = importlib.util.find_spec("onnxruntime") is not None
     if have_onnxruntime:
