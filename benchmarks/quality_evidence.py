@@ -53,7 +53,7 @@ def markdown(res: dict[str, Any]) -> str:
     out = [
         "# Quality evidence",
         "",
-        f"Model: `{res['denoiser']}`; {res['n']} images per class, seed {res['seed']}; judged at "
+        f"Model: `{res['denoiser']}`; the sweep's sets (seed {res['seed']}; the sheets show {res['n']} per class), judged at "
         f"{res['judge_resolution']} px by the independent judge (`igds-fast quality`, never the guidance critic). "
         f"Guided step: `{json.dumps(res['guided']['step'])}`.",
         "",
@@ -67,12 +67,21 @@ def markdown(res: dict[str, Any]) -> str:
         out.append(f"| {name} | {vals} | {jl} | {cl} |")
     if res["guided"].get("critic_log_q") is not None:
         gap = res["guided"]["critic_log_q"] - res["guided"]["judge_log_q"]
-        out += ["", f"Critic-vs-judge log q gap on the guided samples: {gap:+.2f} nats (positive: the critic is "
-                "more confident than the judge, i.e. partly fooled)."]
+        out += [
+            "",
+            f"Critic-vs-judge log q gap on the guided samples: {gap:+.2f} nats (positive: the critic is "
+            "more confident than the judge, i.e. partly fooled).",
+        ]
     c = res["critic"]
     if c.get("buckets"):
-        out += ["", f"Critic (held out): accuracy {c['acc']:.3f}, I(X;Y) bound {c['ba_bound_nats']:.3f} of "
-                f"ln K = {c['ln_k']:.3f} nats.", "", "| t | acc | I(X;Y) bound (nats) |", "|---|---|---|"]
+        out += [
+            "",
+            f"Critic (held out): accuracy {c['acc']:.3f}, I(X;Y) bound {c['ba_bound_nats']:.3f} of "
+            f"ln K = {c['ln_k']:.3f} nats.",
+            "",
+            "| t | acc | I(X;Y) bound (nats) |",
+            "|---|---|---|",
+        ]
         out += [f"| {b['t'][0]}-{b['t'][1]} | {b['acc']:.3f} | {b['ba_bound_nats']:.3f} |" for b in c["buckets"]]
     out += ["", "## Contact sheets (rows: real val, guidance off, IGDS)", ""]
     out += [f"![{Path(f).stem}]({Path(f).parent.name}/{Path(f).name})" for f in res["sheets"]]
