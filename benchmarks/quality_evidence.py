@@ -53,7 +53,8 @@ def markdown(res: dict[str, Any]) -> str:
     out = [
         "# Quality evidence",
         "",
-        f"Model: `{res['denoiser']}`; the sweep's sets (seed {res['seed']}; the sheets show {res['n']} per class), judged at "
+        f"Model: `{res['denoiser']}`; the sweep's sets (seed {res['seed']}; the sheets show {res['n']} per class), "
+        f"judged at "
         f"{res['judge_resolution']} px by the independent judge (`igds-fast quality`, never the guidance critic). "
         f"Guided step: `{json.dumps(res['guided']['step'])}`.",
         "",
