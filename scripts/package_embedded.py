@@ -1,8 +1,9 @@
-"""Ship trained weights as the embedded default: fp16 denoiser + critic into igds_fast/data/,
-and write the model card with their hashes, training facts and metrics.
+"""Ship trained weights as the embedded default: fp16 denoiser (+ VAE for a latent model) and the
+critics into igds_fast/data/, and write embedded.json and MODEL_CARD.md from the training outputs.
 
-    python scripts/package_embedded.py --dit runs/embedded_dit --critic runs/embedded_critic \
-        --evidence docs/quality.json
+    python scripts/package_embedded.py --dit runs/v2/dit --critic runs/v2/critic --vae runs/ae_v2/vae \
+        --evidence docs/quality/results.json --compare "latent v2=runs/sweep_v2/off/result.json" \
+        --compare "pixel v1=runs/sweep/off/result.json" --note "..."
 """
 
 from __future__ import annotations
@@ -12,21 +13,29 @@ import hashlib
 import json
 import platform
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
+from igds_fast.models.autoencoder_kl import load_autoencoder_kl
 from igds_fast.models.critics import load_critic
+from igds_fast.models.embedded import CRITIC_FILE, DENOISER_FILE, VAE_FILE
 from igds_fast.models.loading import load_denoiser, save_denoiser
 
 DATA = Path(__file__).resolve().parents[1] / "igds_fast" / "data"
+JUDGE_KEYS = ("accuracy", "precision", "recall", "coverage", "saturation", "within_class_distance")
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def fp16_parity(full: torch.nn.Module, half_path: Path) -> float:
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out - ref).norm() / ref.norm())
+
+
+def denoiser_parity(full: torch.nn.Module, half_path: Path) -> float:
     """Relative error of the fp16-stored weights' output vs the fp32 weights', on random inputs."""
     small = load_denoiser(half_path)
     g = torch.Generator().manual_seed(0)
@@ -35,94 +44,173 @@ def fp16_parity(full: torch.nn.Module, half_path: Path) -> float:
     t = torch.randint(0, 1000, (8,), generator=g).float()
     y = torch.randint(0, full.num_classes, (8,), generator=g)
     with torch.no_grad():
-        ref, out = full(x, t, y), small(x, t, y)
-    return float((out - ref).norm() / ref.norm())
+        return rel_err(small(x, t, y), full(x, t, y))
+
+
+def vae_parity(full: torch.nn.Module, half_path: Path) -> float:
+    """Decoder output of the fp16-stored VAE vs the fp32 one, on random latents."""
+    small = load_autoencoder_kl(half_path).eval()
+    z = torch.randn(4, full.config.latent_channels, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return rel_err(small.decode(z), full.decode(z))
+
+
+def table(rows: list[tuple[str, dict]], keys: tuple[str, ...]) -> str:
+    head = "| | " + " | ".join(k.replace("_", " ") for k in keys) + " |\n|---" * 1 + "|---" * len(keys) + "|\n"
+    body = "\n".join(
+        f"| {name} | " + " | ".join("-" if r.get(k) is None else f"{r[k]:.3f}" for k in keys) + " |" for name, r in rows
+    )
+    return head + body
 
 
 def model_card(card: dict, args: argparse.Namespace) -> str:
-    d, c = card["denoiser"], card["critic"]
+    d, c, v = card["denoiser"], card["critic"], card.get("vae")
     cfg, m = d["config"], c["metrics"]
     tr = m["trained"]
+    latent = v is not None
     buckets = "\n".join(
         f"| {b['t'][0]}-{b['t'][1]} | {b['acc']:.3f} | {b['ba_bound_nats']:.3f} |" for b in tr["buckets"]
     )
-    return f"""# Embedded default model (igds-fast)
-
-A small class-conditional **pixel-space DiT** and its **noise-conditional critics**, trained on
-Imagenette (10 ImageNet classes) at 32x32 px on a 2-core CPU, shipped inside the package so that
-`igds-fast distill` runs with no downloads. It is a demo-grade model: samples are blurry and far
-from ImageNet quality; use a DiT-XL/2 checkpoint for real work.
-
-## Denoiser: `{d["file"]}`
-
-| | |
-|---|---|
-| sha256 | `{d["sha256"]}` |
-| size | {d["bytes"]:,} bytes (weights stored in fp16; output rel. error vs fp32 weights {d["fp16_output_rel_err"]:.1e}) |
-| architecture | DiT, patch {cfg["patch_size"]}, hidden {cfg["hidden_size"]}, depth {cfg["depth"]}, heads {cfg["num_heads"]}, learned sigma, {d["params"]:,} parameters |
-| input | 3 x {cfg["input_size"]} x {cfg["input_size"]} pixels in [-1, 1]; labels 0..9 = the WNIDs in the config, null class 10 |
-| data | `imagenette-64/train` (9,469 images, center-cropped, resized to 32 px bicubic), horizontal flips |
-| training | `igds-fast train-dit --config small --resolution 32 --batch-size 64 --lr 5e-4` for {d["train_steps"]} steps (AdamW, warm-up 500, label dropout 0.1, EMA with warm-up, max decay 0.999), DiT linear schedule, eps MSE + VLB (learned range) |
-| how it went | {args.note or "-"} |
-| final loss | {d["final_loss"]:.4f} (mse {d["final_mse"]:.4f}, vb {d["final_vb"]:.4f}) |
-| machine | {card["machine"]["processor"]}, 2 cores, {card["machine"]["platform"]} |
-
-## Critics: `{c["file"]}`
-
-| | |
-|---|---|
-| sha256 | `{c["sha256"]}` |
-| size | {c["bytes"]:,} bytes, {c["params"]:,} parameters, {m["flops_per_image_forward"] / 1e6:.0f} MFLOP forward per image |
-| training | `igds-fast train-critics --steps {m["steps"]} --batch-size 64 --lr 2e-3 --width 128 --depth 3 --heads 4`, {m["train_seconds"] / 60:.0f} min |
-| held-out ({m["held_out"]}, 50 images per class) | accuracy {tr["acc"]:.3f} (mean over t buckets), I(X;Y) bound {tr["ba_bound_nats"]:.3f} nats (untrained {m["untrained"]["ba_bound_nats"]:.3f}; ln K = {tr["ln_k"]:.3f}) |
-
-| t | held-out accuracy | I(X;Y) bound (nats) |
-|---|---|---|
-{buckets}
-
-## Reproduce
-
-```bash
-igds-fast train-dit --data imagenette-64/train --subset imagenette --out runs/embedded_dit --resolution 32 \\
-    --config small --steps {d["train_steps"]} --batch-size 64 --lr 5e-4
-igds-fast train-critics --data imagenette-64/train --val imagenette-64/val --subset imagenette \\
-    --denoiser runs/embedded_dit/denoiser.safetensors --out runs/embedded_critic --steps {m["steps"]} \\
-    --batch-size 64 --lr 2e-3 --width 128 --depth 3 --heads 4 --eval-images 500
-python scripts/package_embedded.py --dit runs/embedded_dit --critic runs/embedded_critic
-```
-
-Quality evidence (contact sheets, a real-data classifier's accuracy on samples with and without
-IGDS): `docs/quality.md`. Licence of the training images: ImageNet's non-commercial research terms.
-"""
+    space = (
+        f"{cfg['in_channels']} x {cfg['input_size']} x {cfg['input_size']} latents of the autoencoder below"
+        if latent
+        else f"3 x {cfg['input_size']} x {cfg['input_size']} pixels in [-1, 1]"
+    )
+    out = [
+        "# Embedded default model (igds-fast)",
+        "",
+        f"A small class-conditional **{'latent' if latent else 'pixel-space'} DiT**"
+        + (" with its own small **autoencoder** (SD `AutoencoderKL` layout)" if latent else "")
+        + " and its **noise-conditional critics**, trained on Imagenette (10 ImageNet classes) on a 2-core CPU, "
+        "shipped inside the package so that `igds-fast distill` runs with no downloads. It is a demo-grade "
+        "model, far from ImageNet quality; use a DiT-XL/2 checkpoint for real work. Total size of the shipped "
+        f"files: {card['total_bytes'] / 2**20:.1f} MiB.",
+        "",
+    ]
+    if latent:
+        rep = v.get("report") or {}
+        out += [
+            f"## Autoencoder: `{v['file']}`",
+            "",
+            "| | |",
+            "|---|---|",
+            f"| sha256 | `{v['sha256']}` |",
+            f"| size | {v['bytes']:,} bytes (fp16; decoder output rel. error vs fp32 {v['fp16_decode_rel_err']:.1e}) |",
+            f"| architecture | AutoencoderKL, widths {v['config']['block_out_channels']}, "
+            f"{v['config']['layers_per_block']} layer/block, {v['config']['latent_channels']} latent channels, "
+            f"downsampling {2 ** (len(v['config']['block_out_channels']) - 1)}, scaling factor "
+            f"{v['config']['scaling_factor']}, {rep.get('parameters', 0):,} parameters |",
+            f"| data | `imagenette-64/train` at 64 px, horizontal flips; {rep.get('steps', '?')} steps, "
+            f"{rep.get('train_minutes', 0):.0f} min (`scripts/train_autoencoder.py`) |",
+            f"| held-out | val PSNR {rep.get('val_psnr', float('nan')):.2f} dB on {rep.get('val_images', '?')} images |",
+            "",
+        ]
+    out += [
+        f"## Denoiser: `{d['file']}`",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| sha256 | `{d['sha256']}` |",
+        f"| size | {d['bytes']:,} bytes (fp16; output rel. error vs fp32 weights {d['fp16_output_rel_err']:.1e}) |",
+        f"| architecture | DiT, patch {cfg['patch_size']}, hidden {cfg['hidden_size']}, depth {cfg['depth']}, "
+        f"heads {cfg['num_heads']}, learned sigma, {d['params']:,} parameters |",
+        f"| input | {space}; labels 0..9 = the WNIDs in the config, null class 10 |",
+        f"| training | {d['train_steps']} steps of batch 64 (AdamW lr 5e-4, warm-up 500, label dropout 0.1, EMA), "
+        "DiT linear schedule, eps MSE + VLB; images and their mirror images |",
+        f"| how it went | {args.note or '-'} |",
+        f"| final loss | {d['final_loss']:.4f} (mse {d['final_mse']:.4f}, vb {d['final_vb']:.4f}) |",
+        f"| machine | {card['machine']['processor']}, 2 cores, {card['machine']['platform']} |",
+        "",
+        f"## Critics: `{c['file']}`",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| sha256 | `{c['sha256']}` |",
+        f"| size | {c['bytes']:,} bytes, {c['params']:,} parameters, "
+        f"{m['flops_per_image_forward'] / 1e6:.0f} MFLOP forward per image |",
+        f"| training | {m['steps']} steps of batch 64, mirror augmentation, {m['train_seconds'] / 60:.0f} min |",
+        f"| held-out ({m['held_out']}) | accuracy {tr['acc']:.3f} (mean over t buckets), I(X;Y) bound "
+        f"{tr['ba_bound_nats']:.3f} nats (untrained {m['untrained']['ba_bound_nats']:.3f}; ln K = {tr['ln_k']:.3f}) |",
+        "",
+        "| t | held-out accuracy | I(X;Y) bound (nats) |",
+        "|---|---|---|",
+        buckets,
+        "",
+    ]
+    if card.get("comparison"):
+        out += [
+            "## Design comparison (unguided samples, 10 per class, the independent judge)",
+            "",
+            table([(name, r) for name, r in card["comparison"].items()], JUDGE_KEYS),
+            "",
+        ]
+    ev = card.get("evidence")
+    if ev:
+        ref = ev["off"].get("reference", {})
+        rows = [("guidance off", ev["off"]), ("IGDS (default)", ev["guided"])]
+        rows += [(k.replace("_", " "), ref[k]) for k in ("real_val", "random_real_train") if k in ref]
+        out += ["## Judge metrics (the shipped model)", "", table(rows, JUDGE_KEYS), "", "See `docs/quality.md`.", ""]
+    out += [
+        "## Reproduce",
+        "",
+        "```bash",
+        args.recipe or "see scripts/train_embedded_v2.sh",
+        "```",
+        "",
+        "Licence of the training images: ImageNet's terms (non-commercial research); Imagenette is a subset "
+        "of ImageNet.",
+        "",
+    ]
+    return "\n".join(out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--dit", type=Path, required=True, help="train-dit output folder")
+    ap.add_argument("--dit", type=Path, required=True, help="train-dit output folder (or a denoiser file)")
     ap.add_argument("--critic", type=Path, required=True, help="train-critics output folder")
-    ap.add_argument("--evidence", type=Path, default=None, help="quality_evidence.py JSON to quote")
+    ap.add_argument("--vae", type=Path, default=None, help="the latent model's AutoencoderKL folder")
+    ap.add_argument("--vae-report", type=Path, default=None, help="train_autoencoder.py report.json")
+    ap.add_argument("--log", type=Path, default=None, help="train-dit log.jsonl (default: in --dit)")
+    ap.add_argument("--evidence", type=Path, default=None, help="quality_evidence.py results.json to quote")
+    ap.add_argument("--compare", action="append", default=[], help="NAME=judge result.json of unguided samples")
     ap.add_argument("--note", default="", help="free text for the card's training row (history, wall time)")
+    ap.add_argument("--recipe", default="", help="the commands that trained it, for the card")
     args = ap.parse_args()
 
-    dit = load_denoiser(args.dit / "denoiser.safetensors")
-    dit_out = DATA / "embedded_dit.safetensors"
-    save_denoiser(dit.half(), dit_out)
-    dit = load_denoiser(args.dit / "denoiser.safetensors")
-    parity = fp16_parity(dit, dit_out)
+    dit_file = args.dit / "denoiser.safetensors" if args.dit.is_dir() else args.dit
+    dit = load_denoiser(dit_file)
+    dit_out = DATA / DENOISER_FILE
+    save_denoiser(load_denoiser(dit_file).half(), dit_out)
+    parity = denoiser_parity(dit, dit_out)
     critic = load_critic(args.critic / "critic.safetensors")
-    crit_out = DATA / "embedded_critic.safetensors"
+    crit_out = DATA / CRITIC_FILE
     shutil.copyfile(args.critic / "critic.safetensors", crit_out)  # as trained: re-saving reorders metadata
+    vae_out = DATA / VAE_FILE
+    vae = None
+    if args.vae is not None:
+        ae = load_autoencoder_kl(args.vae).eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            shutil.move(str(ae.save_pretrained(tmp, torch.float16) / "diffusion_pytorch_model.safetensors"), vae_out)
+        vae = {
+            "file": vae_out.name,
+            "sha256": sha256(vae_out),
+            "bytes": vae_out.stat().st_size,
+            "config": ae.config.to_diffusers_dict(),
+            "fp16_decode_rel_err": vae_parity(ae, vae_out),
+            "report": json.loads(args.vae_report.read_text()) if args.vae_report else None,
+        }
+    else:
+        vae_out.unlink(missing_ok=True)  # a pixel model ships no VAE: the embedded rule then uses pixels
 
-    log = [json.loads(ln) for ln in (args.dit / "log.jsonl").read_text().splitlines() if ln.strip()]
-    last = log[-1]
-    cfg = dit.config
+    log_path = args.log or (args.dit / "log.jsonl")
+    last = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln.strip()][-1]
     card = {
         "denoiser": {
             "file": dit_out.name,
             "sha256": sha256(dit_out),
             "bytes": dit_out.stat().st_size,
             "params": sum(p.numel() for p in dit.parameters() if p.requires_grad),
-            "config": cfg.to_dict(),
+            "config": dit.config.to_dict(),
             "train_steps": last["step"],
             "final_loss": last["loss"],
             "final_mse": last["mse"],
@@ -136,17 +224,23 @@ def main() -> None:
             "params": critic.metrics.get("params"),
             "metrics": critic.metrics,
         },
+        "vae": vae,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
+        "comparison": {
+            name: {k: json.loads(Path(path).read_text()).get(k) for k in JUDGE_KEYS}
+            for name, path in (c.split("=", 1) for c in args.compare)
+        },
         "evidence": json.loads(args.evidence.read_text()) if args.evidence and args.evidence.exists() else None,
     }
+    card["total_bytes"] = sum(card[k]["bytes"] for k in ("denoiser", "critic", "vae") if card[k])
     (DATA / "embedded.json").write_text(json.dumps(card, indent=1) + "\n")
     (DATA / "MODEL_CARD.md").write_text(model_card(card, args))
     print(
         json.dumps(
             {
-                k: {"sha256": v["sha256"], "bytes": v["bytes"]}
-                for k, v in card.items()
-                if isinstance(v, dict) and "sha256" in v
+                k: {"sha256": card[k]["sha256"], "bytes": card[k]["bytes"]}
+                for k in ("denoiser", "critic", "vae")
+                if card[k]
             },
             indent=1,
         )

@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from igds_fast.guidance.step import GuidedStep, StepConfig
+from igds_fast.config import step_config
 from igds_fast.jobs.image_manifest import read_image_manifest as read_manifest
-from igds_fast.models.critics import load_critic
-from igds_fast.models.embedded import CRITIC_FILE, DENOISER_FILE, embedded_path
-from igds_fast.models.loading import load_denoiser
+from igds_fast.models.embedded import CRITIC_FILE, DENOISER_FILE, VAE_FILE, embedded_path, resolve_models
 from igds_fast.sampling import run_chain
+from igds_fast.sampling.pipeline import build_pipeline
 from igds_fast.seeds import SampleNoise, sample_seed
 from igds_fast.subsets import subset
 
@@ -38,7 +37,10 @@ def test_weights_are_small_and_hashes_match_the_model_card():
     card = json.loads((DATA_DIR / "embedded.json").read_text())
     text = (DATA_DIR / "MODEL_CARD.md").read_text()
     total = 0
-    for key, name in (("denoiser", DENOISER_FILE), ("critic", CRITIC_FILE)):
+    shipped = [("denoiser", DENOISER_FILE), ("critic", CRITIC_FILE)]
+    if card.get("vae"):
+        shipped.append(("vae", VAE_FILE))
+    for key, name in shipped:
         path = embedded_path(name)
         digest = sha256(path)
         assert card[key]["sha256"] == digest, f"{name} changed without updating embedded.json"
@@ -48,17 +50,27 @@ def test_weights_are_small_and_hashes_match_the_model_card():
 
 
 def test_embedded_model_and_critics_load_and_sample_finite_images():
-    dit = load_denoiser(embedded_path(DENOISER_FILE))
-    critic = load_critic(embedded_path(CRITIC_FILE))
+    """The shipped files as the default job uses them: denoiser + critics on the same space, and for
+    a latent model the shipped VAE decoding its latents to 64 px images in [-1, 1]."""
+    card = json.loads((DATA_DIR / "embedded.json").read_text())
+    models = resolve_models(None, None, None, "igds")
+    pipe = build_pipeline(models.denoiser, models.vae, models.critics, step_config(10, {"steps": "5"}))
+    dit, critic = pipe.step.denoiser, pipe.step.critic
     imagenette = [c.wnid for c in subset("imagenette")]
     assert dit.config.wnids == imagenette and critic.config.wnids == imagenette
-    assert (dit.in_channels, dit.input_size, dit.learn_sigma) == (3, 32, True)
-    step = GuidedStep(dit, StepConfig(steps="5", guidance="igds", guidance_scale=1.0, beta=0.5), critic)
+    shape = (dit.in_channels, dit.input_size, dit.input_size)
+    assert shape == (critic.config.in_channels, critic.config.input_size, critic.config.input_size)
+    if card.get("vae"):  # the latent default: the production path (VAE decoder, critics on latents)
+        assert models.vae == str(embedded_path(VAE_FILE)) and shape == (4, 16, 16)
+    else:
+        assert models.vae == "none" and shape == (3, 32, 32)
     y = torch.tensor([0, 0, 7])
-    noise = SampleNoise([sample_seed(0, int(c), k) for k, c in enumerate(y)], (3, 32, 32))
-    res = run_chain(step, 5, y, noise)
-    assert res.x0.shape == (3, 3, 32, 32)
-    assert torch.isfinite(res.x0).all() and torch.isfinite(res.log_q).all() and torch.isfinite(res.h2).all()
+    noise = SampleNoise([sample_seed(0, int(c), k) for k, c in enumerate(y)], shape)
+    res = run_chain(pipe.step, 5, y, noise)
+    images = pipe.decode(res.x0)
+    assert images.shape == (3, 3, 64, 64) if card.get("vae") else (3, 3, 32, 32)
+    assert torch.isfinite(images).all() and images.abs().max() <= 1
+    assert torch.isfinite(res.log_q).all() and torch.isfinite(res.h2).all()
 
 
 def test_distill_with_defaults_runs(tmp_path):
