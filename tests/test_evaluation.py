@@ -242,7 +242,7 @@ def manifest_row(**changes: object) -> dict:
 def test_manifest_round_trip_and_checks(tmp_path: Path) -> None:
     rows = [manifest_row(), manifest_row(sample_index=1, log_q=None, h2=None, engine_id=None)]
     write_manifest(rows, tmp_path / "m.parquet")
-    assert read_manifest(tmp_path / "m.parquet") == rows
+    assert read_manifest(tmp_path / "m.parquet") == [r | {"saturation": None, "pixel_std": None} for r in rows]
     with pytest.raises(ValueError, match=r"missing columns \['h2'\]"):
         write_manifest([{k: v for k, v in manifest_row().items() if k != "h2"}], tmp_path / "x.parquet")
     with pytest.raises(ValueError, match="'sha256' must not be null"):
