@@ -67,6 +67,11 @@ class StepConfig:
             raise UserError(f"--eta must lie in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got {self.eta}")
         if self.guidance_scale < 0 or self.beta < 0:
             raise UserError("--guidance-scale and --beta must be >= 0")
+        if not 0 <= self.window_lo <= 999 or not 0 <= self.window_hi <= 999:
+            raise UserError(
+                f"the guidance window [{self.window_lo}, {self.window_hi}] must lie within the training "
+                "timesteps 0..999: use --window-lo/--window-hi in 0..999"
+            )
         if self.window_lo > self.window_hi:
             raise UserError(f"empty guidance window [{self.window_lo}, {self.window_hi}]")
         return self

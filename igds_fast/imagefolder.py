@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .errors import UserError
+from .memory import check_memory
 
 WNID = re.compile(r"n\d{8}")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
@@ -27,6 +28,8 @@ def scan_image_folder(root: Path, what: str) -> dict[str, list[Path]]:
     Only folders named by a WNID are classes (a set's other folders, e.g. contact sheets, are not),
     and hidden files (temporary names of interrupted writes) are skipped.
     """
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{what} folder '{root}' is a file; give an ImageFolder root (<wnid>/<image>)")
     if not root.is_dir():
         raise UserError(f"{what} folder '{root}' does not exist")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and WNID.fullmatch(p.name))
@@ -76,12 +79,23 @@ def read_image(path: Path, resolution: int | None = None) -> np.ndarray:
         raise UserError(f"cannot read image '{path}': {e}") from None
 
 
+def check_decode_memory(n: int, resolution: int, workers: int = 4) -> None:
+    """Refuse reading ``n`` images at ``resolution`` px when they cannot fit in memory (uint8, plus
+    each decoding thread's resize buffers), before decoding any."""
+    check_memory(
+        (n + 2 * workers) * 3 * resolution**2,
+        f"{n} images at {resolution} px",
+        "lower --resolution",
+    )
+
+
 def load_split(
     files: dict[str, list[Path]], classes: list[str], resolution: int, workers: int = 4
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 images (N, 3, R, R), int64 labels (N,)), label = position of the WNID in ``classes``."""
     paths = [p for wnid in classes for p in files[wnid]]
     labels = [label for label, wnid in enumerate(classes) for _ in files[wnid]]
+    check_decode_memory(len(paths), resolution, workers)
     # PIL decodes without the GIL, so threads overlap the decoding
     with ThreadPoolExecutor(max_workers=workers) as pool:
         arrays = list(pool.map(lambda p: read_image(p, resolution), paths))

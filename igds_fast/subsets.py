@@ -60,7 +60,11 @@ def resolve_classes(
         path = Path(classes_file)
         if not path.is_file():
             raise UserError(f"classes file '{path}' does not exist")
-        wnids = [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"classes file '{path}' is not a text file of WNIDs, one a line ({e})") from None
+        wnids = [ln.split()[0] for ln in lines if ln.strip() and not ln.startswith("#")]
     if wnids is not None:
         items = wnids.split(",") if isinstance(wnids, str) else list(wnids)
         items = [w.strip() for w in items if w.strip()]

@@ -537,3 +537,278 @@ def test_a_damaged_manifest_or_contact_sheet_is_rebuilt_without_weights(models, 
     assert snapshot(out) == snap and verify_set(out).ok
     run = json.loads((out / "run.json").read_text())
     assert run["runs"][-1]["rebuilt"] == ["manifest.parquet", f"contact_{WNIDS[1]}.png"]
+
+
+# ------------------------------------- (15) the bad-input probe's findings (benchmarks/probe_bad_inputs.py)
+
+
+def one_error_line(code: int, stderr: str, *words: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, stderr)
+    assert "Traceback" not in stderr and all(w in lines[0] for w in words), (words, lines[0])
+    return lines[0]
+
+
+def image_folder(root: Path, wnids: tuple[str, ...] = ("n01440764", "n02102040"), n: int = 3) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for w in wnids:
+        (root / w).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / w / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["distill", "--ipc", "abc"], ("Invalid value for '--ipc'", "igds-fast distill --help")),
+        (["distill", "--frobnicate", "1"], ("No such option: --frobnicate",)),
+        (["sample"], ("Missing option '--classes'",)),
+        (["doctor", "extra"], ("unexpected extra argument",)),
+        (["distil"], ("No such command 'distil'",)),
+        (["report"], ("Missing argument",)),
+    ],
+)
+def test_usage_errors_are_one_error_line(args, words):
+    """Click's usage errors were a box of 5-6 lines (usage, hint, a framed message) with no 'error:'."""
+    code, _, stderr = main(*args)
+    one_error_line(code, stderr, *words)
+
+
+def test_a_bare_command_still_shows_its_help():
+    code, stdout, stderr = main()
+    assert code == 2 and "Commands" in stdout + stderr
+
+
+@pytest.mark.parametrize("window", [["--window-hi", "5000"], ["--window-lo", "-50", "--window-hi", "-10"]])
+def test_a_guidance_window_outside_the_timesteps_is_refused(tmp_path, window):
+    code, _, stderr = main("distill", "--out", tmp_path / "o", "--backend", "eager", *window)
+    one_error_line(code, stderr, "0..999")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_classes_file_of_garbage_bytes_is_one_error_line(tmp_path):
+    (tmp_path / "c.txt").write_bytes(bytes(range(128, 256)) * 4)
+    code, _, stderr = main("distill", "--out", tmp_path / "o", "--classes-file", tmp_path / "c.txt")
+    one_error_line(code, stderr, "classes file", "not a text file")
+
+
+def test_an_engine_manifest_of_garbage_bytes_is_one_error_line(tmp_path):
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "manifest.json").write_bytes(bytes(range(128, 256)) * 4)
+    code, _, stderr = main("distill", "--out", tmp_path / "o", "--engines", tmp_path / "e")
+    one_error_line(code, stderr, "unreadable manifest", "rebuild")
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_distill_leaves_a_folder_of_other_files_untouched(tmp_path, overwrite):
+    """Without --overwrite it left .igds-lock/.igds-claim behind; with it, it wrote a set among the user's files."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine\n")
+    code, _, stderr = main("distill", "--out", tmp_path / "mine", "--backend", "eager", "--steps", "2", *overwrite)
+    one_error_line(code, stderr, "holds no distill run")
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+
+
+def test_an_ipc_past_the_limit_is_refused_even_when_it_fits(tmp_path, monkeypatch):
+    """--ipc 10000000 with 2 steps passed the memory and disk limits and ran (for days)."""
+    monkeypatch.setattr(job_mod, "build_pipeline", lambda *a, **k: pytest.fail("weights loaded: the job ran"))
+    monkeypatch.setattr(limits, "available_memory", lambda: 1 << 40)
+    monkeypatch.setattr(limits, "free_disk", lambda out: 1 << 50)
+    code, _, stderr = main(
+        "distill", "--out", tmp_path / "o", "--ipc", "10000000", "--steps", "2", "--backend", "eager"
+    )
+    one_error_line(code, stderr, "--ipc 10000000", str(limits.MAX_IPC))
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--ipc", "0"], ("--ipc must be >= 1",)),  # was accepted: an engine was exported
+        (["--batch-size", "10000000"], ("--batch-size 10000000", "4096")),  # was a 122 GB allocation traceback
+        (["--memory-size", "100000000"], ("--memory-size",)),
+    ],
+)
+def test_export_refuses_impossible_shapes_before_exporting(tmp_path, flags, words):
+    base = ["--batch-size", "2", "--steps", "5", "--ipc", "2", "--memory-size", "4"]
+    code, _, stderr = main("export", "--out", tmp_path / "e", *base, *flags)
+    one_error_line(code, stderr, *words)
+    assert not (tmp_path / "e").exists()
+
+
+def test_sample_refuses_more_samples_than_memory_holds(tmp_path, monkeypatch):
+    from igds_fast import memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda: 16 * 2**30)
+    code, _, stderr = main("sample", "--classes", "0", "--n-per-class", "10000000", "--out", tmp_path / "g.png")
+    one_error_line(code, stderr, "10000000 samples", "GiB", "--n-per-class")
+    assert not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        ("manifest.parquet", "manifest.parquet damaged"),
+        (f".unit-{WNIDS[0]}-0000.json", "unit record"),
+        ("run.json", "run.json"),
+    ],
+)
+def test_verify_says_which_record_is_damaged(finished, tmp_path, damage, words):
+    """The report line said '0 missing, 0 damaged of 10 images' for a damaged manifest or record."""
+    out = fresh_copy(finished[0], tmp_path / "set")
+    (out / damage).write_bytes(os.urandom(300))
+    code, _, stderr = main("verify", out)
+    lines = stderr.strip().splitlines()
+    assert code == 3 and len(lines) == 1 and words in lines[0] and "--repair" in lines[0], stderr
+
+
+def test_quality_checks_every_input_before_training_its_judge(tmp_path):
+    """A missing --real-val was found after the judge trained; a --cache-dir file was a traceback."""
+    samples = image_folder(tmp_path / "s")
+    train = image_folder(tmp_path / "t")
+    args = ["quality", "--samples", samples, "--real-train", train, "--epochs", "1"]
+    code, _, stderr = main(*args, "--real-val", tmp_path / "nope", "--cache-dir", tmp_path / "cache")
+    one_error_line(code, stderr, "real val", "does not exist")
+    assert not (tmp_path / "cache").exists()  # no judge trained
+    (tmp_path / "c.txt").write_text("x")
+    code, _, stderr = main(*args, "--real-val", train, "--cache-dir", tmp_path / "c.txt")
+    one_error_line(code, stderr, "is a file")
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--resolution", "0"], ("--resolution",)),  # a traceback
+        (["--lr", "nan"], ("--lr",)),  # a traceback
+        (["--ema-decay", "2"], ("--ema-decay",)),  # accepted
+        (["--ckpt-every", "0"], ("--ckpt-every",)),  # a traceback
+        (["--patch", "0"], ("--patch",)),  # accepted (0 read as "the preset's")
+        (["--config", "nope"], ("--config",)),  # after decoding the data into --out/cache
+        (["--precision", "nope"], ("--precision",)),
+        (["--steps", "0"], ("--steps",)),  # left an empty --out
+        (["--classes", "n01443537"], ("n01443537",)),  # a class the data lacks: left --out
+        (["--out", "FILE"], ("is a file",)),  # a traceback
+        (["--data", "PACK"], ("data pack",)),  # a pack of garbage bytes: left --out
+    ],
+)
+def test_train_dit_checks_its_options_and_leaves_no_out(tmp_path, flags, words):
+    data = image_folder(tmp_path / "data", n=2)
+    (tmp_path / "f.txt").write_text("keep\n")
+    (tmp_path / "p.npz").write_bytes(os.urandom(300))
+    flags = [{"FILE": str(tmp_path / "f.txt"), "PACK": str(tmp_path / "p.npz")}.get(f, f) for f in flags]
+    base = ["--data", data, "--out", tmp_path / "dit", "--classes", WNIDS[0], "--config", "tiny"]
+    base += ["--resolution", "16", "--steps", "1", "--batch-size", "2"]
+    code, _, stderr = main("train-dit", *base, *flags)
+    one_error_line(code, stderr, *words)
+    assert not (tmp_path / "dit").exists() and (tmp_path / "f.txt").read_text() == "keep\n"
+
+
+def test_train_critics_checks_precision_before_decoding_into_out(tmp_path):
+    data = image_folder(tmp_path / "data", n=2)
+    code, _, stderr = main(
+        "train-critics", "--data", data, "--out", tmp_path / "c", "--classes", TWO, "--steps", "1",
+        "--batch-size", "4", "--width", "16", "--depth", "1", "--heads", "2", "--precision", "nope",
+    )  # fmt: skip
+    one_error_line(code, stderr, "--precision")
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        ({"peak_tflops": float("nan")}, "--peak-tflops"),
+        ({"threads": 0}, "--threads"),
+        ({"parity_inputs": 0}, "--parity"),
+    ],
+)
+def test_bench_refuses_bad_numbers(kw, words):
+    from igds_fast.bench.config import BenchConfig
+
+    with pytest.raises(UserError, match=words):
+        BenchConfig(backends=["eager"], **kw).validate()
+
+
+@pytest.mark.parametrize("kind", ["garbage", "folder"])
+def test_report_of_a_file_that_is_no_result_is_one_error_line(tmp_path, kind):
+    path = tmp_path / "r.json"
+    if kind == "garbage":
+        path.write_bytes(bytes(range(128, 256)))
+    else:
+        path.mkdir()
+    code, _, stderr = main("report", path, "--out", tmp_path / "r.md", "--plot", tmp_path / "p.png")
+    one_error_line(code, stderr, str(path))
+    assert not (tmp_path / "r.md").exists()
+
+
+@pytest.mark.parametrize("command", ["pack-data", "evaluate", "quality"])
+def test_resolutions_no_memory_holds_are_refused_before_decoding(tmp_path, monkeypatch, command):
+    """--resolution 100000 decoded 30 GB images (pack-data took 14 GB before it was killed) or ran on."""
+    from igds_fast import memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda: 16 * 2**30)
+    data = image_folder(tmp_path / "d")
+    args = {
+        "pack-data": ["--data", data, "--out", tmp_path / "p.npz", "--classes", WNIDS[0]],
+        "evaluate": ["--train", data, "--val", data, "--out", tmp_path / "r.json", "--seeds", "1", "--epochs", "1"],
+        "quality": ["--samples", data, "--real-train", data, "--real-val", data, "--cache-dir", tmp_path / "cache"],
+    }[command]
+    t0 = time.perf_counter()
+    code, _, stderr = main(command, *args, "--resolution", "100000")
+    one_error_line(code, stderr, "GiB", "--resolution")
+    assert time.perf_counter() - t0 < 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_bench_json_into_a_folder_is_refused_before_timing(tmp_path):
+    """It was an IsADirectoryError traceback after the first row was timed (and left 'DIR.tmp')."""
+    (tmp_path / "d").mkdir()
+    code, _, stderr = main("bench", "--backends", "eager", "--steps", "2", "--json", tmp_path / "d")
+    one_error_line(code, stderr, "--json", "is a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_quality_of_a_set_with_a_garbage_run_json_is_one_error_line(tmp_path):
+    data = image_folder(tmp_path / "s")
+    (data / "run.json").write_bytes(bytes(range(128, 256)))
+    code, _, stderr = main("quality", "--samples", data, "--real-train", data, "--real-val", data)
+    one_error_line(code, stderr, "run.json", "not valid JSON")
+
+
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [
+        ("out-is-a-folder", ("--out", "is a folder")),  # an IsADirectoryError after all the training
+        ("device-tpu", ("unknown device 'tpu'",)),  # a torch RuntimeError traceback
+        ("run-json-garbage", ("run.json", "not valid JSON")),  # a UnicodeDecodeError traceback
+        ("run-json-list", ("run.json", "not a run record")),  # an AttributeError traceback
+    ],
+)
+def test_evaluate_bad_inputs_are_one_error_line(tmp_path, case, words):
+    data = image_folder(tmp_path / "d")
+    (tmp_path / "o").mkdir()
+    args = ["evaluate", "--train", data, "--val", data, "--net", "convnet3", "--resolution", "16", "--seeds", "1"]
+    args += ["--epochs", "1", "--out", tmp_path / ("o" if case == "out-is-a-folder" else "r.json")]
+    if case == "device-tpu":
+        args += ["--device", "tpu"]
+    if case == "run-json-garbage":
+        (data / "run.json").write_bytes(bytes(range(128, 256)))
+    if case == "run-json-list":
+        (data / "run.json").write_text("[1]")
+    code, _, stderr = main(*args)
+    one_error_line(code, stderr, *words)
+    assert not (tmp_path / "r.json").exists() and not list((tmp_path / "o").iterdir())
+
+
+@pytest.mark.parametrize("case", ["json-is-a-folder", "device-tpu"])
+def test_quality_refuses_a_json_folder_and_an_unknown_device_before_training(tmp_path, case):
+    data = image_folder(tmp_path / "d")
+    (tmp_path / "j").mkdir()
+    args = ["quality", "--samples", data, "--real-train", data, "--real-val", data, "--epochs", "1"]
+    args += ["--cache-dir", tmp_path / "cache"]
+    args += ["--json", tmp_path / "j"] if case == "json-is-a-folder" else ["--device", "tpu"]
+    code, _, stderr = main(*args)
+    one_error_line(code, stderr, *(("--json", "is a folder") if case == "json-is-a-folder" else ("tpu",)))
+    assert not (tmp_path / "cache").exists() and not list((tmp_path / "j").iterdir())

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..config import PRECISIONS, STEP_DEFAULTS, StepConfig, step_config
+from ..config import PRECISIONS, STEP_DEFAULTS, StepConfig, check_count, step_config
 from ..errors import UserError
 from ..guidance.step import GuidedStep
 from ..models.embedded import resolve_models
@@ -39,6 +39,10 @@ EXPORT_DEFAULTS: dict[str, Any] = {
     "split": False,
     "device": None,  # None: the backend's export_device() (cuda when a GPU is visible; see docs/export.md)
 }
+# The largest static shapes an engine is built with: tracing allocates example inputs of these
+# shapes (a batch of 10^7 asks for 100+ GiB), and a distill batch is at most 32 by default.
+MAX_BATCH = 4096
+MAX_MEMORY = 1 << 20
 
 
 def read_recipe(path: Path) -> dict[str, Any]:
@@ -68,7 +72,7 @@ def export_spec(recipe: Path | None, flags: dict[str, Any], out: Path, overwrite
     s = dict(EXPORT_DEFAULTS)
     for layer in layers:
         s.update({k: v for k, v in layer.items() if k in EXPORT_DEFAULTS and v is not None})
-    cfg = step_config(int(s["ipc"]), *layers)
+    cfg = step_config(check_count(int(s["ipc"]), "--ipc"), *layers)
     m = resolve_models(s["denoiser"], s["vae"], s["critics"], cfg.guidance)
     return ExportSpec(
         denoiser=m.denoiser,
@@ -130,6 +134,15 @@ class ExportSpec:
             )
         if self.batch_size < 1 or self.memory_size < 1:
             raise UserError("--batch-size and --memory-size must be >= 1")
+        for option, value, most in (
+            ("--batch-size", self.batch_size, MAX_BATCH),
+            ("--memory-size", self.memory_size, MAX_MEMORY),
+        ):
+            if value > most:
+                raise UserError(
+                    f"{option} {value} is more than an engine's static shapes allow ({most}): "
+                    "tracing would allocate example inputs of that size; choose a smaller value"
+                )
         if self.cfg.diversity == "knn":
             raise UserError("--diversity knn is eager only; export with x0 or collision")
         if self.cfg.guidance == "igds" and self.critics is None:

@@ -125,7 +125,7 @@ def read_engine_manifest(engine_dir: str | Path) -> dict[str, Any]:
         raise UserError(f"'{engine_dir}' has no {MANIFEST}: not an engine, or its export did not finish")
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: bad JSON, or bytes that are not UTF-8 text
         raise UserError(f"{path}: unreadable manifest ({e}); rebuild the engine") from None
     if not isinstance(manifest, dict) or manifest.get("format") != ENGINE_FORMAT:
         fmt = manifest.get("format") if isinstance(manifest, dict) else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..backends.registry import BACKENDS
@@ -85,6 +86,12 @@ class BenchConfig:
             raise UserError(f"unknown --guidance '{self.guidance}': use igds or off")
         if min(self.batch_size, self.steps, self.repeats, self.memory_size) < 1 or self.warmup < 0:
             raise UserError("--batch-size, --steps, --repeats, --memory-size must be >= 1, --warmup >= 0")
+        if self.parity_inputs < 1:
+            raise UserError(f"--parity-inputs must be >= 1, got {self.parity_inputs}")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {self.threads}")
+        if self.peak_tflops is not None and not (math.isfinite(self.peak_tflops) and self.peak_tflops > 0):
+            raise UserError(f"--peak-tflops must be a positive number, got {self.peak_tflops}")
         pixel = self.model in PIXEL_SIZES
         if self.resolution is None:
             self.resolution = PIXEL_SIZES.get(self.model, 256)

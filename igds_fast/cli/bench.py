@@ -73,6 +73,8 @@ def register(app: typer.Typer) -> None:
         """Time the guided step and the whole distill path (steps, decode, PNG) per backend."""
         from ..bench import BenchConfig, BenchTerminated, run_bench
 
+        if json_out is not None and json_out.is_dir():  # found only after the first row was timed
+            raise UserError(f"--json '{json_out}' is a folder; give a file name for the results, e.g. bench.json")
         e2e = None
         if e2e_backends is not None:
             e2e = [] if e2e_backends == "none" else parse_list(e2e_backends, "--e2e-backends")

@@ -38,6 +38,8 @@ def evaluate(
 
     if not out.parent.is_dir():
         raise UserError(f"output folder '{out.parent}' does not exist")
+    if out.is_dir():
+        raise UserError(f"--out '{out}' is a folder; give a file name, e.g. results.json")
     order = [c.wnid for c in subset_classes(subset)] if subset is not None else None
     results = evaluate_set(train, val, net, resolution, seed_list(seeds), epochs, order, method, device)
     write_atomic(out, (json.dumps(results, indent=2) + "\n").encode())
@@ -98,6 +100,8 @@ def quality(
 
     if json_out is not None and not json_out.parent.is_dir():
         raise UserError(f"output folder '{json_out.parent}' does not exist")
+    if json_out is not None and json_out.is_dir():
+        raise UserError(f"--json '{json_out}' is a folder; give a file name, e.g. quality.json")
     result = judge_samples(samples, real_train, real_val, resolution, net, epochs, seed, cache_dir, device)
     if json_out is not None:
         write_atomic(json_out, (json.dumps(result, indent=2) + "\n").encode())

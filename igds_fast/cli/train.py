@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import typer
@@ -40,6 +41,7 @@ def train_dit_cmd(
     from ..subsets import resolve_classes
     from ..training.train_dit import TrainDiTConfig, train_dit
 
+    check_folder(data, "--data")
     wnids = [c.wnid for c in resolve_classes(subset, classes)]
     cfg = TrainDiTConfig(
         data=str(data),
@@ -99,6 +101,7 @@ def train_critics_cmd(
 
     # Everything that can be checked is checked before --out is created.
     check_critic_options(steps, batch_size, lr, width, depth, heads, eval_images, feat_dim)
+    check_precision(precision)
     check_folder(data, "--data")
     if val is not None:
         check_folder(val, "--val")
@@ -138,8 +141,8 @@ def train_critics_cmd(
     try:
         path = usual_mode(train_critic(cfg, model, codec, overwrite=overwrite))
     except UserError:
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # refused inside training: leave no empty --out behind
+        if created:
+            shutil.rmtree(out, ignore_errors=True)  # refused inside training: leave no --out (or its cache) behind
         raise
     m = json.loads((out / "critic.json").read_text())["metrics"]
     typer.echo(
@@ -170,6 +173,13 @@ def check_folder(path: Path, option: str) -> None:
         raise UserError(f"{option} folder '{path}' does not exist")
     if not path.is_dir():
         raise UserError(f"{option} '{path}' is a file; give an ImageFolder root (<wnid>/*.jpg)")
+
+
+def check_precision(precision: str) -> None:
+    from ..training.accel import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown --precision '{precision}': use {', '.join(PRECISIONS)}")
 
 
 def check_critic_options(

@@ -66,8 +66,7 @@ def verify(
         events.close()
     if not rep.ok:
         typer.echo(
-            f"{out}: {len(rep.missing)} missing, {len(rep.damaged)} damaged of {rep.images} images"
-            + ("" if repair else "; rerun with --repair to regenerate them"),
+            f"{out}: {'; '.join(rep.problems())}" + ("" if repair else "; rerun with --repair to regenerate them"),
             err=True,
         )
         raise typer.Exit(EXIT_INCOMPLETE)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..memory import check_memory
 
 NET_NAMES = ("convnet3", "convnet6", "resnetap10", "resnet18")
 STAGE_WIDTHS = (64, 128, 256, 512)
@@ -142,6 +143,15 @@ def torchvision_stem() -> nn.Sequential:
 
 def build_net(name: str, num_classes: int, resolution: int) -> nn.Module:
     """One of ``NET_NAMES`` for ``resolution`` x ``resolution`` RGB inputs."""
+    if resolution >= 1:
+        # one image's first-block activations (128 channels at full size, forward and backward) and a
+        # ConvNet's classifier (its weights grow with the resolution squared), with the optimizer's copies
+        classifier = 128 * (resolution >> 3) ** 2 * num_classes if name in ("convnet3", "convnet6") else 0
+        check_memory(
+            2 * 4 * 128 * resolution**2 + 4 * 4 * classifier,
+            f"{name} at {resolution} px (one image's activations and the weights)",
+            "lower --resolution (the protocol uses 224)",
+        )
     if name in ("convnet3", "convnet6"):
         return ConvNet(num_classes, depth=int(name[-1]), resolution=resolution)
     if name == "resnetap10":

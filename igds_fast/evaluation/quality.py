@@ -34,8 +34,9 @@ from PIL import Image, ImageOps
 from torch import nn
 from tqdm import tqdm
 
+from ..config import resolve_device
 from ..errors import UserError
-from ..imagefolder import IMAGE_SUFFIXES
+from ..imagefolder import IMAGE_SUFFIXES, check_decode_memory
 from ..machine import library_versions
 from .data import normalize, random_resized_crop_flip
 from .networks import NET_NAMES, build_net
@@ -71,6 +72,8 @@ def scan_classes(root: Path, what: str) -> dict[str, list[Path]]:
     """``root/<class>/<image>`` -> {class: sorted image files}; a class folder is any visible folder
     holding images (WNIDs or names), so a distilled set's other files (run.json, contact sheets) are skipped."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{what} folder '{root}' is a file; give an ImageFolder root (<class>/<image>)")
     if not root.is_dir():
         raise UserError(f"{what} folder '{root}' does not exist")
     found = {}
@@ -90,7 +93,7 @@ def check_complete(root: Path) -> None:
         return
     try:
         info = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # bad JSON, or bytes that are not UTF-8 text
         raise UserError(f"'{path}' is not valid JSON: {e}") from None
     if isinstance(info, dict) and info.get("complete") is False:
         raise UserError(f"'{root}' is incomplete (run.json says so): rerun the command that made it")
@@ -169,6 +172,7 @@ def load_images(
             return ImageSet(*(torch.from_numpy(z[k]) for k in ("images", "labels", "saturated", "values")))
     if not paths:
         raise UserError("no images to read")
+    check_decode_memory(len(paths), resolution, workers)
     # PIL decodes without the GIL, so threads overlap the decoding
     with ThreadPoolExecutor(max_workers=workers) as pool:
         read = list(pool.map(lambda p: read_image(p, resolution), paths))
@@ -364,7 +368,10 @@ def train_judge(
 
 
 def cache_root(cache_dir: Path | str | None) -> Path:
-    return Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser()
+    root = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser()
+    if root.exists() and not root.is_dir():
+        raise UserError(f"judge cache '{root}' is a file; give --cache-dir a folder")
+    return root
 
 
 def load_or_train_judge(
@@ -607,6 +614,9 @@ def judge_samples(
     samples = Path(samples)
     sample_files = scan_classes(samples, "samples")
     check_complete(samples)
+    scan_classes(Path(real_val), "real val")  # every input checked before the judge trains (minutes)
+    cache_root(cache_dir)
+    resolve_device(device)
     if resolution is None:
         resolution = image_size(sample_files) if judge is None else judge.resolution
     if judge is None:

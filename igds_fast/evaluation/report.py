@@ -22,8 +22,12 @@ def load_results(paths: list[Path]) -> list[dict[str, Any]]:
             r = json.loads(path.read_text())
         except FileNotFoundError:
             raise UserError(f"results file '{path}' does not exist") from None
-        except json.JSONDecodeError as e:
-            raise UserError(f"'{path}' is not valid JSON: {e}") from None
+        except IsADirectoryError:
+            raise UserError(f"results file '{path}' is a folder; give the results.json files evaluate wrote") from None
+        except (ValueError, OSError) as e:  # bad JSON, or bytes that are not UTF-8 text
+            raise UserError(f"'{path}' is not a JSON results file: {e}") from None
+        if not isinstance(r, dict):
+            raise UserError(f"'{path}' is not an evaluate result: it holds a {type(r).__name__}, not an object")
         missing = [k for k in REQUIRED if k not in r]
         if missing:
             raise UserError(f"'{path}' is not an evaluate result: it lacks {', '.join(missing)}")

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..config import resolve_device
 from ..errors import UserError
 from ..imagefolder import load_split, match_classes, scan_image_folder
 from ..machine import library_versions
@@ -106,8 +107,12 @@ def read_run_info(train_dir: Path) -> dict[str, Any]:
         return {}
     try:
         info = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # bad JSON, or bytes that are not UTF-8 text
         raise UserError(f"'{path}' is not valid JSON: {e}") from None
+    if not isinstance(info, dict):
+        raise UserError(
+            f"'{path}' is not a run record (it holds a {type(info).__name__}); rerun the command that made the set"
+        )
     if info.get("complete") is False:
         raise UserError(f"'{train_dir}' is incomplete (run.json says so): rerun the command that made it")
     return info
@@ -149,6 +154,7 @@ def evaluate_set(
 ) -> dict[str, Any]:
     """Train ``net`` once per seed on ``train_dir`` and test on ``val_dir``; the results.json record."""
     t0 = time.perf_counter()
+    resolve_device(device)
     build_net(net, 2, resolution)  # fail on a bad net/resolution before loading any image
     info = read_run_info(train_dir)
     train_files = scan_image_folder(train_dir, "train")

@@ -165,6 +165,19 @@ def _foreign(out: Path) -> list[Path]:
     return [p for p in out.iterdir() if not p.name.startswith(".igds-") and not OUR_TEMP.fullmatch(p.name)]
 
 
+def not_a_run(out: Path) -> str:
+    return (
+        f"--out '{out}' is not empty and holds no distill run (--overwrite replaces only a distill run); "
+        "choose an empty or new folder"
+    )
+
+
+def holds_other_files(out: Path) -> bool:
+    """Whether ``out`` is a folder of files distill did not write and no run of it (refused, even with
+    --overwrite, before any lock or file is made in it)."""
+    return out.is_dir() and bool(_foreign(out)) and read_job_file(out) is None and not record_jobs(out)
+
+
 def _record_wnids(out: Path) -> set[str]:
     return {p.name[len(".unit-") :].rsplit("-", 1)[0] for p in out.glob(".unit-*.json")}
 
@@ -196,8 +209,8 @@ def prepare_out(
             return mine
         others = record_jobs(out) - {mine}
         if have is None and not others:
-            if _foreign(out) and not overwrite and not record_jobs(out):
-                raise UserError(f"--out '{out}' is not empty and holds no distill run; choose an empty folder")
+            if _foreign(out) and not record_jobs(out):  # --overwrite replaces runs, never a folder of other files
+                raise UserError(not_a_run(out))
             write_job_file(out, cfg, request)
             return mine
         if others and not overwrite:

@@ -28,7 +28,7 @@ from ..models.labels import class_labels, labels_for_wnids
 from ..sampling import StepEngine, memory_rows
 from ..sampling.pipeline import build_pipeline
 from ..subsets import ClassInfo, resolve_classes
-from .distill import DistillConfig, read_job_file
+from .distill import DistillConfig, holds_other_files, not_a_run, read_job_file
 from .engine_cache import (
     BACKEND_CHOICES,
     Choice,
@@ -95,6 +95,8 @@ class DistillJob:
             raise UserError("give --engines or --backend, not both (an engine folder fixes its backend)")
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"--out '{self.out}' is a file; choose a folder")
+        if holds_other_files(self.out):
+            raise UserError(not_a_run(self.out))
         check_log_path(self.log_json)
         return self
 

@@ -11,16 +11,19 @@ JPEG about a quarter), the stored features of every unit, and a manifest row per
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..memory import MEMORY_HEADROOM, available_memory, gib
 
 WRITER_THREADS = 2
-MEMORY_HEADROOM = 0.8  # refuse past this share of the memory available now
 MANIFEST_ROW_BYTES = 256
+# Images per class: a class's images are sampled as one run, every chunk guided against all the
+# class's earlier ones (its work grows with IPC squared). Distilled sets keep IPC far below the
+# ~1300 real images of an ImageNet class; past this an IPC is a typo, not a job.
+MAX_IPC = 10_000
 
 
 @dataclass(frozen=True)
@@ -32,10 +35,6 @@ class JobShape:
     feat_dim: int
     image_side: int  # written images' side in px
     image_format: str = "png"
-
-
-def gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def memory_bytes(s: JobShape) -> dict[str, int]:
@@ -51,17 +50,6 @@ def disk_bytes(s: JobShape, images_left: int | None = None) -> int:
         per_image = per_image // 4 + 1024
     feats = s.num_steps * s.feat_dim * 4
     return n * (per_image + feats + MANIFEST_ROW_BYTES)
-
-
-def available_memory() -> int | None:
-    """MemAvailable (Linux), else None (not checked)."""
-    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    with contextlib.suppress(ValueError, OSError, AttributeError):
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return None
 
 
 def free_disk(out: Path) -> int | None:
@@ -99,5 +87,10 @@ def check_limits(
         raise UserError(
             f"{n} images of {s.image_side} px ({s.image_format}) need about {gib(need_disk)} of disk, "
             f"'{out}' has {gib(have_disk)} free; free space, choose another --out, or lower --ipc/--resolution"
+        )
+    if s.ipc > MAX_IPC:  # fits, but is no distilled set: days of sampling
+        raise UserError(
+            f"--ipc {s.ipc} is more than {MAX_IPC} images per class: a class's images are sampled together, "
+            "each guided against all earlier ones (work grows with IPC squared); use a smaller --ipc"
         )
     return {"memory_bytes": need_mem, "disk_bytes": need_disk}

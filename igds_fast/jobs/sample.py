@@ -11,6 +11,7 @@ from tqdm import tqdm
 from ..backends.eager import EagerEngine
 from ..config import StepConfig, check_count
 from ..errors import UserError
+from ..memory import check_memory
 from ..sampling import class_units, run_class
 from ..sampling.pipeline import Pipeline, build_pipeline
 
@@ -49,6 +50,14 @@ def sample_classes(
     check_count(batch_size, "--batch-size")
     pipe.step.check_labels(labels)
     total = len(labels) * n_per_class
+    c, h, w = pipe.shape
+    side = w * int(getattr(pipe.vae, "downsample", 1)) if images_too else 0
+    # every sample's latents and image stay in memory (fp32), concatenated at the end (twice)
+    check_memory(
+        2 * total * 4 * (c * h * w + 3 * side * side),
+        f"{total} samples ({len(labels)} classes x {n_per_class})",
+        "lower --n-per-class (sample makes a grid; distill writes large sets image by image)",
+    )
     if init_noise is not None and init_noise.shape != (total, *pipe.shape):
         raise UserError(f"--init-noise has shape {init_noise.shape}, expected {(total, *pipe.shape)}")
     if init_noise is not None and not np.isfinite(init_noise).all():

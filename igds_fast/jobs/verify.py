@@ -57,6 +57,23 @@ class Report:
             and self.run_json == "ok"
         )
 
+    def problems(self) -> list[str]:
+        """What is wrong, in words (empty when ``ok``)."""
+        out = []
+        if self.missing or self.damaged:
+            out.append(f"{len(self.missing)} missing, {len(self.damaged)} damaged of {self.images} images")
+        if self.units and not (self.missing or self.damaged):  # units with bad images are counted above
+            out.append(f"{len(self.units)} unit record(s) or stored features damaged")
+        if self.not_run:
+            out.append(f"{self.not_run} unit(s) never made (an unfinished run or shard)")
+        if self.manifest != "ok":
+            out.append(f"manifest.parquet {self.manifest}")
+        if self.sheets:
+            out.append(f"contact sheet(s) {', '.join(self.sheets)} missing or unreadable")
+        if self.run_json != "ok":
+            out.append(f"run.json {self.run_json}")
+        return out
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "out": str(self.out),

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..config import resolve_device
 from ..diffusion.schedule import Schedule
 from ..errors import UserError
 from ..imagefolder import to_model_range
@@ -61,6 +64,28 @@ class TrainDiTConfig:
     precision: str = "auto"  # forward pass: fp32, or bf16 autocast; auto = bf16 on CUDA, fp32 elsewhere
     compile: bool | None = None  # torch.compile the model; None = on CUDA only
 
+    def validate(self) -> TrainDiTConfig:
+        """Every option checked before ``out`` is created."""
+        if self.batch_size <= 0 or self.steps <= 0:
+            raise UserError("--batch-size and --steps must be >= 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"--lr must be a positive number, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:  # also NaN
+            raise UserError(f"--ema-decay must lie in [0, 1) (0.999 keeps a slow average), got {self.ema_decay}")
+        if self.ckpt_every < 1:
+            raise UserError(f"--ckpt-every must be >= 1 (steps between checkpoints), got {self.ckpt_every}")
+        if self.resolution < 8:
+            raise UserError(f"--resolution must be >= 8, got {self.resolution}")
+        if self.patch is not None and self.patch < 1:
+            raise UserError(f"--patch must be >= 1, got {self.patch}")
+        if self.preset not in PRESETS:
+            raise UserError(f"unknown --config '{self.preset}': choose one of {', '.join(PRESETS)}")
+        autocast_dtype(self.precision, resolve_device(self.device))  # checks --precision and --device
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out '{out}' is a file; choose a folder for the denoiser")
+        return self
+
 
 def build_model(cfg: TrainDiTConfig, in_channels: int, input_size: int) -> DiT:
     if cfg.preset not in PRESETS:
@@ -93,10 +118,19 @@ def _save_state(path: Path, state: dict) -> None:
 
 def train_dit(cfg: TrainDiTConfig, progress: bool = True) -> Path:
     """Train until ``cfg.steps`` (resuming from ``<out>/train_state.pt``); returns the weights path."""
+    cfg.validate()
     out = Path(cfg.out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.batch_size <= 0 or cfg.steps <= 0:
-        raise UserError("--batch-size and --steps must be >= 1")
+    try:
+        return _train(cfg, out, progress)
+    except UserError:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)  # refused (bad data, VAE, model): leave no --out behind
+        raise
+
+
+def _train(cfg: TrainDiTConfig, out: Path, progress: bool) -> Path:
     images, labels = load_training_images(cfg.data, cfg.wnids, cfg.resolution, cache_dir=out / "cache")
     device = torch.device(cfg.device)
     amp = autocast_dtype(cfg.precision, device)
