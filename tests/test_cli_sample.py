@@ -341,3 +341,18 @@ def test_latents_only_for_a_latent_model_without_a_vae(latent_model, tmp_path):
     # the same latents as with the VAE (decoding does not change the chain)
     _, ref = sample(latent_model / "dit.safetensors", tmp_path, "v", "--vae", latent_model / "vae", classes="0,4")
     np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_cli_waits_passively_unless_the_user_chose_an_openmp_policy(given, expected):
+    """Busy-waiting OpenMP threads collapse on shared cores (README, "Shared cores"): the CLI sets
+    OMP_WAIT_POLICY=PASSIVE before torch loads, and leaves a policy the user set alone."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    code = (
+        "import os, sys; import igds_fast.cli; from igds_fast.cli import _env; "
+        "print(os.environ['OMP_WAIT_POLICY'], _env.TORCH_WAS_LOADED, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == [expected, "False", "True"]  # set before torch loaded, and torch did load

@@ -8,7 +8,7 @@ import typer
 
 from .. import __version__
 from ..errors import UserError
-from . import bench, distill, eval, export, sample, train, verify
+from . import _env, bench, distill, eval, export, sample, train, verify  # noqa: F401 (_env first: before torch loads)
 
 try:  # typer >= 0.22 carries its own copy of click; its errors derive from TyperException
     from typer import TyperException as ClickError
