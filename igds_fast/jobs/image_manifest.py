@@ -79,7 +79,7 @@ def _check_rows(rows: list[dict[str, Any]]) -> None:
     names = set(MANIFEST_SCHEMA.names)
     for i, row in enumerate(rows):
         if set(row) | set(LATER_COLUMNS) != names:
-            missing, extra = sorted(names - set(row)), sorted(set(row) - names)
+            missing, extra = sorted(names - set(row) - set(LATER_COLUMNS)), sorted(set(row) - names)
             raise ValueError(f"manifest row {i}: missing columns {missing}, unknown columns {extra}")
         for field in MANIFEST_SCHEMA:
             if not field.nullable and row[field.name] is None:
