@@ -11,16 +11,17 @@ cd "$(dirname "$0")/.."
 VAE=${1:?VAE folder from scripts/train_autoencoder.py}
 OUT=${2:?output folder}
 DIT_STEPS=${3:-3000}
-CRITIC_STEPS=${4:-2500}
+CRITIC_STEPS=${4:-5000}
+PRECISION=${PRECISION:-bf16}  # autocast; what the 2026-12-01 run used on the AMX CPU
 DATA=${IGDS_DATA:-../shared/data}/imagenette-64
 export OMP_NUM_THREADS=${THREADS:-1}
 mkdir -p "$OUT"
 igds-fast train-dit --data "$DATA/train" --subset imagenette --vae "$VAE" --resolution 64 --config small --patch 2 \
-  --steps "$DIT_STEPS" --batch-size 64 --lr 5e-4 --ckpt-every 100 --out "$OUT/dit" > "$OUT/dit.log" 2>&1 &
+  --steps "$DIT_STEPS" --batch-size 64 --lr 5e-4 --ckpt-every 100 --precision "$PRECISION" --out "$OUT/dit" > "$OUT/dit.log" 2>&1 &
 dit=$!
 # The critics need only the denoiser's input space and class names: start once the first checkpoint exists.
 while [ ! -f "$OUT/dit/denoiser.safetensors" ]; do sleep 20; kill -0 $dit 2>/dev/null || { cat "$OUT/dit.log"; exit 1; }; done
 igds-fast train-critics --data "$DATA/train" --val "$DATA/val" --subset imagenette --denoiser "$OUT/dit/denoiser.safetensors" \
-  --vae "$VAE" --steps "$CRITIC_STEPS" --batch-size 64 --lr 2e-3 --width 128 --depth 3 --heads 4 --out "$OUT/critic" \
+  --vae "$VAE" --steps "$CRITIC_STEPS" --batch-size 64 --lr 2e-3 --width 128 --depth 3 --heads 4 --precision "$PRECISION" --out "$OUT/critic" \
   > "$OUT/critic.log" 2>&1
 wait $dit
