@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..memory import MEMORY_HEADROOM, available_memory, gib
+from ..memory import available_memory, check_memory, gib
 
 WRITER_THREADS = 2
 MANIFEST_ROW_BYTES = 256
@@ -69,17 +69,17 @@ def check_limits(
     mem = memory_bytes(s)
     need_mem = sum(mem.values())
     have_mem = available_memory() if memory == -1 else memory
-    if have_mem is not None and need_mem > MEMORY_HEADROOM * have_mem:
+    if have_mem is not None:
         if mem["feature_memory"] >= mem["image_buffers"]:
-            why = (
-                f"--ipc {s.ipc} keeps {s.num_steps} steps x {s.ipc} images x {s.feat_dim} critic features "
-                f"of a class in memory (about {gib(mem['feature_memory'])})"
+            what = (
+                f"the {s.num_steps} steps x {s.ipc} images x {s.feat_dim} critic features of a class that "
+                f"--ipc {s.ipc} keeps"
             )
             fix = "lower --ipc (a class's images are sampled together; shards split classes, not a class)"
         else:
-            why = f"{s.image_side} px images need about {gib(mem['image_buffers'])} of buffers to resize and encode"
+            what = f"the buffers to resize and encode {s.image_side} px images"
             fix = "lower --resolution"
-        raise UserError(f"{why}, more than the {gib(have_mem)} of memory available here; {fix}")
+        check_memory(need_mem, what, fix, have=have_mem)
     need_disk = disk_bytes(s, images_left)
     have_disk = free_disk(out) if disk == -1 else disk
     if have_disk is not None and need_disk > have_disk:
