@@ -126,7 +126,7 @@ epochs_for() { # the scaled-down evaluate epochs for an IPC
   else echo "$EPOCHS_IPC50"; fi
 }
 
-# The beta distill uses when BETA is unset (0.5 ln IPC), from the library itself: the engine must be
+# The beta distill uses when BETA is unset (a constant, igds_fast/config.py), from the library itself: the engine must be
 # exported with exactly this float or distill refuses it.
 default_beta() {
   python -c 'from igds_fast.config import resolve_beta; print(repr(resolve_beta(None, "igds")))' 

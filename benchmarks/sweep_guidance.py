@@ -33,6 +33,10 @@ from igds_fast.subsets import subset
 CONFIGS: dict[str, dict] = {
     "off": {"guidance": "off"},
     "default": {},  # the config defaults at run time (the row records them)
+    # the base sampler: CFG on all latent channels (DiT's official code guides only the first 3)
+    "off cfg-all": {"guidance": "off", "cfg_channels": "all"},
+    "off cfg6 cfg-all": {"guidance": "off", "cfg_channels": "all", "cfg_scale": 6.0},
+    "off cfg8 cfg-all": {"guidance": "off", "cfg_channels": "all", "cfg_scale": 8.0},
     "proto s0.1": {"guidance_scale": 0.1, "beta": 0.0},
     "proto s0.25": {"guidance_scale": 0.25, "beta": 0.0},
     "proto s0.5": {"guidance_scale": 0.5, "beta": 0.0},
@@ -51,6 +55,8 @@ CONFIGS: dict[str, dict] = {
     "guard s0.1 x0 b0.1": {"guidance_scale": 0.1, "beta": 0.1},
     "guard s0.1 x0 b0.2": {"guidance_scale": 0.1, "beta": 0.2},
     "guard s0.25 x0 b0.2": {"guidance_scale": 0.25, "beta": 0.2},
+    "guard s0.05 x0 b0.05": {"guidance_scale": 0.05, "beta": 0.05},
+    "guard s0.05 x0 b0.1": {"guidance_scale": 0.05, "beta": 0.1},
 }
 # The order a sweep runs them in when --only is not given (most informative first).
 ORDER = [

@@ -12,7 +12,9 @@ from ..errors import UserError
 SCHEMA = "igds-fast/bench-v2"
 MODELS = ("embedded", "dit-s2", "dit-b2", "dit-xl2", "tiny")
 ARCHS = {"dit-s2": "DiT-S/2", "dit-b2": "DiT-B/2", "dit-xl2": "DiT-XL/2"}
-PIXEL_SIZES = {"embedded": 32, "tiny": 16}
+# Models of a fixed size (--resolution refused): the test-size pixel model, and the embedded default
+# (pixel or latent: its image size is the shipped model's, filled in by ``build_models``).
+FIXED_SIZES: dict[str, int | None] = {"embedded": None, "tiny": 16}
 # What the bench runs, besides every backend of the table (backends.registry.BACKENDS):
 #   eager-ref         the reference workflow as users run it (MinimaxDiffusion's sample.py): batch 1, fp32,
 #                     TF32 matmuls on, decode per image
@@ -38,7 +40,7 @@ def split_row(name: str) -> tuple[str, str | None]:
 class BenchConfig:
     model: str = "embedded"
     random_weights: bool = False
-    resolution: int | None = None  # None: 32 for pixel models, 256 for latent DiTs
+    resolution: int | None = None  # None: the fixed size of embedded/tiny, 256 for the DiT sizes
     batch_size: int = 8
     steps: int = 50
     backends: list[str] = field(default_factory=lambda: list(DEFAULT_BACKENDS))
@@ -92,12 +94,14 @@ class BenchConfig:
             raise UserError(f"--threads must be >= 1, got {self.threads}")
         if self.peak_tflops is not None and not (math.isfinite(self.peak_tflops) and self.peak_tflops > 0):
             raise UserError(f"--peak-tflops must be a positive number, got {self.peak_tflops}")
-        pixel = self.model in PIXEL_SIZES
-        if self.resolution is None:
-            self.resolution = PIXEL_SIZES.get(self.model, 256)
-        if pixel and self.resolution != PIXEL_SIZES[self.model]:
-            raise UserError(f"--model {self.model} is a pixel model of fixed size; leave --resolution out")
-        if not pixel and (self.resolution % 16 or self.resolution < 32):
+        fixed = self.model in FIXED_SIZES
+        if fixed and self.resolution is not None and self.resolution != FIXED_SIZES[self.model]:
+            raise UserError(f"--model {self.model} has a fixed image size; leave --resolution out")
+        if fixed:
+            self.resolution = FIXED_SIZES[self.model]
+        elif self.resolution is None:
+            self.resolution = 256
+        elif self.resolution % 16 or self.resolution < 32:
             raise UserError(f"--resolution must be a multiple of 16 (latent R/8, patch 2), got {self.resolution}")
         return self
 

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
+from ..models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig, load_autoencoder_kl
 from ..models.critics import CriticConfig, NoiseCritic, load_critic, save_critic
 from ..models.dit import DiT, DiTConfig
-from ..models.embedded import CRITIC_FILE, DENOISER_FILE, embedded_path
+from ..models.embedded import resolve_models
 from ..models.loading import load_denoiser, save_denoiser
 from ..models.vae import LatentVAE, PixelSpace
 from .config import ARCHS, BenchConfig
@@ -63,11 +63,14 @@ def random_sd_vae(seed: int) -> AutoencoderKL:
     ).eval()
 
 
-def _shipped_embedded() -> tuple[nn.Module, NoiseCritic] | None:
+def _shipped_embedded() -> tuple[nn.Module, NoiseCritic, AutoencoderKL | None] | None:
+    """The shipped denoiser, critics and (a latent model's) VAE, by the one rule every command uses."""
     try:
-        return load_denoiser(embedded_path(DENOISER_FILE)), load_critic(embedded_path(CRITIC_FILE))
+        paths = resolve_models(None, None, None, "igds")
     except UserError:
         return None
+    vae = None if paths.vae == "none" else load_autoencoder_kl(paths.vae)
+    return load_denoiser(paths.denoiser), load_critic(paths.critics), vae
 
 
 def _pixel_stand_in(tiny: bool, seed: int) -> tuple[DiT, NoiseCritic]:
@@ -106,14 +109,16 @@ def build_models(cfg: BenchConfig, folder: Path) -> BenchModels:
     if cfg.model in ("embedded", "tiny"):
         shipped = _shipped_embedded() if cfg.model == "embedded" and not cfg.random_weights else None
         if shipped is not None:
-            den, critic = shipped
+            den, critic, vae = shipped
             info["weights"] = "shipped embedded model"
+            if vae is not None:
+                info["vae"] = "the shipped embedded VAE (our AutoencoderKL)"
         else:
             den, critic = _pixel_stand_in(cfg.model == "tiny", cfg.seed)
             info["weights"] = (
                 "random (test-size model)"
                 if cfg.model == "tiny"
-                else "random: stand-in of the embedded model's config (--random-weights, or not built here)"
+                else "random: the first embedded model's pixel config (--random-weights, or not built here)"
             )
     else:
         latent = cfg.resolution // 8
@@ -135,6 +140,8 @@ def build_models(cfg: BenchConfig, folder: Path) -> BenchModels:
     paths["critics"] = str(save_critic(critic, folder / "critic.safetensors")) if critic is not None else None
     paths["vae"] = str(vae.save_pretrained(folder / "vae")) if vae is not None else "none"
     codec = LatentVAE(vae) if vae is not None else PixelSpace()
+    if cfg.resolution is None:  # the embedded model: its image size is the loaded model's
+        cfg.resolution = int(den.config.input_size) * (codec.downsample if vae is not None else 1)
     info["denoiser_config"] = den.config.to_dict() if hasattr(den.config, "to_dict") else str(den.config)
     info["denoiser_params"] = sum(p.numel() for p in den.parameters())
     if critic is not None:
