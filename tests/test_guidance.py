@@ -17,7 +17,7 @@ from igds_fast.guidance.bounds import (
     knn_entropy,
     soft_nearest_similarity,
 )
-from igds_fast.guidance.step import GuidedStep, StepConfig, prototype_weights, unit_rms
+from igds_fast.guidance.step import CONFIDENT_BOUND_NATS, GuidedStep, StepConfig, prototype_weights, unit_rms
 from igds_fast.models.critics import CriticConfig, NoiseCritic, load_critic
 from igds_fast.models.dit import DiT, DiTConfig
 from igds_fast.sampling import run_chain
@@ -153,6 +153,12 @@ def test_prototype_weights_follow_the_critics_bound():
     }
     w = prototype_weights(critic, [999, 600, 400, 0])
     assert w.tolist() == [0.0, 0.0, 1.0, 1.0]  # negative bound: no guidance; best bucket: full scale
+    # a critic that knows little anywhere (best bound 0.1 nats) guides weakly everywhere
+    critic.metrics = {
+        "trained": {"buckets": [{"t": [0, 499], "ba_bound_nats": 0.1}, {"t": [500, 999], "ba_bound_nats": 0.05}]}
+    }
+    w = prototype_weights(critic, [999, 0]).tolist()
+    assert w == pytest.approx([0.05 / CONFIDENT_BOUND_NATS, 0.1 / CONFIDENT_BOUND_NATS], rel=1e-6)
     critic.metrics = {}
     assert prototype_weights(critic, [999, 0]).tolist() == [1.0, 1.0]  # no measurement: unweighted
 

@@ -266,13 +266,20 @@ def unit_rms(g: torch.Tensor) -> torch.Tensor:
     return g / rms.clamp_min(1e-12)
 
 
+# A critic whose best held-out bound is below this many nats gets proportionally weaker guidance
+# everywhere (both shipped critics reach 0.8-0.9 nats at low t, so their weights are unchanged).
+CONFIDENT_BOUND_NATS = 0.5
+
+
 def prototype_weights(critic: NoiseCritic, timesteps: object) -> torch.Tensor:
-    """w_t = max(0, BA_t) / max_t BA_t from the critic's held-out bound per t bucket (its metrics);
-    1 everywhere for a critic without measured buckets (then say so: guidance is not weighted)."""
+    """w_t = max(0, BA_t) / max(max_t BA_t, CONFIDENT_BOUND_NATS) from the critic's held-out bound
+    per t bucket (its metrics): zero where it is at chance, full where it knows most, and weaker
+    everywhere for a critic that knows little anywhere. 1 everywhere for a critic without measured
+    buckets (then guidance is not weighted)."""
     buckets = ((getattr(critic, "metrics", None) or {}).get("trained") or {}).get("buckets") or []
     if not buckets:
         return torch.ones(len(timesteps))
-    best = max(max(b["ba_bound_nats"] for b in buckets), 1e-6)
+    best = max(max(b["ba_bound_nats"] for b in buckets), CONFIDENT_BOUND_NATS)
     out = []
     for t in timesteps:
         hit = [b for b in buckets if b["t"][0] <= int(t) <= b["t"][1]]
