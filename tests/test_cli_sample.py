@@ -202,6 +202,32 @@ def test_latent_model_with_vae(latent_model, tmp_path):
     )
 
 
+def test_bf16_pipeline_decodes_in_bf16(tmp_path):
+    """Under the bf16 precision the VAE decodes in bf16 (2.5-3.5x faster on an AMX CPU), returned as
+    float32 like every other decode. This random-init AE decodes within ~1.0-1.1% of fp32 (bound 2e-2
+    here); the shipped, trained VAE within 0.5% (bound 1e-2, tests/test_embedded.py)."""
+    from igds_fast.config import step_config
+    from igds_fast.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
+    from igds_fast.sampling.pipeline import build_pipeline
+
+    cfg = DiTConfig(input_size=4, patch_size=2, in_channels=4, hidden_size=64, depth=1, num_heads=1, num_classes=5)
+    save_denoiser(randomize_(DiT(cfg), 1, scale=0.5), tmp_path / "dit.safetensors")
+    torch.manual_seed(0)
+    AutoencoderKL(
+        AutoencoderKLConfig(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8)
+    ).save_pretrained(tmp_path / "vae")
+    z = torch.randn(3, 4, 4, 4, generator=torch.Generator().manual_seed(3))
+    out = {}
+    for dtype in ("fp32", "bf16"):
+        pipe = build_pipeline(
+            tmp_path / "dit.safetensors", tmp_path / "vae", None, step_config(1, {"guidance": "off"}), dtype=dtype
+        )
+        out[dtype] = pipe.decode(z)
+        assert next(pipe.vae.parameters()).dtype == (torch.bfloat16 if dtype == "bf16" else torch.float32)
+    assert out["bf16"].dtype == torch.float32 and out["bf16"].shape == (3, 3, 8, 8)
+    assert 0 < rel_err(out["bf16"], out["fp32"]) < 2e-2
+
+
 @pytest.mark.parametrize(
     "flags, words",
     [

@@ -62,5 +62,7 @@ def load_vae(path: str | Path | None) -> nn.Module:
 
 
 def decode_images(codec: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Denoiser space -> images in [-1, 1], float32: what every backend and writer consumes."""
-    return codec.decode(x).float().clamp(-1, 1)
+    """Denoiser space -> images in [-1, 1], float32: what every backend and writer consumes. A VAE
+    decodes in its weights' dtype (bf16 under the bf16 precision, ``build_pipeline``)."""
+    weight = next(codec.parameters(), None)  # None: pixel space
+    return codec.decode(x if weight is None else x.to(weight.dtype)).float().clamp(-1, 1)

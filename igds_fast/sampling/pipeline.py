@@ -43,7 +43,8 @@ def build_pipeline(
 ) -> Pipeline:
     """Load the models: the denoiser in ``dtype``; the critics in bf16 too for ``dtype="bf16"`` (their
     gradient is normalised per sample, so its 0.5-2% bf16 error barely moves the step; fp32's range,
-    unlike fp16's), else in fp32.
+    unlike fp16's), else in fp32; a VAE likewise (bf16 decodes 2.5-3.5x faster on an AMX CPU, images
+    within 0.5% of fp32's, about a uint8 step).
     ``need_codec=False``: a latent denoiser may run without its VAE (latents only, no images)."""
     den_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
@@ -59,6 +60,8 @@ def build_pipeline(
         if den_dtype == torch.bfloat16:
             critic.to(torch.bfloat16)
     model.requires_grad_(False)
+    if den_dtype == torch.bfloat16:
+        codec.to(torch.bfloat16)
     pixel_space = isinstance(codec, PixelSpace) and model.in_channels == 3
     step = GuidedStep(model.to(den_dtype), cfg, critic, pixel_space=pixel_space).to(dev)
     return Pipeline(step=step, vae=codec.to(dev), device=dev)
