@@ -144,6 +144,8 @@ def model_card(card: dict, args: argparse.Namespace) -> str:
             table([(name, r) for name, r in card["comparison"].items()], JUDGE_KEYS),
             "",
         ]
+        if args.compare_note:
+            out += [args.compare_note, ""]
     ev = card.get("evidence")
     if ev:
         ref = ev["off"].get("reference", {})
@@ -173,6 +175,7 @@ def main() -> None:
     ap.add_argument("--log", type=Path, default=None, help="train-dit log.jsonl (default: in --dit)")
     ap.add_argument("--evidence", type=Path, default=None, help="quality_evidence.py results.json to quote")
     ap.add_argument("--compare", action="append", default=[], help="NAME=judge result.json of unguided samples")
+    ap.add_argument("--compare-note", default="", help="what the comparison shows and how it was run")
     ap.add_argument("--note", default="", help="free text for the card's training row (history, wall time)")
     ap.add_argument("--recipe", default="", help="the commands that trained it, for the card")
     args = ap.parse_args()

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 . .venv/bin/activate
 VAE=${1:?VAE folder from scripts/train_autoencoder.py}
 OUT=${2:?output folder}
-DIT_STEPS=${3:-3000}
+DIT_STEPS=${3:-6000}  # the shipped DiT: 6000 steps (resumed twice; see MODEL_CARD.md)
 CRITIC_STEPS=${4:-5000}
 PRECISION=${PRECISION:-bf16}  # autocast; what the 2026-12-01 run used on the AMX CPU
 DATA=${IGDS_DATA:-../shared/data}/imagenette-64
