@@ -41,6 +41,13 @@ def load_folder(folder: Path, n: int) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
+def repo_relative(path: str) -> str:
+    """A path inside this repository as the docs name it (relative to the root), others as given."""
+    root = Path(__file__).resolve().parents[1]
+    p = Path(path).resolve()
+    return str(p.relative_to(root)) if p.is_relative_to(root) else path
+
+
 def critic_numbers(path: Path) -> dict[str, Any]:
     trained = load_critic(path).metrics.get("trained", {})
     return {k: trained.get(k) for k in ("acc", "ba_bound_nats", "ln_k", "buckets")}
@@ -120,7 +127,7 @@ def main() -> None:
         save_picture(labelled_sheet(rows, f"{w} {class_info(w).name}"), path)
         sheets.append(str(path))
     res = {
-        "denoiser": results["guided"].get("denoiser") or str(args.sweep),
+        "denoiser": repo_relative(results["guided"].get("denoiser") or str(args.sweep)),
         "n": args.n,
         "seed": results["guided"].get("seed", 0),
         "judge_resolution": results["guided"].get("judge_resolution"),

@@ -72,7 +72,7 @@ def model_card(card: dict, args: argparse.Namespace) -> str:
         f"| {b['t'][0]}-{b['t'][1]} | {b['acc']:.3f} | {b['ba_bound_nats']:.3f} |" for b in tr["buckets"]
     )
     space = (
-        f"{cfg['in_channels']} x {cfg['input_size']} x {cfg['input_size']} latents of the autoencoder below"
+        f"{cfg['in_channels']} x {cfg['input_size']} x {cfg['input_size']} latents of the autoencoder above"
         if latent
         else f"3 x {cfg['input_size']} x {cfg['input_size']} pixels in [-1, 1]"
     )
@@ -95,7 +95,12 @@ def model_card(card: dict, args: argparse.Namespace) -> str:
             "| | |",
             "|---|---|",
             f"| sha256 | `{v['sha256']}` |",
-            f"| size | {v['bytes']:,} bytes (fp16; decoder output rel. error vs fp32 {v['fp16_decode_rel_err']:.1e}) |",
+            f"| size | {v['bytes']:,} bytes (fp16; "
+            + (
+                "trained weights already stored in fp16, shipped as saved) |"
+                if v["fp16_decode_rel_err"] == 0
+                else f"decoder output rel. error vs fp32 {v['fp16_decode_rel_err']:.1e}) |"
+            ),
             f"| architecture | AutoencoderKL, widths {v['config']['block_out_channels']}, "
             f"{v['config']['layers_per_block']} layer/block, {v['config']['latent_channels']} latent channels, "
             f"downsampling {2 ** (len(v['config']['block_out_channels']) - 1)}, scaling factor "
