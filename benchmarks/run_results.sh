@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The pipeline behind docs/results.md (DESIGN §2 protocol, scaled down for a CPU).
 #
-# Imagenette (the 64 px copy in $IGDS_DATA/imagenette-64), the embedded 32 px pixel DiT and its
+# Imagenette (the 64 px copy in $IGDS_DATA/imagenette-64), the embedded default (v2: latent DiT + VAE) and its
 # critics, IPC in $IPCS; per IPC three sets:
 #   random-real  igds-fast baseline random-real
 #   dit          igds-fast distill --guidance off
@@ -210,7 +210,7 @@ for ipc in sorted(seen):
         print(f"| {ipc} | {used} | {proto} | {seeds} |")
 EOF
 )
-model="the embedded default (32 px pixel-space DiT + critics, igds_fast/data/MODEL_CARD.md)"
+model="the embedded default ($(python -c 'import json; from igds_fast.models.embedded import embedded_path; print("latent DiT + its VAE + critics" if json.loads(embedded_path("embedded.json").read_text()).get("vae") else "pixel-space DiT + critics")'), igds_fast/data/MODEL_CARD.md)"
 [[ -n $DENOISER ]] && model="denoiser \`$DENOISER\`${CRITICS:+, critics \`$CRITICS\`}"
 engine_note="ONNX Runtime engines exported once per (method, IPC)"
 [[ $BACKEND == eager ]] && engine_note="the eager backend"
