@@ -209,7 +209,7 @@ def prepare_out(
             return mine
         others = record_jobs(out) - {mine}
         if have is None and not others:
-            if _foreign(out) and not record_jobs(out):  # --overwrite replaces runs, never a folder of other files
+            if holds_other_files(out):  # --overwrite replaces runs, never a folder of other files
                 raise UserError(not_a_run(out))
             write_job_file(out, cfg, request)
             return mine

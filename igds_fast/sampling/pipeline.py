@@ -57,11 +57,11 @@ def build_pipeline(
     critic = load_critic(critics) if (critics is not None and cfg.guidance == "igds") else None
     if critic is not None:
         critic.requires_grad_(False)
-        if den_dtype == torch.bfloat16:
-            critic.to(torch.bfloat16)
+    if den_dtype == torch.bfloat16:  # the critic and the VAE follow the denoiser into bf16 (see above)
+        for module in (critic, codec):
+            if module is not None:
+                module.to(torch.bfloat16)
     model.requires_grad_(False)
-    if den_dtype == torch.bfloat16:
-        codec.to(torch.bfloat16)
     pixel_space = isinstance(codec, PixelSpace) and model.in_channels == 3
     step = GuidedStep(model.to(den_dtype), cfg, critic, pixel_space=pixel_space).to(dev)
     return Pipeline(step=step, vae=codec.to(dev), device=dev)
