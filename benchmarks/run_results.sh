@@ -24,8 +24,9 @@
 # Environment (defaults in brackets); relative paths are relative to the repository root:
 #   IGDS_DATA [../shared/data]   WORK [runs/results]   DOCS_DIR [docs]
 #   IPCS ["1 10 50"]   METHODS ["random-real dit igds"]   SEEDS [3]   SEED [0] (picks / noise)
-#   EPOCHS_IPC1 [300]  EPOCHS_IPC10 [300]  EPOCHS_IPC50 [150]: evaluate epochs for IPC 1, 2..10,
-#     above 10 (the protocol's tiers; protocol 3000 / 2000 / 1500); EPOCHS, if set, for every IPC
+#   EPOCHS_IPC1 [3000]  EPOCHS_IPC10 [2000]  EPOCHS_IPC50 [1500]: evaluate epochs for IPC 1, 2..10,
+#     above 10 (the protocol's tiers); EPOCHS, if set, for every IPC
+#   EVAL_PRECISION [bf16]: evaluate's autocast (fp32 is the protocol; bf16 ~3x faster on AMX CPUs)
 #   STEPS [50]   GUIDANCE_SCALE, BETA [CLI defaults: igds_fast/config.py]   BATCH [min(IPC, 25)]
 #   BACKEND [onnxruntime | eager]   DENOISER, CRITICS [embedded]   DEVICE [cpu]
 #   NET [convnet3]   RESOLUTION [32]   IGDS_ORT_THREADS (ONNX Runtime threads, 0 = all cores)
@@ -47,9 +48,10 @@ IPCS=${IPCS:-1 10 50}
 METHODS=${METHODS:-random-real dit igds}
 SEEDS=${SEEDS:-3}
 SEED=${SEED:-0}
-EPOCHS_IPC1=${EPOCHS_IPC1:-300}
-EPOCHS_IPC10=${EPOCHS_IPC10:-300}
-EPOCHS_IPC50=${EPOCHS_IPC50:-150}
+EPOCHS_IPC1=${EPOCHS_IPC1:-3000}
+EPOCHS_IPC10=${EPOCHS_IPC10:-2000}
+EPOCHS_IPC50=${EPOCHS_IPC50:-1500}
+EVAL_PRECISION=${EVAL_PRECISION:-bf16}
 EPOCHS=${EPOCHS:-}
 STEPS=${STEPS:-50}
 GUIDANCE_SCALE=${GUIDANCE_SCALE:-}
@@ -65,6 +67,7 @@ RESOLUTION=${RESOLUTION:-32}
 die() { echo "error: $*" >&2; exit 2; }
 is_int() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
 [[ -d $DATA/train && -d $DATA/val ]] || die "no Imagenette at '$DATA' (train/ and val/); set IGDS_DATA"
+[[ $EVAL_PRECISION == fp32 || $EVAL_PRECISION == bf16 ]] || die "EVAL_PRECISION must be fp32 or bf16, got '$EVAL_PRECISION'"
 [[ $BACKEND == onnxruntime || $BACKEND == eager ]] || die "BACKEND must be onnxruntime or eager, got '$BACKEND'"
 for v in $IPCS $SEEDS $EPOCHS_IPC1 $EPOCHS_IPC10 $EPOCHS_IPC50 $EPOCHS $BATCH; do
   is_int "$v" || die "'$v' is not a positive integer (IPCS, SEEDS, EPOCHS*, BATCH)"
@@ -135,7 +138,7 @@ default_beta() {
 # The settings of this run, as the one line that repeats it.
 SETTINGS=$(printf '%q ' IGDS_DATA="$IGDS_DATA" WORK="$WORK" DOCS_DIR="$DOCS_DIR" IPCS="$IPCS" METHODS="$METHODS" \
   SEEDS="$SEEDS" SEED="$SEED" EPOCHS_IPC1="$EPOCHS_IPC1" EPOCHS_IPC10="$EPOCHS_IPC10" EPOCHS_IPC50="$EPOCHS_IPC50" \
-  ${EPOCHS:+EPOCHS="$EPOCHS"} STEPS="$STEPS" ${GUIDANCE_SCALE:+GUIDANCE_SCALE="$GUIDANCE_SCALE"} ${BETA:+BETA="$BETA"} \
+  ${EPOCHS:+EPOCHS="$EPOCHS"} EVAL_PRECISION="$EVAL_PRECISION" STEPS="$STEPS" ${GUIDANCE_SCALE:+GUIDANCE_SCALE="$GUIDANCE_SCALE"} ${BETA:+BETA="$BETA"} \
   ${BATCH:+BATCH="$BATCH"} BACKEND="$BACKEND" ${DENOISER:+DENOISER="$DENOISER"} ${CRITICS:+CRITICS="$CRITICS"} \
   DEVICE="$DEVICE" NET="$NET" RESOLUTION="$RESOLUTION")
 SETTINGS=${SETTINGS% }
@@ -185,7 +188,7 @@ for ipc in $IPCS; do
     fi
     result=$WORK/results/$method-ipc$ipc-$NET-${RESOLUTION}px.json
     eval_cmd=(igds-fast evaluate --train "$set_dir" --val "$DATA/val" --net "$NET" --resolution "$RESOLUTION"
-      --seeds "$SEEDS" --epochs "$(epochs_for "$ipc")" --device "$DEVICE" --out "$result")
+      --seeds "$SEEDS" --epochs "$(epochs_for "$ipc")" --precision "$EVAL_PRECISION" --device "$DEVICE" --out "$result")
     if [[ -f $result ]]; then
       skip evaluate "$method" "$ipc" "results exist" -- "${eval_cmd[@]}"
     else
