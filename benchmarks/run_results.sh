@@ -16,8 +16,8 @@
 # built for other models or settings).
 #
 # Everything goes under $WORK, so a rerun resumes: an existing engine is reused, distill and the
-# baseline finish an interrupted set and do nothing on a finished one, an evaluate whose results
-# file exists is skipped. Changing a setting needs a fresh $WORK (distill refuses to mix configs).
+# baseline finish an interrupted set and do nothing on a finished one, evaluate trains only the seeds
+# its results file (or <results>.partial) lacks, so SEEDS=1 then SEEDS=3 adds seeds 1 and 2. Changing a setting needs a fresh $WORK (distill refuses to mix configs).
 #
 #   bash benchmarks/run_results.sh            # the real run (hours on 2 CPU cores)
 #
@@ -189,11 +189,7 @@ for ipc in $IPCS; do
     result=$WORK/results/$method-ipc$ipc-$NET-${RESOLUTION}px.json
     eval_cmd=(igds-fast evaluate --train "$set_dir" --val "$DATA/val" --net "$NET" --resolution "$RESOLUTION"
       --seeds "$SEEDS" --epochs "$(epochs_for "$ipc")" --precision "$EVAL_PRECISION" --device "$DEVICE" --out "$result")
-    if [[ -f $result ]]; then
-      skip evaluate "$method" "$ipc" "results exist" -- "${eval_cmd[@]}"
-    else
-      stage evaluate "$method" "$ipc" -- "${eval_cmd[@]}"
-    fi
+    stage evaluate "$method" "$ipc" -- "${eval_cmd[@]}" # reuses the seeds its results (or .partial) hold
     RESULTS+=("$result")
   done
 done
@@ -249,7 +245,7 @@ OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset}, IGDS_ORT_THREADS=${IGDS_ORT_THREADS:-
 $SETTINGS bash benchmarks/run_results.sh
 \`\`\`
 
-which ran these (commands skipped because their engine or results were already there included):
+which ran these (an export skipped because its engine was already there included; an evaluate trains only the seeds its results lack):
 
 \`\`\`bash
 EOF

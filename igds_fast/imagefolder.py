@@ -1,4 +1,4 @@
-"""Read torchvision-style ImageFolders (``root/<wnid>/*.jpg``) into uint8 tensors, with a cache.
+"""Read torchvision-style ImageFolders (``root/<wnid or class name>/*.jpg``) into uint8 tensors, with a cache.
 
 Labels are positions in a WNID list the caller gives, never each folder's own sort order, so an
 ImageFolder and a paper's class list can never be silently misaligned. No torchvision needed.
@@ -7,7 +7,6 @@ ImageFolder and a paper's class list can never be silently misaligned. No torchv
 from __future__ import annotations
 
 import hashlib
-import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,30 +16,33 @@ from PIL import Image, ImageOps
 
 from .errors import UserError
 from .memory import check_memory
+from .subsets import CLASS_NAME, WNID
 
-WNID = re.compile(r"n\d{8}")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 
 
 def scan_image_folder(root: Path, what: str) -> dict[str, list[Path]]:
-    """``root/<wnid>/<image>`` -> {wnid: sorted image files}.
+    """``root/<class>/<image>`` -> {class: sorted image files}.
 
-    Only folders named by a WNID are classes (a set's other folders, e.g. contact sheets, are not),
-    and hidden files (temporary names of interrupted writes) are skipped.
+    A class folder is named by a WNID (and must hold images), or by a class name (``airplane``) and
+    holds images; other folders (a name-like folder without images) and hidden files (temporary
+    names of interrupted writes) are skipped.
     """
     if root.exists() and not root.is_dir():
-        raise UserError(f"{what} folder '{root}' is a file; give an ImageFolder root (<wnid>/<image>)")
+        raise UserError(f"{what} folder '{root}' is a file; give an ImageFolder root (<class>/<image>)")
     if not root.is_dir():
         raise UserError(f"{what} folder '{root}' does not exist")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and WNID.fullmatch(p.name))
-    if not folders:
-        raise UserError(f"{what} folder '{root}' has no class folders named by WNID: expected {root}/n01440764/...")
     found = {}
-    for folder in folders:
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and CLASS_NAME.fullmatch(p.name)):
         files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
-        if not files:
+        if files:
+            found[folder.name] = files
+        elif WNID.fullmatch(folder.name):
             raise UserError(f"class folder '{folder}' has no images")
-        found[folder.name] = files
+    if not found:
+        raise UserError(
+            f"{what} folder '{root}' has no class folders with images: expected {root}/<wnid or class name>/<image>"
+        )
     return found
 
 

@@ -1,13 +1,16 @@
-"""ImageNet-1k class subsets (ImageNette, ImageWoof, ImageIDC, ImageNet-100, ImageNet-1k).
+"""ImageNet-1k class subsets (ImageNette, ImageWoof, ImageIDC, ImageNet-100, ImageNet-1k), and classes by name.
 
 Labels are always mapped through the WNID: ``ImageFolder`` sorts classes by WNID, while the
 papers' class files (and this list) keep their own order, and a 1000-class DiT is conditioned on
-the ImageNet-1k index.
+the ImageNet-1k index. A dataset that is not ImageNet (CIFAR-10's ``airplane/``, ...) names its
+classes by folder name: such a class has no ImageNet-1k index, and only models trained on it know it.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -15,12 +18,24 @@ from pathlib import Path
 
 from .errors import UserError
 
+WNID = re.compile(r"n\d{8}")
+CLASS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # a class folder's name when it is not a WNID
+NO_IMAGENET_INDEX = -1
+
 
 @dataclass(frozen=True)
 class ClassInfo:
-    wnid: str
-    imagenet_index: int
+    wnid: str  # the class's key: an ImageNet WNID, or the class folder's name
+    imagenet_index: int  # NO_IMAGENET_INDEX for a class named by folder
     name: str
+
+    @property
+    def seed_key(self) -> int:
+        """The class's term in seed rules: its ImageNet-1k index, or for a named class a stable hash
+        of the name above 1000 (never an ImageNet index)."""
+        if self.imagenet_index >= 0:
+            return self.imagenet_index
+        return 1000 + zlib.crc32(self.wnid.encode()) % 1_000_000
 
 
 @lru_cache(maxsize=1)
@@ -43,16 +58,24 @@ def _by_wnid() -> dict[str, ClassInfo]:
 
 
 def class_info(wnid: str) -> ClassInfo:
-    try:
-        return _by_wnid()[wnid]
-    except KeyError:
-        raise UserError(f"unknown WNID '{wnid}': expected an ImageNet-1k id like n01440764") from None
+    """A WNID's ImageNet-1k entry, or a class named by its folder (``airplane``)."""
+    if WNID.fullmatch(wnid):
+        try:
+            return _by_wnid()[wnid]
+        except KeyError:
+            raise UserError(f"unknown WNID '{wnid}': expected an ImageNet-1k id like n01440764") from None
+    if CLASS_NAME.fullmatch(wnid):
+        return ClassInfo(wnid, NO_IMAGENET_INDEX, wnid)
+    raise UserError(
+        f"'{wnid}' is neither a WNID (n01440764) nor a class folder name (letters, digits, '_', '.', '+', '-')"
+    )
 
 
 def resolve_classes(
     subset_name: str | None = None, wnids: str | list[str] | None = None, classes_file: str | Path | None = None
 ) -> list[ClassInfo]:
-    """Classes from exactly one of: a subset name, comma-separated WNIDs, a file with one WNID a line."""
+    """Classes from exactly one of: a subset name, comma-separated WNIDs (or class folder names), a file with
+    one a line."""
     given = [x is not None for x in (subset_name, wnids, classes_file)]
     if sum(given) > 1:
         raise UserError("give only one of --subset, --classes, --classes-file")

@@ -33,7 +33,8 @@ def evaluate(
         "fp32", help="fp32 (the protocol) or bf16 (autocast: ~3x faster on CPUs with AMX; recorded in the results)."
     ),
     out: Path = typer.Option(
-        Path("results.json"), help="Results file; finished seeds wait in <out>.partial, so a rerun resumes."
+        Path("results.json"),
+        help="Results file; finished seeds wait in <out>.partial, and a rerun (or more --seeds) reuses the seeds done.",
     ),
 ) -> None:
     """Train a network on a distilled set and test it on the real val set (MinimaxDiffusion's protocol).
@@ -62,6 +63,7 @@ def evaluate(
         device,
         precision=precision,
         partial=partial,
+        resume_from=[out],
     )
     write_results(out, results, partial)
     typer.echo(

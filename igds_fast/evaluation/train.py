@@ -215,21 +215,28 @@ def train_one_seed(
     }
 
 
-def read_partial(path: Path | None, settings: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """Seeds finished by an interrupted run with these exact settings; another run's partial file is an error."""
-    if path is None or not path.is_file():
-        return {}
-    try:
-        record = json.loads(path.read_text())
-        done = {int(r["seed"]): r for r in record["seeds"]}
-        same = record["settings"] == settings
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"'{path}' is not an evaluate partial file ({e}); delete it to start over") from None
-    if not same:
-        raise UserError(
-            f"'{path}' holds seeds of an evaluate run with other settings (set, net, epochs or precision): "
-            "delete it or choose another --out"
-        )
+def finished_seeds(paths: list[Path], settings: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Seeds already trained with these exact settings: in an interrupted run's partial file, or in an
+    earlier results file (so ``--seeds 3`` extends a 1-seed result). A file of another run is an error;
+    a results file from before per-seed records is replaced."""
+    done: dict[int, dict[str, Any]] = {}
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            record = json.loads(path.read_text())
+            if "runs" not in record and "settings" not in record and "accuracies" in record:
+                continue  # an older results file: no per-seed records to keep
+            runs = {int(r["seed"]): r for r in record["runs"]}
+            same = record["settings"] == settings
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"'{path}' is not an evaluate results or partial file ({e}); move it away") from None
+        if not same:
+            raise UserError(
+                f"'{path}' holds seeds of an evaluate run with other settings (set, val, net, epochs or precision): "
+                "move it away or choose another --out"
+            )
+        done |= runs
     return done
 
 
@@ -246,10 +253,12 @@ def evaluate_set(
     progress: bool = True,
     precision: str = "fp32",
     partial: Path | None = None,
+    resume_from: list[Path] = (),
 ) -> dict[str, Any]:
     """Train ``net`` once per seed on ``train_dir`` and test on ``val_dir``; the results.json record.
 
-    With ``partial``, each finished seed is saved there and a rerun with the same settings skips it.
+    With ``partial``, each finished seed is saved there; seeds found in ``partial`` or in the files of
+    ``resume_from`` (an earlier results file) with the same settings are not trained again.
     """
     t0 = time.perf_counter()
     resolve_device(device)
@@ -274,7 +283,7 @@ def evaluate_set(
         "precision": precision,
         "classes": classes,
     }
-    done = read_partial(partial, settings)
+    done = finished_seeds([*resume_from, *([partial] if partial is not None else [])], settings)
     train = load_split(train_files, classes, resolution)
     val = load_split(val_files, classes, resolution)
     t_loaded = time.perf_counter()
@@ -283,12 +292,12 @@ def evaluate_set(
         if seed in done:
             runs.append(done[seed])
             if progress:
-                tqdm.write(f"seed {seed}: top-1 {100 * done[seed]['final']:.2f}% (from {partial})")
+                tqdm.write(f"seed {seed}: top-1 {100 * done[seed]['final']:.2f}% (trained before)")
             continue
         runs.append(train_one_seed(net, train, val, len(classes), used_epochs, seed, device, precision, progress))
         if partial is not None:
             done[seed] = runs[-1]
-            record = {"settings": settings, "seeds": sorted(done.values(), key=lambda r: r["seed"])}
+            record = {"settings": settings, "runs": sorted(done.values(), key=lambda r: r["seed"])}
             write_atomic(partial, (json.dumps(record, indent=1) + "\n").encode())
         if progress:
             r = runs[-1]
@@ -296,6 +305,7 @@ def evaluate_set(
                 f"seed {seed}: top-1 {100 * r['final']:.2f}% final, {100 * r['best']:.2f}% best "
                 f"(epoch {r['best_epoch']}) ({r['seconds']:.1f} s)"
             )
+    runs += [done[seed] for seed in sorted(set(done) - set(seeds))]  # seeds trained before are never dropped
     finals = [r["final"] for r in runs]
     bests = [r["best"] for r in runs]
     return {
@@ -303,7 +313,7 @@ def evaluate_set(
         "ipc": ipc,
         "net": net,
         "resolution": resolution,
-        "seeds": list(seeds),
+        "seeds": [r["seed"] for r in runs],
         "accuracies": finals,
         "mean": float(np.mean(finals)),
         "std": float(np.std(finals)),  # population std over seeds, as numpy/the papers report it
@@ -312,7 +322,7 @@ def evaluate_set(
         "best_epochs": [r["best_epoch"] for r in runs],
         "best_mean": float(np.mean(bests)),
         "best_std": float(np.std(bests)),
-        "curves": {str(r["seed"]): r["curve"] for r in runs},
+        "runs": runs,  # per seed: final, best, best_epoch, the val curve, seconds
         "epochs": used_epochs,
         "epochs_protocol": protocol_epochs,
         "scaled_down": used_epochs != protocol_epochs,
@@ -325,6 +335,7 @@ def evaluate_set(
         "protocol": asdict(TrainProtocol())
         | {"milestones": "2/3, 5/6 of epochs", "augment": "random-resized-crop, flip, cutmix(beta 1, p 1)"},
         "device": device,
+        "settings": settings,  # what a rerun must match to reuse these seeds
         "versions": library_versions(),
         "timings": {
             "load_s": round(t_loaded - t0, 3),

@@ -71,7 +71,7 @@ def random_real(data: Path, classes: list[ClassInfo], ipc: int, seed: int, out: 
     write_atomic(out / "run.json", json.dumps(identity | {"complete": False}, indent=2).encode())
     rows, sources, sizes = [], {}, set()
     for c in classes:
-        picks = pick_files(found[c.wnid], ipc, seed, c.imagenet_index)
+        picks = pick_files(found[c.wnid], ipc, seed, c.seed_key)
         sources[c.wnid] = [p.name for p in picks]
         (out / c.wnid).mkdir(exist_ok=True)
         for index, src in enumerate(picks):
