@@ -27,6 +27,7 @@
 #   EPOCHS_IPC1 [3000]  EPOCHS_IPC10 [2000]  EPOCHS_IPC50 [1500]: evaluate epochs for IPC 1, 2..10,
 #     above 10 (the protocol's tiers); EPOCHS, if set, for every IPC
 #   EVAL_PRECISION [bf16]: evaluate's autocast (fp32 is the protocol; bf16 ~3x faster on AMX CPUs)
+#   README [README.md]: whose results block gets the tables too (empty: none)
 #   STEPS [50]   GUIDANCE_SCALE, BETA [CLI defaults: igds_fast/config.py]   BATCH [min(IPC, 25)]
 #   BACKEND [onnxruntime | eager]   DENOISER, CRITICS [embedded]   DEVICE [cpu]
 #   NET [convnet3]   RESOLUTION [32]   IGDS_ORT_THREADS (ONNX Runtime threads, 0 = all cores)
@@ -52,6 +53,7 @@ EPOCHS_IPC1=${EPOCHS_IPC1:-3000}
 EPOCHS_IPC10=${EPOCHS_IPC10:-2000}
 EPOCHS_IPC50=${EPOCHS_IPC50:-1500}
 EVAL_PRECISION=${EVAL_PRECISION:-bf16}
+README=${README-README.md}
 EPOCHS=${EPOCHS:-}
 STEPS=${STEPS:-50}
 GUIDANCE_SCALE=${GUIDANCE_SCALE:-}
@@ -195,7 +197,9 @@ for ipc in $IPCS; do
 done
 
 report=$DOCS_DIR/results.md
-stage report all 0 -- igds-fast report "${RESULTS[@]}" --out "$report" --plot "$DOCS_DIR/accuracy_vs_ipc.png"
+readme_args=()
+[[ -n $README ]] && readme_args=(--readme "$README")
+stage report all 0 -- igds-fast report "${RESULTS[@]}" --out "$report" --plot "$DOCS_DIR/accuracy_vs_ipc.png" "${readme_args[@]}"
 
 # --- docs: the report's tables between a preamble (what was scaled down) and the exact commands ---
 scale_rows=$(python - "${RESULTS[@]}" <<'EOF'
@@ -221,7 +225,7 @@ Made by \`benchmarks/run_results.sh\` (commands at the end; per-stage seconds in
 \`$WORK/timings.json\`). Imagenette, 10 classes; sets from $model, sampled with $STEPS respaced DDPM
 steps on $engine_note; distill seed $SEED. **Scaled down for a CPU** from the MinimaxDiffusion
 protocol (DESIGN §2, docs/evaluation.md): $NET at $RESOLUTION px instead of ConvNet-6 / ResNetAP-10 at
-224 px, $SEEDS seed(s), and fewer epochs (milestones at 2/3 and 5/6 of the epochs used):
+224 px, evaluation training in $EVAL_PRECISION, and the epochs below (milestones at 2/3 and 5/6 of the epochs used):
 
 | IPC | epochs used | protocol epochs | seeds |
 |---|---|---|---|
@@ -229,7 +233,8 @@ $scale_rows
 
 These numbers are not comparable with the papers' (published ImageWoof/ImageNette figures use
 224 px, a DiT-XL/2 and the full schedule); they compare the methods with each other under one setup.
-Accuracy is the final epoch's top-1 on all 3,925 real val images (no best-epoch selection).
+Accuracy is the final epoch's top-1 on all 3,925 real val images; in brackets the best of 10 val
+readings over the run (selected on the test set, so optimistic).
 EOF
   tail -n +2 "$report" # the report's tables (its own title line dropped)
   cat <<EOF

@@ -24,20 +24,23 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 def scan_image_folder(root: Path, what: str) -> dict[str, list[Path]]:
     """``root/<class>/<image>`` -> {class: sorted image files}.
 
-    A class folder is named by a WNID (and must hold images), or by a class name (``airplane``) and
-    holds images; other folders (a name-like folder without images) and hidden files (temporary
-    names of interrupted writes) are skipped.
+    When any folder is named by a WNID, the WNID folders are the classes (each must hold images) and
+    other folders are not (e.g. a set's contact sheets). A dataset without WNID folders (CIFAR-10's
+    ``airplane/``, ...) names its classes by folder: each visible folder holding images is one. Hidden
+    files (temporary names of interrupted writes) are skipped.
     """
     if root.exists() and not root.is_dir():
         raise UserError(f"{what} folder '{root}' is a file; give an ImageFolder root (<class>/<image>)")
     if not root.is_dir():
         raise UserError(f"{what} folder '{root}' does not exist")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and CLASS_NAME.fullmatch(p.name))
+    by_wnid = [p for p in folders if WNID.fullmatch(p.name)]
     found = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and CLASS_NAME.fullmatch(p.name)):
+    for folder in by_wnid or folders:
         files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
         if files:
             found[folder.name] = files
-        elif WNID.fullmatch(folder.name):
+        elif by_wnid:
             raise UserError(f"class folder '{folder}' has no images")
     if not found:
         raise UserError(

@@ -9,21 +9,31 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from igds_fast.cli import main
 from igds_fast.errors import UserError
 from igds_fast.evaluation.data import cutmix, random_resized_crop_flip
 from igds_fast.evaluation.networks import build_net, count_parameters
-from igds_fast.evaluation.report import write_report
-from igds_fast.evaluation.train import epochs_for_ipc, train_net
+from igds_fast.evaluation.report import README_BEGIN, README_END, write_report
+from igds_fast.evaluation.train import (
+    check_precision,
+    epochs_for_ipc,
+    evaluate_set,
+    partial_path,
+    reading_epochs,
+    train_net,
+    write_results,
+)
 from igds_fast.imagefolder import load_split, match_classes, scan_image_folder
 from igds_fast.jobs.baseline import random_real
 from igds_fast.jobs.image_manifest import MANIFEST_SCHEMA
 from igds_fast.jobs.image_manifest import read_image_manifest as read_manifest
 from igds_fast.jobs.image_manifest import write_image_manifest as write_manifest
-from igds_fast.subsets import class_info
+from igds_fast.subsets import NO_IMAGENET_INDEX, class_info, resolve_classes
 
 from .conftest import DATA_ROOT
 
@@ -369,4 +379,112 @@ def test_report_refuses_duplicates(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="both hold igds convnet6@224px IPC 10"):
         write_report([tmp_path / "a.json", tmp_path / "b.json"], tmp_path / "r.md", None)
     write_report([tmp_path / "a.json"], tmp_path / "r.md", None)
-    assert "| igds | 50.0 ± 1.0 |" in (tmp_path / "r.md").read_text()
+    assert "| igds | 50.0 ± 1.0 [2 seeds] |" in (tmp_path / "r.md").read_text()
+
+
+def test_report_shows_best_epoch_and_fills_the_readme_block(tmp_path: Path) -> None:
+    r = {"method": "igds", "ipc": 10, "net": "convnet3", "resolution": 32, "mean": 0.4, "std": 0.01}
+    r |= {"accuracies": [0.39, 0.40, 0.41], "epochs": 2000, "epochs_protocol": 2000, "best_mean": 0.42}
+    r |= {"precision": "bf16"}
+    (tmp_path / "a.json").write_text(json.dumps(r))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{README_BEGIN}\nold table\n{README_END}\nafter\n")
+    write_report([tmp_path / "a.json"], tmp_path / "r.md", None, readme)
+    table = (tmp_path / "r.md").read_text()
+    assert "| igds | 40.0 ± 1.0 (42.0) |" in table and "bf16" in table  # 3 seeds: no seed count in the cell
+    text = readme.read_text()
+    assert text.startswith("# x\n\nbefore\n") and text.endswith(f"{README_END}\nafter\n")
+    assert "old table" not in text and "| igds | 40.0 ± 1.0 (42.0) |" in text and "#### convnet3 @ 32 px" in text
+    readme.write_text("no markers\n")
+    with pytest.raises(UserError, match="needs the two results markers"):
+        write_report([tmp_path / "a.json"], tmp_path / "r.md", None, readme)
+    assert readme.read_text() == "no markers\n"
+
+
+# --- evaluate: best epoch, bf16, resuming and extending seeds ---
+
+
+def test_test_epochs_are_evenly_spread_and_end_at_the_last() -> None:
+    assert reading_epochs(3) == [1, 2, 3]
+    assert reading_epochs(2000) == list(range(200, 2001, 200))
+    assert reading_epochs(25)[-1] == 25 and len(reading_epochs(25)) <= 13
+
+
+def test_precision_is_checked() -> None:
+    with pytest.raises(UserError, match="--precision must be one of fp32, bf16, got 'fp16'"):
+        check_precision("fp16")
+
+
+@needs_data
+def test_evaluate_resumes_extends_and_refuses_another_run(tmp_path: Path) -> None:
+    train = make_folder(tmp_path / "train", WNIDS, 2)
+    val = make_folder(tmp_path / "val", WNIDS, 2, split="val")
+    out = tmp_path / "r.json"
+    partial = partial_path(out)
+    kw = {"net": "convnet3", "resolution": 16, "epochs": 2, "progress": False, "partial": partial, "resume_from": [out]}
+
+    first = evaluate_set(train, val, seeds=[0], **kw)  # as if stopped after seed 0: only the partial file
+    assert partial.is_file() and not out.exists()
+    seed0 = first["runs"][0]
+    assert [epoch for epoch, _ in seed0["curve"]] == [1, 2] and seed0["final"] == seed0["curve"][-1][1]
+    assert seed0["best"] >= seed0["final"] and seed0["best_epoch"] in (1, 2)
+
+    resumed = evaluate_set(train, val, seeds=[0, 1], **kw)
+    assert resumed["runs"][0] == seed0  # not trained again (its seconds too)
+    assert resumed["seeds"] == [0, 1] and resumed["accuracies"][0] == seed0["final"]
+    write_results(out, resumed, partial)
+    assert out.is_file() and not partial.exists()
+
+    fewer = evaluate_set(train, val, seeds=[0], **kw)  # fewer seeds asked: none of the file's is dropped
+    assert fewer["runs"] == resumed["runs"] and fewer["mean"] == resumed["mean"]
+
+    with pytest.raises(UserError, match="other settings"):
+        evaluate_set(train, val, seeds=[0], **(kw | {"epochs": 3}))
+    with pytest.raises(UserError, match="other settings"):
+        evaluate_set(train, val, seeds=[0], **(kw | {"precision": "bf16"}))
+
+
+@needs_data
+def test_bf16_evaluate_gives_finite_accuracies(tmp_path: Path) -> None:
+    train = make_folder(tmp_path / "train", WNIDS, 2)
+    val = make_folder(tmp_path / "val", WNIDS, 2, split="val")
+    r = evaluate_set(train, val, "convnet3", 16, [0], epochs=2, progress=False, precision="bf16")
+    assert r["precision"] == "bf16" and 0 <= r["accuracies"][0] <= 1 and 0 <= r["best_accuracies"][0] <= 1
+
+
+# --- classes named by folder (a dataset that is not ImageNet) ---
+
+
+def write_pngs(folder: Path, n: int, seed: int) -> None:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def test_class_folders_named_by_name(tmp_path: Path) -> None:
+    root = tmp_path / "cifar"
+    write_pngs(root / "airplane", 3, 0)
+    write_pngs(root / "cat", 3, 1)
+    (root / "notes").mkdir()  # no images: not a class
+    assert sorted(scan_image_folder(root, "train")) == ["airplane", "cat"]
+    write_pngs(root / "n01440764", 2, 2)  # once a WNID folder is there, only WNID folders are classes
+    assert sorted(scan_image_folder(root, "train")) == ["n01440764"]
+    shutil.rmtree(root / "n01440764")
+
+    plane, cat = resolve_classes(wnids="airplane,cat")
+    assert (plane.wnid, plane.name, plane.imagenet_index) == ("airplane", "airplane", NO_IMAGENET_INDEX)
+    assert plane.seed_key >= 1000 and plane.seed_key != cat.seed_key  # never an ImageNet-1k index
+    assert plane.seed_key == class_info("airplane").seed_key and class_info("n01440764").seed_key == 0
+    with pytest.raises(UserError, match="neither a WNID"):
+        class_info("../etc")
+    with pytest.raises(UserError, match="unknown WNID 'n99999999'"):
+        class_info("n99999999")
+
+    assert random_real(root, [plane, cat], 2, 0, tmp_path / "rr")
+    assert sorted(str(p.relative_to(tmp_path / "rr")) for p in (tmp_path / "rr").rglob("*.png")) == [
+        "airplane/00000.png",
+        "airplane/00001.png",
+        "cat/00000.png",
+        "cat/00001.png",
+    ]

@@ -97,12 +97,15 @@ def report(
     results: list[Path] = typer.Argument(..., help="results.json files from evaluate."),
     out: Path = typer.Option(Path("docs/results.md"), help="Markdown table."),
     plot: Path | None = typer.Option(Path("docs/accuracy_vs_ipc.png"), help="Accuracy-vs-IPC plot."),
+    readme: Path | None = typer.Option(None, help="Also put the tables between this README's results markers."),
 ) -> None:
     """Tabulate and plot evaluate results (method x IPC x net, mean ± std)."""
     from ..evaluation.report import write_report
 
-    write_report(results, out, plot)
-    typer.echo(f"wrote {out}" + (f" and {plot}" if plot is not None else ""))
+    write_report(results, out, plot, readme)
+    typer.echo(
+        f"wrote {out}" + (f" and {plot}" if plot is not None else "") + (f"; updated {readme}" if readme else "")
+    )
 
 
 def quality(

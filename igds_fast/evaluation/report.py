@@ -41,9 +41,19 @@ def load_results(paths: list[Path]) -> list[dict[str, Any]]:
     return results
 
 
+README_BEGIN = "<!-- results table: written by igds-fast report --readme; edit benchmarks/run_results.sh, not this -->"
+README_END = "<!-- end of results table -->"
+
+
 def cell(r: dict[str, Any]) -> str:
+    """Final-epoch top-1 mean ± std over seeds, then the best of the val readings (if recorded)."""
     scaled = "*" if r["epochs"] != r["epochs_protocol"] else ""
-    return f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}{scaled}"
+    text = f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}{scaled}"
+    if "best_mean" in r:
+        text += f" ({100 * r['best_mean']:.1f})"
+    if len(r["accuracies"]) != 3:
+        text += f" [{len(r['accuracies'])} seed{'s' if len(r['accuracies']) != 1 else ''}]"
+    return text
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
@@ -61,12 +71,27 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
             cells = [cell(grid[(method, i)]) if (method, i) in grid else "—" for i in ipcs]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
-    seeds = sorted({len(r["accuracies"]) for r in results})
-    n_seeds = "/".join(map(str, seeds))
-    lines.append(f"Top-1 accuracy (%) on the real val set, mean ± std over {n_seeds} seeds.")
+    lines.append(
+        "Top-1 accuracy (%) on the real val set at the final epoch, mean ± std over 3 seeds unless a cell says "
+        "[n seeds]; in brackets, the mean of each seed's best of its 10 val readings (chosen on the test set, "
+        "so optimistic; the papers often report it)."
+    )
     if any(r["epochs"] != r["epochs_protocol"] for r in results):
         lines.append("\\* trained for fewer epochs than the protocol prescribes (scaled down).")
+    precisions = sorted({r.get("precision", "fp32") for r in results})
+    if precisions != ["fp32"]:
+        lines.append(f"Evaluation training precision: {' / '.join(precisions)} (bf16: autocast, fp32 weights).")
     return "\n".join(lines) + "\n"
+
+
+def with_readme_block(readme: Path, table: str) -> str:
+    """The README's text with ``table`` between its two results markers (placed once by hand)."""
+    text = readme.read_text()
+    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
+        raise UserError(f"'{readme}' needs the two results markers once each: {README_BEGIN} ... {README_END}")
+    head, rest = text.split(README_BEGIN)
+    _, tail = rest.split(README_END)
+    return f"{head}{README_BEGIN}\n{table.strip()}\n{README_END}{tail}"
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -101,11 +126,18 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def write_report(paths: list[Path], out: Path, plot_path: Path | None) -> None:
+def write_report(paths: list[Path], out: Path, plot_path: Path | None, readme: Path | None = None) -> None:
     results = load_results(paths)
     for p in (out, plot_path):
         if p is not None and not p.parent.is_dir():
             raise UserError(f"output folder '{p.parent}' does not exist")
-    write_atomic(out, markdown_table(results).encode())
+    if readme is not None and not readme.is_file():
+        raise UserError(f"--readme '{readme}' is not a file")
+    table = markdown_table(results)
+    # The README's tables sit under its own headings: no title, nets one level down.
+    readme_text = with_readme_block(readme, table.split("\n", 2)[2].replace("## ", "#### ")) if readme else None
+    write_atomic(out, table.encode())
+    if readme is not None:
+        write_atomic(readme, readme_text.encode())
     if plot_path is not None:
         plot(results, plot_path)

@@ -53,7 +53,7 @@ def autocast(precision: str, device: str) -> contextlib.AbstractContextManager[A
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
-def test_epochs(epochs: int) -> list[int]:
+def reading_epochs(epochs: int) -> list[int]:
     """The epochs (1-based) after which the val set is tested: evenly spaced, always including the last."""
     step = max(1, epochs // TEST_POINTS)
     return sorted({*range(step, epochs + 1, step), epochs})
@@ -194,8 +194,8 @@ def train_one_seed(
     precision: str,
     progress: bool,
 ) -> dict[str, Any]:
-    """One seed: val accuracy at ``test_epochs`` (the curve), the final and the best of those."""
-    checkpoints = set(test_epochs(epochs))
+    """One seed: val accuracy at ``reading_epochs`` (the curve), the final and the best of those."""
+    checkpoints = set(reading_epochs(epochs))
     curve: list[list[float]] = []
 
     def test(epoch: int, trained: torch.nn.Module) -> None:
