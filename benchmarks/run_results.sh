@@ -28,6 +28,7 @@
 #     above 10 (the protocol's tiers); EPOCHS, if set, for every IPC
 #   EVAL_PRECISION [bf16]: evaluate's autocast (fp32 is the protocol; bf16 ~3x faster on AMX CPUs)
 #   README [README.md]: whose results block gets the tables too (empty: none)
+#   REPORT_ONLY [empty]: set to run nothing but the report, over the results files that exist
 #   STEPS [50]   GUIDANCE_SCALE, BETA [CLI defaults: igds_fast/config.py]   BATCH [min(IPC, 25)]
 #   BACKEND [onnxruntime | eager]   DENOISER, CRITICS [embedded]   DEVICE [cpu]
 #   NET [convnet3]   RESOLUTION [32]   IGDS_ORT_THREADS (ONNX Runtime threads, 0 = all cores)
@@ -54,6 +55,7 @@ EPOCHS_IPC10=${EPOCHS_IPC10:-2000}
 EPOCHS_IPC50=${EPOCHS_IPC50:-1500}
 EVAL_PRECISION=${EVAL_PRECISION:-bf16}
 README=${README-README.md}
+REPORT_ONLY=${REPORT_ONLY:-}
 EPOCHS=${EPOCHS:-}
 STEPS=${STEPS:-50}
 GUIDANCE_SCALE=${GUIDANCE_SCALE:-}
@@ -80,8 +82,10 @@ done
 [[ -z $DENOISER || -e $DENOISER ]] || die "DENOISER '$DENOISER' does not exist"
 [[ -z $CRITICS || -e $CRITICS ]] || die "CRITICS '$CRITICS' does not exist"
 mkdir -p "$WORK/sets" "$WORK/engines" "$WORK/results" "$DOCS_DIR"
-if [[ -f $WORK/timings.json ]]; then # keep an earlier run's timings (a resumed run times mostly no-ops)
-  mv "$WORK/timings.json" "$WORK/timings-$(date -u -r "$WORK/timings.json" +%Y%m%dT%H%M%SZ).json"
+TIMINGS_FILE=$WORK/timings.json
+[[ -n $REPORT_ONLY ]] && TIMINGS_FILE=$WORK/timings-report-only.json # the runs' own timings stay as they are
+if [[ -f $TIMINGS_FILE ]]; then # keep an earlier run's timings (a resumed run times mostly no-ops)
+  mv "$TIMINGS_FILE" "${TIMINGS_FILE%.json}-$(date -u -r "$TIMINGS_FILE" +%Y%m%dT%H%M%SZ).json"
 fi
 
 # --- stages: every command is echoed, recorded for the docs, timed into $WORK/timings.json -------
@@ -94,8 +98,8 @@ write_timings() {
   local total body
   total=$(awk -v a="$RUN_T0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
   body=$(IFS=,; echo "${TIMINGS[*]}")
-  printf '{"started": "%s", "total_s": %s, "stages": [%s]}\n' "$STARTED" "$total" "$body" >"$WORK/timings.json.tmp"
-  mv "$WORK/timings.json.tmp" "$WORK/timings.json"
+  printf '{"started": "%s", "total_s": %s, "stages": [%s]}\n' "$STARTED" "$total" "$body" >"$TIMINGS_FILE.tmp"
+  mv "$TIMINGS_FILE.tmp" "$TIMINGS_FILE"
 }
 
 record() { # record STAGE METHOD IPC STATUS SECONDS
@@ -106,6 +110,11 @@ record() { # record STAGE METHOD IPC STATUS SECONDS
 
 stage() { # stage STAGE METHOD IPC -- COMMAND...
   local name=$1 method=$2 ipc=$3 t0 cmd
+  if [[ -n $REPORT_ONLY && $name != report ]]; then
+    shift 4
+    skip "$name" "$method" "$ipc" "REPORT_ONLY" -- "$@"
+    return
+  fi
   shift 4
   cmd=$(printf '%q ' "$@")
   COMMANDS+=("${cmd% }")
@@ -192,7 +201,7 @@ for ipc in $IPCS; do
     eval_cmd=(igds-fast evaluate --train "$set_dir" --val "$DATA/val" --net "$NET" --resolution "$RESOLUTION"
       --seeds "$SEEDS" --epochs "$(epochs_for "$ipc")" --precision "$EVAL_PRECISION" --device "$DEVICE" --out "$result")
     stage evaluate "$method" "$ipc" -- "${eval_cmd[@]}" # reuses the seeds its results (or .partial) hold
-    RESULTS+=("$result")
+    if [[ -z $REPORT_ONLY || -f $result ]]; then RESULTS+=("$result"); fi
   done
 done
 
@@ -222,7 +231,7 @@ engine_note="ONNX Runtime engines exported once per (method, IPC)"
 # Evaluation results
 
 Made by \`benchmarks/run_results.sh\` (commands at the end; per-stage seconds in
-\`$WORK/timings.json\`). Imagenette, 10 classes; sets from $model, sampled with $STEPS respaced DDPM
+\`$WORK/timings*.json\`, and each seed's in its results file). Imagenette, 10 classes; sets from $model, sampled with $STEPS respaced DDPM
 steps on $engine_note; distill seed $SEED. **Scaled down for a CPU** from the MinimaxDiffusion
 protocol (DESIGN §2, docs/evaluation.md): $NET at $RESOLUTION px instead of ConvNet-6 / ResNetAP-10 at
 224 px, evaluation training in $EVAL_PRECISION, and the epochs below (milestones at 2/3 and 5/6 of the epochs used):
@@ -259,4 +268,4 @@ EOF
 } >"$report.tmp"
 mv "$report.tmp" "$report"
 write_timings
-echo "wrote $report, $DOCS_DIR/accuracy_vs_ipc.png and $WORK/timings.json"
+echo "wrote $report, $DOCS_DIR/accuracy_vs_ipc.png and $TIMINGS_FILE"
