@@ -57,6 +57,9 @@ CONFIGS: dict[str, dict] = {
     "guard s0.25 x0 b0.2": {"guidance_scale": 0.25, "beta": 0.2},
     "guard s0.05 x0 b0.05": {"guidance_scale": 0.05, "beta": 0.05},
     "guard s0.05 x0 b0.1": {"guidance_scale": 0.05, "beta": 0.1},
+    # the default guidance kept off the last steps (does low-t guidance make the extra saturated pixels?)
+    "default lo200": {"window_lo": 200},
+    "default lo400": {"window_lo": 400},
 }
 # The order a sweep runs them in when --only is not given (most informative first).
 ORDER = [
