@@ -488,3 +488,12 @@ def test_class_folders_named_by_name(tmp_path: Path) -> None:
         "cat/00000.png",
         "cat/00001.png",
     ]
+
+
+def test_a_named_class_reaches_only_a_model_that_names_it() -> None:
+    from igds_fast.models.labels import labels_for_wnids
+
+    assert labels_for_wnids(["cat", "airplane"], 2, ["airplane"]) == [1]  # a model trained on named folders
+    assert labels_for_wnids([], 1000, ["n01440764"]) == [0]  # an ImageNet-1k model: the ImageNet index
+    with pytest.raises(UserError, match="class 'airplane' is named by folder"):
+        labels_for_wnids([], 1000, ["airplane"])  # never label -1

@@ -28,7 +28,14 @@ def labels_for_wnids(own: list[str], num_classes: int, wnids: list[str]) -> list
             f"the model has {num_classes} unnamed classes; only ImageNet-1k models (1000 classes) "
             "or checkpoints that name their classes can be addressed by WNID"
         )
-    return [class_info(w).imagenet_index for w in wnids]
+    infos = [class_info(w) for w in wnids]
+    unnamed = [c.wnid for c in infos if c.imagenet_index < 0]
+    if unnamed:
+        raise UserError(
+            f"class '{unnamed[0]}' is named by folder, not by WNID: an ImageNet-1k model has no such class; "
+            "use a model trained on this dataset (train-dit)"
+        )
+    return [c.imagenet_index for c in infos]
 
 
 def class_labels(denoiser: nn.Module, wnids: list[str]) -> list[int]:
