@@ -331,7 +331,7 @@ def test_tiny_evaluate_run_writes_results(tmp_path: Path, monkeypatch, capsys) -
 
     code, text = run_cli(monkeypatch, capsys, "report", out, "--out", tmp_path / "r.md", "--plot", tmp_path / "p.png")
     assert code == 0, text
-    assert "| random-real |" in (tmp_path / "r.md").read_text()
+    assert "| random real images |" in (tmp_path / "r.md").read_text()
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -379,7 +379,7 @@ def test_report_refuses_duplicates(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="both hold igds convnet6@224px IPC 10"):
         write_report([tmp_path / "a.json", tmp_path / "b.json"], tmp_path / "r.md", None)
     write_report([tmp_path / "a.json"], tmp_path / "r.md", None)
-    assert "| igds | 50.0 ± 1.0 [2 seeds] |" in (tmp_path / "r.md").read_text()
+    assert "| IGDS (default) | 50.0 ± 1.0 [2 seeds] |" in (tmp_path / "r.md").read_text()
 
 
 def test_report_shows_best_epoch_and_fills_the_readme_block(tmp_path: Path) -> None:
@@ -391,10 +391,12 @@ def test_report_shows_best_epoch_and_fills_the_readme_block(tmp_path: Path) -> N
     readme.write_text(f"# x\n\nbefore\n{README_BEGIN}\nold table\n{README_END}\nafter\n")
     write_report([tmp_path / "a.json"], tmp_path / "r.md", None, readme)
     table = (tmp_path / "r.md").read_text()
-    assert "| igds | 40.0 ± 1.0 (42.0) |" in table and "bf16" in table  # 3 seeds: no seed count in the cell
+    assert "| IGDS (default) | 40.0 ± 1.0 (42.0) |" in table and "bf16" in table  # 3 seeds: no seed count in the cell
     text = readme.read_text()
     assert text.startswith("# x\n\nbefore\n") and text.endswith(f"{README_END}\nafter\n")
-    assert "old table" not in text and "| igds | 40.0 ± 1.0 (42.0) |" in text and "#### convnet3 @ 32 px" in text
+    assert (
+        "old table" not in text and "| IGDS (default) | 40.0 ± 1.0 (42.0) |" in text and "#### convnet3 @ 32 px" in text
+    )
     readme.write_text("no markers\n")
     with pytest.raises(UserError, match="needs the two results markers"):
         write_report([tmp_path / "a.json"], tmp_path / "r.md", None, readme)

@@ -41,6 +41,9 @@ def load_results(paths: list[Path]) -> list[dict[str, Any]]:
     return results
 
 
+# Row labels and order of the methods run_results.sh makes; other methods follow by name.
+METHOD_LABELS = {"random-real": "random real images", "dit": "DiT, guidance off", "igds": "IGDS (default)"}
+
 README_BEGIN = "<!-- results table: written by igds-fast report --readme; edit benchmarks/run_results.sh, not this -->"
 README_END = "<!-- end of results table -->"
 
@@ -48,11 +51,12 @@ README_END = "<!-- end of results table -->"
 def cell(r: dict[str, Any]) -> str:
     """Final-epoch top-1 mean ± std over seeds, then the best of the val readings (if recorded)."""
     scaled = "*" if r["epochs"] != r["epochs_protocol"] else ""
-    text = f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}{scaled}"
+    n = len(r["accuracies"])
+    text = f"{100 * r['mean']:.1f}" + (f" ± {100 * r['std']:.1f}" if n > 1 else "") + scaled
     if "best_mean" in r:
         text += f" ({100 * r['best_mean']:.1f})"
-    if len(r["accuracies"]) != 3:
-        text += f" [{len(r['accuracies'])} seed{'s' if len(r['accuracies']) != 1 else ''}]"
+    if n != 3:
+        text += f" [{n} seed{'s' if n != 1 else ''}]"
     return text
 
 
@@ -67,9 +71,12 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
         grid = {(r["method"], r["ipc"]): r for r in rs}
         lines += [f"## {net} @ {res} px", "", "| method | " + " | ".join(f"IPC {i}" for i in ipcs) + " |"]
         lines.append("|---|" + "---|" * len(ipcs))
-        for method in sorted({r["method"] for r in rs}):
+        order = list(METHOD_LABELS)
+        for method in sorted(
+            {r["method"] for r in rs}, key=lambda m: (order.index(m) if m in order else len(order), m)
+        ):
             cells = [cell(grid[(method, i)]) if (method, i) in grid else "—" for i in ipcs]
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            lines.append(f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(cells) + " |")
         lines.append("")
     lines.append(
         "Top-1 accuracy (%) on the real val set at the final epoch, mean ± std over 3 seeds unless a cell says "
