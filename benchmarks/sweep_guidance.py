@@ -60,6 +60,7 @@ CONFIGS: dict[str, dict] = {
     # the default guidance kept off the last steps (does low-t guidance make the extra saturated pixels?)
     "default lo200": {"window_lo": 200},
     "default lo400": {"window_lo": 400},
+    "default hi500": {"window_hi": 500},
 }
 # The order a sweep runs them in when --only is not given (most informative first).
 ORDER = [

@@ -499,3 +499,40 @@ def test_a_named_class_reaches_only_a_model_that_names_it() -> None:
     assert labels_for_wnids([], 1000, ["n01440764"]) == [0]  # an ImageNet-1k model: the ImageNet index
     with pytest.raises(UserError, match="class 'airplane' is named by folder"):
         labels_for_wnids([], 1000, ["airplane"])  # never label -1
+
+
+def test_run_results_report_only_tabulates_what_exists(tmp_path: Path) -> None:
+    """REPORT_ONLY=1 runs no stage: the tables (docs and the README block) come from the results files there."""
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    data = tmp_path / "data" / "imagenette-64"
+    for split in ("train", "val"):
+        (data / split).mkdir(parents=True)
+    work = tmp_path / "work"
+    (work / "results").mkdir(parents=True)
+    r = {"method": "igds", "ipc": 10, "net": "convnet3", "resolution": 32, "mean": 0.4, "std": 0.01}
+    r |= {"accuracies": [0.39, 0.40, 0.41], "epochs": 2000, "epochs_protocol": 2000, "best_mean": 0.42}
+    (work / "results" / "igds-ipc10-convnet3-32px.json").write_text(json.dumps(r))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# t\n{README_BEGIN}\n{README_END}\n")
+    env = os.environ | {
+        "IGDS_DATA": str(tmp_path / "data"),
+        "WORK": str(work),
+        "DOCS_DIR": str(tmp_path / "docs"),
+        "README": str(readme),
+        "REPORT_ONLY": "1",
+        "IPCS": "10",
+        "BACKEND": "eager",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    done = subprocess.run(
+        ["bash", "benchmarks/run_results.sh"], cwd=repo, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = (tmp_path / "docs" / "results.md").read_text()
+    assert "| IGDS (default) | 40.0 ± 1.0 (42.0) |" in table and "random real images" not in table  # no file: no row
+    assert "igds-fast distill" in table  # the commands that would make the sets are listed
+    assert "| IGDS (default) | 40.0 ± 1.0 (42.0) |" in readme.read_text()
+    assert not (work / "sets" / "igds-ipc10").exists()  # nothing ran
