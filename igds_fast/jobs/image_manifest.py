@@ -1,7 +1,8 @@
 """The image manifest of a distilled (or random-real) set: one Parquet row per image file.
 
 Columns:
-  wnid, class_index    the class, and its ImageNet-1k index (what a 1000-class DiT is conditioned on)
+  wnid, class_index    the class (WNID or class folder name), and its ImageNet-1k index (what a 1000-class DiT
+                       is conditioned on; -1 for a class named by folder)
   sample_index         the image's index within its class: the file is ``<wnid>/<sample_index:05d>.png``
   seed                 the seed the image derives from: the per-sample noise seed for generated
                        images (``seeds.sample_seed``), the run seed for real picks
