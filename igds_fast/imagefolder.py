@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 
 from .errors import UserError
 from .memory import check_memory
-from .subsets import CLASS_NAME, WNID
+from .names import CLASS_NAME, WNID
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 

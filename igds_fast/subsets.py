@@ -9,7 +9,6 @@ classes by folder name: such a class has no ImageNet-1k index, and only models t
 from __future__ import annotations
 
 import json
-import re
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -17,9 +16,8 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import UserError
+from .names import CLASS_NAME, WNID
 
-WNID = re.compile(r"n\d{8}")
-CLASS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # a class folder's name when it is not a WNID
 NO_IMAGENET_INDEX = -1
 
 
