@@ -61,6 +61,9 @@ CONFIGS: dict[str, dict] = {
     "default lo200": {"window_lo": 200},
     "default lo400": {"window_lo": 400},
     "default hi500": {"window_hi": 500},
+    "default hi300": {"window_hi": 300},
+    "default hi400": {"window_hi": 400},
+    "hi500 b0.1": {"window_hi": 500, "beta": 0.1},
 }
 # The order a sweep runs them in when --only is not given (most informative first).
 ORDER = [
