@@ -423,7 +423,7 @@ def test_evaluate_resumes_extends_and_refuses_another_run(tmp_path: Path) -> Non
     val = make_folder(tmp_path / "val", WNIDS, 2, split="val")
     out = tmp_path / "r.json"
     partial = partial_path(out)
-    kw = {"net": "convnet3", "resolution": 16, "epochs": 2, "progress": False, "partial": partial, "resume_from": [out]}
+    kw = {"net": "convnet3", "resolution": 16, "epochs": 2, "progress": False, "out": out}
 
     first = evaluate_set(train, val, seeds=[0], **kw)  # as if stopped after seed 0: only the partial file
     assert partial.is_file() and not out.exists()
@@ -434,7 +434,7 @@ def test_evaluate_resumes_extends_and_refuses_another_run(tmp_path: Path) -> Non
     resumed = evaluate_set(train, val, seeds=[0, 1], **kw)
     assert resumed["runs"][0] == seed0  # not trained again (its seconds too)
     assert resumed["seeds"] == [0, 1] and resumed["accuracies"][0] == seed0["final"]
-    write_results(out, resumed, partial)
+    write_results(out, resumed)
     assert out.is_file() and not partial.exists()
 
     fewer = evaluate_set(train, val, seeds=[0], **kw)  # fewer seeds asked: none of the file's is dropped

@@ -41,16 +41,14 @@ def evaluate(
 
     Reports the final epoch's top-1 and, beside it, the best of 10 val readings over the run.
     """
-    from ..evaluation.train import check_precision, evaluate_set, partial_path, seed_list, write_results
+    from ..evaluation.train import evaluate_set, seed_list, write_results
     from ..subsets import subset as subset_classes
 
     if not out.parent.is_dir():
         raise UserError(f"output folder '{out.parent}' does not exist")
     if out.is_dir():
         raise UserError(f"--out '{out}' is a folder; give a file name, e.g. results.json")
-    check_precision(precision)
     order = [c.wnid for c in subset_classes(subset)] if subset is not None else None
-    partial = partial_path(out)
     results = evaluate_set(
         train,
         val,
@@ -62,10 +60,9 @@ def evaluate(
         method,
         device,
         precision=precision,
-        partial=partial,
-        resume_from=[out],
+        out=out,
     )
-    write_results(out, results, partial)
+    write_results(out, results)
     typer.echo(
         f"{results['method']} IPC {results['ipc']} {net}@{resolution}px: "
         f"{100 * results['mean']:.2f} ± {100 * results['std']:.2f}% top-1 over {seeds} seeds "

@@ -61,15 +61,20 @@ def cell(r: dict[str, Any]) -> str:
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
+    """The report file: a title, then ``markdown_tables``."""
+    return "# Evaluation results\n\n" + markdown_tables(results)
+
+
+def markdown_tables(results: list[dict[str, Any]], heading: str = "##") -> str:
     """One table per net@resolution: a row per method, a column per IPC, top-1 % as mean ± std over seeds."""
     by_net: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         by_net[(r["net"], r["resolution"])].append(r)
-    lines = ["# Evaluation results", ""]
+    lines = []
     for (net, res), rs in sorted(by_net.items()):
         ipcs = sorted({r["ipc"] for r in rs})
         grid = {(r["method"], r["ipc"]): r for r in rs}
-        lines += [f"## {net} @ {res} px", "", "| method | " + " | ".join(f"IPC {i}" for i in ipcs) + " |"]
+        lines += [f"{heading} {net} @ {res} px", "", "| method | " + " | ".join(f"IPC {i}" for i in ipcs) + " |"]
         lines.append("|---|" + "---|" * len(ipcs))
         order = list(METHOD_LABELS)
         for method in sorted(
@@ -141,8 +146,8 @@ def write_report(paths: list[Path], out: Path, plot_path: Path | None, readme: P
     if readme is not None and not readme.is_file():
         raise UserError(f"--readme '{readme}' is not a file")
     table = markdown_table(results)
-    # The README's tables sit under its own headings: no title, nets one level down.
-    readme_text = with_readme_block(readme, table.split("\n", 2)[2].replace("## ", "#### ")) if readme else None
+    # The README's tables sit under its own headings: no title, nets two levels further down.
+    readme_text = with_readme_block(readme, markdown_tables(results, "####")) if readme else None
     write_atomic(out, table.encode())
     if readme is not None:
         write_atomic(readme, readme_text.encode())
