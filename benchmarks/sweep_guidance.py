@@ -64,6 +64,11 @@ CONFIGS: dict[str, dict] = {
     "default hi300": {"window_hi": 300},
     "default hi400": {"window_hi": 400},
     "hi500 b0.1": {"window_hi": 500, "beta": 0.1},
+    # the moment guard: x0_hat keeps the unguided estimate's per-channel mean, its spread at most theirs
+    "moments": {"moment_guard": True},
+    "moments hi500": {"moment_guard": True, "window_hi": 500},
+    "moments s0.2": {"moment_guard": True, "guidance_scale": 0.2},
+    "moments b0.1": {"moment_guard": True, "beta": 0.1},
 }
 # The order a sweep runs them in when --only is not given (most informative first).
 ORDER = [

@@ -48,6 +48,10 @@ class StepConfig:
     diversity: str = "x0"
     # Pixel-space models: guidance may not push the clean estimate outside [-1, 1] (no effect on latents).
     range_guard: bool = True
+    # Guidance may not move the clean estimate's per-channel mean, nor widen its per-channel spatial
+    # spread beyond the unguided estimate's (both spaces): it may reshape the picture, not recolour it
+    # or raise its contrast (docs/sweep_guidance.md: where the judge's extra saturation came from).
+    moment_guard: bool = False
 
     def validate(self) -> StepConfig:
         if self.sampler not in ("ddpm", "ddim"):
@@ -96,6 +100,7 @@ STEP_DEFAULTS: dict[str, Any] = {
     "weighting": "ba",
     "diversity": "x0",
     "range_guard": True,
+    "moment_guard": False,
 }
 
 
@@ -142,6 +147,7 @@ def step_config(ipc: int | None, *layers: dict[str, Any] | None) -> StepConfig:
         weighting=str(s["weighting"]),
         diversity=str(s["diversity"]),
         range_guard=bool(s["range_guard"]),
+        moment_guard=bool(s["moment_guard"]),
     ).validate()
 
 

@@ -3,6 +3,7 @@ the bounds the right way with a critic trained on real Imagenette."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -17,7 +18,14 @@ from igds_fast.guidance.bounds import (
     knn_entropy,
     soft_nearest_similarity,
 )
-from igds_fast.guidance.step import CONFIDENT_BOUND_NATS, GuidedStep, StepConfig, prototype_weights, unit_rms
+from igds_fast.guidance.step import (
+    CONFIDENT_BOUND_NATS,
+    GuidedStep,
+    StepConfig,
+    channel_moments,
+    prototype_weights,
+    unit_rms,
+)
 from igds_fast.models.critics import CriticConfig, NoiseCritic, load_critic
 from igds_fast.models.dit import DiT, DiTConfig
 from igds_fast.sampling import run_chain
@@ -332,3 +340,30 @@ def test_range_guard_keeps_the_clean_estimate_in_the_image_range():
     inside = (a * x - b * guided).abs() <= 1
     assert torch.allclose(kept[inside], guided[inside], atol=1e-5)
     assert not GuidedStep(small_dit(), cfg, random_critic(), pixel_space=False).range_guard
+
+
+def test_moment_guard_keeps_the_unguided_colour_and_caps_the_contrast():
+    """x0_hat of the guarded eps has the unguided estimate's per-channel mean and at most its spread,
+    keeps the guided pattern where the guidance narrows the spread, and the forward pass applies it."""
+    cfg = StepConfig(steps="10", guidance="igds", guidance_scale=5.0, beta=0.0, weighting="flat", moment_guard=True)
+    step = GuidedStep(small_dit(), cfg, random_critic(), pixel_space=False)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(4, 3, 16, 16, generator=g)
+    i = torch.tensor([3])
+    eps = torch.randn(4, 3, 16, 16, generator=g)
+    a, b = step.tab_sqrt_recip_alphas_cumprod[3], step.tab_sqrt_recipm1_alphas_cumprod[3]
+    wide = eps + 2 * torch.randn(4, 3, 16, 16, generator=g) + 0.5  # shifts the mean and widens the spread
+    free, x0 = a * x - b * eps, a * x - b * step.keep_moments(x, eps, wide, i)
+    (m_free, s_free), (m_kept, s_kept) = channel_moments(free), channel_moments(x0)
+    assert torch.allclose(m_kept, m_free, atol=1e-4)
+    assert torch.allclose(s_kept, s_free, rtol=1e-4)  # capped: the guided spread was wider
+    assert bool((channel_moments(a * x - b * wide)[1] > s_kept + 1e-3).all())  # the cap acted
+    # a guided estimate narrower than the unguided one keeps its shape (only the mean is moved back)
+    x0_narrow = 0.5 * free
+    narrow = (a * x - x0_narrow) / b
+    kept = a * x - b * step.keep_moments(x, eps, narrow, i)
+    assert torch.allclose(kept - m_free, x0_narrow - channel_moments(x0_narrow)[0], atol=1e-4)
+    # the step's forward applies it: the final guarded and unguarded steps differ
+    y, noise = torch.tensor([1, 2, 3, 4]), torch.randn(4, 3, 16, 16, generator=g)
+    off = GuidedStep(step.denoiser, dataclasses.replace(cfg, moment_guard=False), step.critic)
+    assert (step(x, i, y, noise)[0] - off(x, i, y, noise)[0]).abs().max() > 1e-3

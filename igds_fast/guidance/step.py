@@ -227,6 +227,19 @@ class GuidedStep(nn.Module):
         x0 = torch.maximum(torch.minimum(x0_guided, hi), lo)
         return (a * x - x0) / b
 
+    def keep_moments(self, x: torch.Tensor, eps: torch.Tensor, guided: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """The guided eps, with the clean estimate x0_hat moved back to the unguided estimate's
+        per-channel mean and its per-channel spatial spread capped at the unguided one's: the guidance
+        keeps its pattern, the denoiser keeps the colour and contrast."""
+        a = self.tab_sqrt_recip_alphas_cumprod[i]
+        b = self.tab_sqrt_recipm1_alphas_cumprod[i]
+        x0_free, x0_guided = a * x - b * eps, a * x - b * guided
+        mean_free, spread_free = channel_moments(x0_free)
+        mean_guided, spread_guided = channel_moments(x0_guided)
+        ratio = (spread_free / spread_guided.clamp_min(1e-8)).clamp(max=1.0)
+        x0 = mean_free + (x0_guided - mean_guided) * ratio
+        return (a * x - x0) / b
+
     def update(
         self, x: torch.Tensor, eps: torch.Tensor, var: torch.Tensor | None, i: torch.Tensor, noise: torch.Tensor
     ) -> torch.Tensor:
@@ -251,6 +264,8 @@ class GuidedStep(nn.Module):
         if self.critic is not None:
             g_proto, g_div, feats, log_q, h2 = self.guidance_grad(x, i, y, eps, memory, memory_mask)
             guided = self.guide(eps, g_proto, g_div, i)
+            if self.cfg.moment_guard:
+                guided = self.keep_moments(x, eps, guided, i)
             eps = self.keep_in_range(x, eps, guided, i) if self.range_guard else guided
         else:
             b = x.shape[0]
@@ -258,6 +273,12 @@ class GuidedStep(nn.Module):
             log_q = torch.zeros(b, device=x.device)
             h2 = torch.zeros(b, device=x.device)
         return self.update(x, eps, var, i, noise), feats, log_q, h2
+
+
+def channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample and channel: the spatial mean and standard deviation of (B, C, H, W) ``x``."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    return mean, (x - mean).pow(2).mean(dim=(2, 3), keepdim=True).sqrt()
 
 
 def unit_rms(g: torch.Tensor) -> torch.Tensor:
