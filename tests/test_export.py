@@ -158,6 +158,24 @@ def test_trajectory_50_steps(models, tmp_path: Path) -> None:
     assert torch.equal(engine.decode(out.x0), out.x0.clamp(-1, 1))  # pixel space: no decoder graph
 
 
+def test_moment_guard_exports_as_the_eager_step(models, tmp_path: Path) -> None:
+    """The moment guard is part of the one exported graph: ORT matches eager, and differs from the
+    unguarded step (so the guard is really in the graph)."""
+    cfg = StepConfig(**{**GUIDED.to_dict(), "moment_guard": True})
+    step = eager_step(models, cfg)
+    engine = load_engine(export_engine(spec(models, tmp_path / "moments", cfg, 4)))
+    shapes = step_shapes(step, 4, 6)
+    for k, i in enumerate((40, 5)):
+        args = random_inputs(shapes, 50, example_labels(step), seed=300 + k, i=i)
+        with torch.no_grad():
+            ref = step(*args)
+            unguarded = eager_step(models, GUIDED)(*args)[0]
+        out = engine.step(*args)
+        assert rel_error(out[0], ref[0]) < 1e-4
+        assert rel_error(unguarded, ref[0]) > 100 * rel_error(out[0], ref[0])
+    assert read_manifest(tmp_path / "moments")["step"]["moment_guard"] is True
+
+
 def test_graph_is_tensorrt_ready(engines) -> None:
     from igds_fast.backends.onnx_export import float64_tensors, load_inlined, op_types, trt_unsupported_ops
 

@@ -34,6 +34,7 @@ def distill(
     beta: float | None = opt.beta(),
     window_lo: int | None = opt.window_lo(),
     window_hi: int | None = opt.window_hi(),
+    moment_guard: bool | None = opt.moment_guard(),
     steps: str | None = opt.steps(),
     sampler: str | None = opt.sampler(),
     eta: float | None = opt.eta(),

@@ -54,6 +54,15 @@ def window_hi() -> Any:
     return typer.Option(None, help="Guide only at timesteps t <= this [999].")
 
 
+def moment_guard() -> Any:
+    on = "on" if STEP_DEFAULTS["moment_guard"] else "off"
+    return typer.Option(
+        None,
+        "--moment-guard/--no-moment-guard",
+        help=f"Guidance keeps the clean estimate's per-channel mean and at most its spread [{on}].",
+    )
+
+
 def denoiser() -> Any:
     return typer.Option(None, help="Denoiser checkpoint/folder (default: the embedded model).")
 
