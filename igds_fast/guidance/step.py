@@ -13,7 +13,10 @@
 n(g) scales each sample's gradient to unit RMS, so s and beta are in units of eps (the two terms
 have separate, comparable scales). w_t weights both terms by the critic's held-out Barber-Agakov
 bound at t (``weighting="ba"``: 0 where the critic knows nothing, 1 where it knows most; both
-terms read the critic); both act only inside the window [window_lo, window_hi].
+terms read the critic); both act only inside the window [window_lo, window_hi]. Two guards then
+edit eps_tilde through the clean estimate it implies: ``moment_guard`` gives x0_hat back the unguided
+estimate's per-channel mean and at most its spread (``keep_moments``); ``range_guard`` (pixel models)
+keeps x0_hat inside [-1, 1] (``keep_in_range``).
 
 The critics are noise-conditional, so the gradient never flows through the denoiser (eps_cfg is a
 constant of the gradient). Gradients are taken with ``torch.func.grad``: eager runs it as is, and
