@@ -144,10 +144,9 @@ JUDGE_DATA = DATA_ROOT / "imagenette-64"
 def test_default_guidance_beats_guidance_off_under_an_independent_judge(tmp_path):
     """Judged by a classifier trained on real images (never by the guiding critic): the default IGDS
     raises accuracy over guidance off, keeps coverage at least at guidance off's, loses at most 10% of
-    the within-class spread, and clips at most 1.5x as many pixels as guidance off. The issue's
-    "saturation no higher than off" is NOT met on the shipped latent v2 (10 per class: 0.065 -> 0.087,
-    docs/sweep_guidance.md; this test's 5 per class: 0.056 -> 0.077, 1.37x): latents have no range
-    guard. The 1.5x bound still catches the failure the guard was built for (2.3x-6x on v1 without it).
+    the within-class spread, and clips no more pixels than guidance off: per image (the same noise in
+    both sets) the mean difference of the share of values at 0 or 255 is within two paired standard
+    errors of zero. Without the moment guard this fails (shipped v2, 10 per class: +0.022 +- 0.006).
     5 images per class, seed 0; a 2-epoch judge (~60% on val)."""
     if not JUDGE_DATA.is_dir():
         pytest.skip(f"real data not found at {JUDGE_DATA} (set IGDS_DATA)")
@@ -161,13 +160,14 @@ def test_default_guidance_beats_guidance_off_under_an_independent_judge(tmp_path
 
     judge = load_or_train_judge(JUDGE_DATA / "train", 32, epochs=2, cache_dir=tmp_path / "judge", progress=False)
     wnids = [c.wnid for c in subset("imagenette")]
-    scores = {}
+    scores, clipped = {}, {}
     for name, opts in (("off", {"guidance": "off"}), ("igds", {})):
         cfg = step_config(5, opts)
         m = resolve_models(None, None, None, cfg.guidance)
         pipe = build_pipeline(m.denoiser, m.vae, m.critics, cfg)
         _, images, _, _ = sample_classes(pipe, class_labels(pipe.step.denoiser, wnids), 5, 0, 5, progress=False)
         arr = to_uint8(images).numpy()
+        clipped[name] = ((arr == 0) | (arr == 255)).reshape(len(arr), -1).mean(axis=1)
         for k, w in enumerate(wnids):
             (tmp_path / name / w).mkdir(parents=True)
             for j in range(5):
@@ -180,4 +180,6 @@ def test_default_guidance_beats_guidance_off_under_an_independent_judge(tmp_path
     assert igds["accuracy"] >= off["accuracy"] + 0.2, (off["accuracy"], igds["accuracy"])
     assert igds["coverage"] >= off["coverage"], (off["coverage"], igds["coverage"])
     assert igds["within_class_distance"] >= 0.9 * off["within_class_distance"], (off, igds)
-    assert igds["saturation"] <= 1.5 * off["saturation"], (off["saturation"], igds["saturation"])
+    diff = clipped["igds"] - clipped["off"]
+    paired_se = diff.std(ddof=1) / len(diff) ** 0.5
+    assert diff.mean() <= 2 * paired_se, (off["saturation"], igds["saturation"], diff.mean(), paired_se)

@@ -131,7 +131,15 @@ def test_guided_eps_is_cfg_eps_minus_normalised_terms():
     """x_prev = DDPM(eps_cfg - sqrt(1-abar) (s w_t n(g_proto) + beta n(g_div))), and only in the window."""
     dit, critic = small_dit(), random_critic()
     s, beta = 3.0, 0.5
-    cfg = StepConfig(steps="10", guidance="igds", guidance_scale=s, beta=beta, window_lo=300, window_hi=999)
+    cfg = StepConfig(
+        steps="10",
+        guidance="igds",
+        guidance_scale=s,
+        beta=beta,
+        window_lo=300,
+        window_hi=999,
+        moment_guard=False,
+    )
     step, off = GuidedStep(dit, cfg, critic), GuidedStep(dit, StepConfig(steps="10", guidance="off"))
     x, noise = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
     y = torch.tensor([3, 3, 5, 5])
@@ -298,10 +306,13 @@ def _final_bounds(step: GuidedStep, critic: NoiseCritic, x: torch.Tensor, y: tor
         return float(class_log_prob(logits, cidx).mean()), float(soft_nearest_similarity(feats, y).mean())
 
 
-def _sample(dit: torch.nn.Module, critic: NoiseCritic, scale: float, beta: float) -> tuple[float, float]:
-    step = GuidedStep(
-        dit, StepConfig(steps="10", cfg_scale=1.0, guidance="igds", guidance_scale=scale, beta=beta), critic
+def _sample(
+    dit: torch.nn.Module, critic: NoiseCritic, scale: float, beta: float, moment_guard: bool = False
+) -> tuple[float, float]:
+    cfg = StepConfig(
+        steps="10", cfg_scale=1.0, guidance="igds", guidance_scale=scale, beta=beta, moment_guard=moment_guard
     )
+    step = GuidedStep(dit, cfg, critic)
     y = torch.tensor([2] * 8)
     noise = SampleNoise([sample_seed(7, 2, k) for k in range(8)], (3, 16, 16))
     res = run_chain(step, 10, y, noise)
@@ -314,6 +325,9 @@ def test_prototype_guidance_raises_log_q(trained):
     lq_off, _ = _sample(dit, critic, scale=0.0, beta=0.0)
     lq_on, _ = _sample(dit, critic, scale=0.5, beta=0.0)
     assert lq_on > lq_off + 0.1, (lq_off, lq_on)
+    # the moment guard (the default) keeps part of the gain: it takes back colour and contrast only
+    lq_guarded, _ = _sample(dit, critic, scale=0.5, beta=0.0, moment_guard=True)
+    assert lq_off + 0.05 < lq_guarded < lq_on, (lq_off, lq_guarded, lq_on)
 
 
 def test_diversity_term_spreads_the_class(trained):
