@@ -26,7 +26,7 @@ def read_manifest(folder: Path) -> dict[int, dict[str, float]]:
     if not path.is_file():
         raise SystemExit(f"{folder}: no manifest.parquet; give folders written by igds-fast distill")
     rows = pq.read_table(path).to_pylist()
-    return {int(r["seed"]): {k: float(r[k]) for k in (*STATS, "class_index")} for r in rows}
+    return {int(r["seed"]): {k: float(r[k]) for k in STATS} for r in rows}
 
 
 def paired(ref: dict[int, dict[str, float]], other: dict[int, dict[str, float]], stat: str) -> dict[str, float]:

@@ -68,7 +68,6 @@ CONFIGS: dict[str, dict] = {
     "moments": {"moment_guard": True},
     "moments hi500": {"moment_guard": True, "window_hi": 500},
     "moments s0.2": {"moment_guard": True, "guidance_scale": 0.2},
-    "moments b0.1": {"moment_guard": True, "beta": 0.1},
 }
 # The order a sweep runs them in when --only is not given (most informative first).
 ORDER = [

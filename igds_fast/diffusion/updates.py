@@ -38,6 +38,11 @@ def predict_x0(x: torch.Tensor, eps: torch.Tensor, i: torch.Tensor, tab: Tables)
     return _at(tab, "sqrt_recip_alphas_cumprod", i, x) * x - _at(tab, "sqrt_recipm1_alphas_cumprod", i, x) * eps
 
 
+def eps_from_x0(x: torch.Tensor, x0: torch.Tensor, i: torch.Tensor, tab: Tables) -> torch.Tensor:
+    """The eps for which ``predict_x0`` gives ``x0`` (its inverse in eps)."""
+    return (_at(tab, "sqrt_recip_alphas_cumprod", i, x) * x - x0) / _at(tab, "sqrt_recipm1_alphas_cumprod", i, x)
+
+
 def ddpm_update(
     x: torch.Tensor, eps: torch.Tensor, var: torch.Tensor | None, i: torch.Tensor, noise: torch.Tensor, tab: Tables
 ) -> torch.Tensor:

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..config import StepConfig
 from ..diffusion.schedule import Schedule
-from ..diffusion.updates import cfg_combine, ddim_update, ddpm_update, predict_x0
+from ..diffusion.updates import cfg_combine, ddim_update, ddpm_update, eps_from_x0, predict_x0
 from ..errors import UserError
 from ..models.critics import NoiseCritic
 from ..models.loading import denoiser_shape
@@ -220,28 +220,24 @@ class GuidedStep(nn.Module):
     def keep_in_range(self, x: torch.Tensor, eps: torch.Tensor, guided: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         """The guided eps, except where it would move the clean estimate x0_hat outside [-1, 1] (or
         further outside, where the unguided estimate already is): there x0_hat stops at the edge."""
-        a = self.tab_sqrt_recip_alphas_cumprod[i]
-        b = self.tab_sqrt_recipm1_alphas_cumprod[i]
-        x0_free, x0_guided = a * x - b * eps, a * x - b * guided
+        x0_free, x0_guided = predict_x0(x, eps, i, self.tables), predict_x0(x, guided, i, self.tables)
         lo, hi = (
             torch.minimum(x0_free, torch.full_like(x0_free, -1.0)),
             torch.maximum(x0_free, torch.ones_like(x0_free)),
         )
         x0 = torch.maximum(torch.minimum(x0_guided, hi), lo)
-        return (a * x - x0) / b
+        return eps_from_x0(x, x0, i, self.tables)
 
     def keep_moments(self, x: torch.Tensor, eps: torch.Tensor, guided: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         """The guided eps, with the clean estimate x0_hat moved back to the unguided estimate's
         per-channel mean and its per-channel spatial spread capped at the unguided one's: the guidance
         keeps its pattern, the denoiser keeps the colour and contrast."""
-        a = self.tab_sqrt_recip_alphas_cumprod[i]
-        b = self.tab_sqrt_recipm1_alphas_cumprod[i]
-        x0_free, x0_guided = a * x - b * eps, a * x - b * guided
+        x0_free, x0_guided = predict_x0(x, eps, i, self.tables), predict_x0(x, guided, i, self.tables)
         mean_free, spread_free = channel_moments(x0_free)
         mean_guided, spread_guided = channel_moments(x0_guided)
         ratio = (spread_free / spread_guided.clamp_min(1e-8)).clamp(max=1.0)
         x0 = mean_free + (x0_guided - mean_guided) * ratio
-        return (a * x - x0) / b
+        return eps_from_x0(x, x0, i, self.tables)
 
     def update(
         self, x: torch.Tensor, eps: torch.Tensor, var: torch.Tensor | None, i: torch.Tensor, noise: torch.Tensor
