@@ -85,6 +85,17 @@ class StepConfig:
         return asdict(self)
 
 
+# Step fields added after runs were first recorded, each with the value that reproduces those runs: a
+# job file or engine manifest written before a field existed reads as that value, so upgrading
+# igds-fast does not orphan a half-finished set or an exported engine.
+ADDED_STEP_FIELDS: dict[str, Any] = {"moment_guard": False}
+
+
+def complete_step(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A recorded step dict with the fields added since it was written, at their old behaviour."""
+    return ADDED_STEP_FIELDS | recorded
+
+
 # The step options as the command line and recipes spell them, with their defaults. ``beta`` None
 # means the default diversity weight; ``cfg_channels`` is "3" or "all".
 STEP_DEFAULTS: dict[str, Any] = {

@@ -175,6 +175,41 @@ def test_rerun_of_finished_job_does_nothing(models, reference):
     assert snapshot(out) == snap
 
 
+def as_recorded_before(out: Path, added: str) -> None:
+    """Make ``out`` look as if an igds-fast without the step field ``added`` had written it: the field
+    gone from the job file, the job digest of what is left, and every unit recorded under that digest."""
+    path = out / distill_mod.JOB_FILE
+    body = json.loads(path.read_text())
+    del body["config"]["step"][added]
+    body["digest"] = distill_mod.digest(body["config"])
+    path.write_text(json.dumps(body, sort_keys=True))
+    for record in out.glob(".unit-*.json"):
+        rec = json.loads(record.read_text())
+        record.write_text(json.dumps(rec | {"job": body["digest"]}))
+
+
+def test_a_set_recorded_before_a_step_field_existed_resumes(models, reference, tmp_path):
+    """A set started before --moment-guard existed, finished (or continued) after the upgrade with the same
+    options: nothing redone, nothing refused; asking for the guard is another configuration."""
+    import shutil
+
+    from igds_fast.jobs.verify import verify_set
+
+    _, snap = reference
+    out = tmp_path / "set"
+    shutil.copytree(reference[0], out)
+    as_recorded_before(out, "moment_guard")
+    (out / "manifest.parquet").unlink()  # interrupted before the end: the units are all that is left
+    (out / WNIDS[1] / "00004.png").unlink()
+    summary = run_request(request(models, out))
+    assert summary["complete"] and summary["repaired"] == [f"{WNIDS[1]}/00004.png"]  # only what was missing
+    assert summary["images_made"] == 0
+    assert snapshot(out) == snap
+    assert verify_set(out).ok
+    with pytest.raises(UserError, match="another configuration.*step"):
+        run_request(request(models, out, moment_guard=True))
+
+
 def test_interrupted_run_finishes_byte_identical(models, reference, tmp_path):
     _, snap = reference
     out = tmp_path / "set"

@@ -137,3 +137,16 @@ def example_labels_of(engine: StepEngine) -> list[int]:
     return (
         list(engine.manifest.get("labels") or [0, 2, 4]) if engine.backend != "eager" else example_labels(engine.module)
     )
+
+
+def test_an_engine_exported_before_a_step_field_existed_reads_as_its_old_behaviour():
+    """A manifest without ``moment_guard`` (exported before the flag) serves jobs without the guard, and
+    is refused, naming the field, for a job that asks for it."""
+    from igds_fast.backends.engine_manifest import check_manifest
+
+    old = StepConfig().to_dict()
+    del old["moment_guard"]
+    manifest = {"step": old}
+    check_manifest(manifest, {"step": StepConfig().to_dict()})
+    with pytest.raises(UserError, match=r"step\.moment_guard is False in the engine, True was asked for"):
+        check_manifest(manifest, {"step": StepConfig(moment_guard=True).to_dict()})

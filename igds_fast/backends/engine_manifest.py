@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..config import complete_step
 from ..errors import UserError
 from ..machine import library_versions
 
@@ -178,8 +179,9 @@ def check_manifest(manifest: dict[str, Any], expect: dict[str, Any] | None) -> N
     for key, want in expect.items():
         got = have[key]
         if key == "step":
+            got = complete_step(got or {})  # an engine exported before a field existed has its old behaviour
             for field, w in (want or {}).items():
-                g = (got or {}).get(field)
+                g = got.get(field)
                 if g != w:
                     raise UserError(
                         f"engine mismatch: step.{field} is {g!r} in the engine, {w!r} was asked for; "

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..config import complete_step
 from ..errors import UserError
 from ..imageio import encode_image, labelled_sheet, to_uint8, write_atomic
 from ..sampling import StepEngine, WorkUnit, class_units, run_class, shard_classes
@@ -125,28 +126,36 @@ def all_units(cfg: DistillConfig, wnids: list[str] | None = None) -> list[WorkUn
 
 def read_job_file(out: Path) -> dict[str, Any] | None:
     """The job file as {"config", "digest", "request"}; an older plain-config file is read as one;
-    None when it is missing; {"damaged": True} when it cannot be parsed."""
+    None when it is missing; {"damaged": True} when it cannot be parsed.
+
+    "config" is completed with the fields added since it was written (at their old behaviour), so it
+    compares equal to the same options today; "digest" stays the one the folder's units were
+    recorded under."""
     path = out / JOB_FILE
     if not path.exists():
         return None
     data = read_json(path)
     if not isinstance(data, dict):
         return {"damaged": True}
+    stored = None
     if data.get("format") == JOB_FORMAT and isinstance(data.get("config"), dict):
-        cfg = data["config"]
+        cfg, stored = data["config"], data.get("digest")
     elif "wnids" in data and "ipc" in data:  # written by igds-fast before job-v2
         cfg = data
     else:
         return {"damaged": True}
     try:
         full = DistillConfig.from_fingerprint(cfg).fingerprint()  # fills fields added since
-    except (TypeError, ValueError):
+        full["step"] = complete_step(full["step"])
+    except (TypeError, ValueError, AttributeError):
         return {"damaged": True}
-    return {"config": full, "digest": digest(full), "request": data.get("request")}
+    job = stored if isinstance(stored, str) else digest(full)
+    return {"config": full, "digest": job, "request": data.get("request")}
 
 
-def write_job_file(out: Path, cfg: DistillConfig, request: str | None) -> None:
-    body = {"format": JOB_FORMAT, "config": cfg.fingerprint(), "digest": cfg.digest, "request": request}
+def write_job_file(out: Path, cfg: DistillConfig, request: str | None, job: str | None = None) -> None:
+    """The job file; ``job``: the digest units are recorded under when the folder keeps an older one."""
+    body = {"format": JOB_FORMAT, "config": cfg.fingerprint(), "digest": job or cfg.digest, "request": request}
     write_atomic(out / JOB_FILE, json.dumps(body, sort_keys=True).encode())
 
 
@@ -204,9 +213,10 @@ def prepare_out(
     with claim_lock(out):
         have = read_job_file(out)
         if have is not None and not have.get("damaged") and have["config"] == want:
+            # this job, perhaps recorded by an older igds-fast: carry on under the folder's own digest
             if have.get("request") != request and request is not None:
-                write_job_file(out, cfg, request)
-            return mine
+                write_job_file(out, cfg, request, have["digest"])
+            return have["digest"]
         others = record_jobs(out) - {mine}
         if have is None and not others:
             if holds_other_files(out):  # --overwrite replaces runs, never a folder of other files
@@ -552,7 +562,7 @@ def run_distill(
     progress: bool = False,
     events: Events = QUIET,
     run_info: dict[str, Any] | None = None,
-    prepared: bool = False,
+    prepared: str | None = None,
     request: str | None = None,
     wait: bool = False,
     locks: WriterLocks | None = None,
@@ -561,7 +571,8 @@ def run_distill(
     complete).
 
     ``locks``: the writer locks the caller holds on ``out`` (else they are taken here, waiting with
-    ``wait``); ``prepared``: the caller (a Ray driver) holds the locks and has claimed ``out``."""
+    ``wait``); ``prepared``: the job digest ``prepare_out`` returned to the caller (a Ray driver), which holds the
+    locks and has claimed ``out``."""
     cfg.validate()
     own_locks = None
     if not prepared and locks is None:
@@ -573,7 +584,7 @@ def run_distill(
             raise UserError(f"cannot write to --out '{out}': {e.strerror or e}") from None
         own_locks = locks = WriterLocks(out, shard).acquire(wait=wait)
     try:
-        job = cfg.digest if prepared else prepare_out(out, cfg, overwrite, request, locks)
+        job = prepared or prepare_out(out, cfg, overwrite, request, locks)
         return _run_units(engine, cfg, out, job, shard, progress, events, run_info or {}, request)
     finally:
         if own_locks is not None:

@@ -18,7 +18,16 @@ from ..backends.build import expect_for
 from ..backends.eager import EagerEngine
 from ..backends.engine_manifest import manifest_view, optional_sha256, read_engine_manifest
 from ..backends.registry import BACKENDS, EXPORT_BACKENDS, load_engine
-from ..config import DTYPES, STEP_DEFAULTS, StepConfig, check_count, parse_shard, resolve_device, step_config
+from ..config import (
+    DTYPES,
+    STEP_DEFAULTS,
+    StepConfig,
+    check_count,
+    complete_step,
+    parse_shard,
+    resolve_device,
+    step_config,
+)
 from ..diffusion.schedule import respaced_timesteps
 from ..errors import UserError
 from ..machine import library_versions, machine_facts
@@ -270,7 +279,7 @@ def job_shape(job: DistillJob, engine: StepEngine | None = None, classes: int | 
 
 def _check_ipc_of(job: DistillJob, have_step: dict[str, Any]) -> None:
     """An engine that differs from the job only in beta: say which beta to pass to use it."""
-    want = job.step.to_dict()
+    want, have_step = job.step.to_dict(), complete_step(have_step)
     if have_step.get("beta") == want["beta"] or job.step.guidance != "igds":
         return
     if {k: v for k, v in have_step.items() if k != "beta"} != {k: v for k, v in want.items() if k != "beta"}:

@@ -20,9 +20,10 @@ from .lock import WriterLocks
 CPU_WORKERS = 2  # workers on a cluster without GPUs
 
 
-def _distill_shard(job: DistillJob, dcfg: DistillConfig, shard: tuple[int, int]) -> dict[str, Any]:
-    # Runs inside a Ray worker process: build its own engine, then the ordinary local job on its shard.
-    return run_distill(build_engine(job), dcfg, job.out, shard=shard, progress=False, prepared=True)
+def _distill_shard(job: DistillJob, dcfg: DistillConfig, shard: tuple[int, int], digest: str) -> dict[str, Any]:
+    # Runs inside a Ray worker process: build its own engine, then the ordinary local job on its shard,
+    # under the job digest the driver claimed ``out`` with.
+    return run_distill(build_engine(job), dcfg, job.out, shard=shard, progress=False, prepared=digest)
 
 
 def run_on_ray(
@@ -58,7 +59,7 @@ def _run(
         n = gpus if gpus > 0 else CPU_WORKERS
         remote = ray.remote(num_gpus=1 if gpus else 0, num_cpus=0 if gpus else 1)(_distill_shard)
         worker_job = dataclasses.replace(job, device="cuda") if gpus else job
-        results = ray.get([remote.remote(worker_job, dcfg, (k, n)) for k in range(n)])
+        results = ray.get([remote.remote(worker_job, dcfg, (k, n), digest) for k in range(n)])
     finally:
         if started_here:
             ray.shutdown()

@@ -74,5 +74,4 @@ def run_job(job: DistillJob, events: Events = QUIET) -> dict[str, Any]:
             run_info=run_info(job),
             request=request,
             locks=locks,
-            prepared=False,
         )
