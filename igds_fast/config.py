@@ -82,18 +82,29 @@ class StepConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field: what run.json and engine manifests record."""
         return asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """What digests and cache keys hash (``step_identity``)."""
+        return step_identity(self.to_dict())
 
 
 # Step fields added after runs were first recorded, each with the value that reproduces those runs: a
-# job file or engine manifest written before a field existed reads as that value, so upgrading
-# igds-fast does not orphan a half-finished set or an exported engine.
+# job file, request key, engine manifest or cache key made before a field existed reads as that value,
+# so upgrading igds-fast neither orphans a half-finished set nor re-exports a cached engine.
 ADDED_STEP_FIELDS: dict[str, Any] = {"moment_guard": False}
 
 
 def complete_step(recorded: dict[str, Any]) -> dict[str, Any]:
     """A recorded step dict with the fields added since it was written, at their old behaviour."""
     return ADDED_STEP_FIELDS | recorded
+
+
+def step_identity(step: dict[str, Any]) -> dict[str, Any]:
+    """The step as digests and keys see it: an added field at its old value is left out, so a run
+    recorded before the field existed and the same options today have one identity."""
+    return {k: v for k, v in step.items() if k not in ADDED_STEP_FIELDS or v != ADDED_STEP_FIELDS[k]}
 
 
 # The step options as the command line and recipes spell them, with their defaults. ``beta`` None

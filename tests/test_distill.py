@@ -175,22 +175,32 @@ def test_rerun_of_finished_job_does_nothing(models, reference):
     assert snapshot(out) == snap
 
 
-def as_recorded_before(out: Path, added: str) -> None:
-    """Make ``out`` look as if an igds-fast without the step field ``added`` had written it: the field
-    gone from the job file, the job digest of what is left, and every unit recorded under that digest."""
+def test_job_records_spell_the_step_as_releases_before_moment_guard_did(reference):
+    """The job file and its digest leave an added step field out at its old value, exactly as a release
+    from before the field wrote them: such a folder is this job, byte for byte."""
+    out, _ = reference
+    body = json.loads((out / distill_mod.JOB_FILE).read_text())
+    assert "moment_guard" not in body["config"]["step"] and "window_lo" in body["config"]["step"]
+    assert body["digest"] == distill_mod.digest(body["config"])
+
+
+def spell_out_added_fields(out: Path) -> None:
+    """Make ``out`` look as the release that introduced --moment-guard wrote it: the field spelled out
+    (false) in the job file, the digest of that, every unit recorded under it, another request key."""
     path = out / distill_mod.JOB_FILE
     body = json.loads(path.read_text())
-    del body["config"]["step"][added]
-    body["digest"] = distill_mod.digest(body["config"])
+    body["config"]["step"]["moment_guard"] = False
+    body["digest"], body["request"] = distill_mod.digest(body["config"]), "recorded-by-that-release"
     path.write_text(json.dumps(body, sort_keys=True))
     for record in out.glob(".unit-*.json"):
         rec = json.loads(record.read_text())
         record.write_text(json.dumps(rec | {"job": body["digest"]}))
 
 
-def test_a_set_recorded_before_a_step_field_existed_resumes(models, reference, tmp_path):
-    """A set started before --moment-guard existed, finished (or continued) after the upgrade with the same
-    options: nothing redone, nothing refused; asking for the guard is another configuration."""
+@pytest.mark.parametrize("job_file", ["kept", "lost"])
+def test_a_set_recorded_with_the_added_fields_spelled_out_resumes(models, reference, tmp_path, job_file):
+    """Same options after the upgrade: the interrupted set finishes with nothing redone but what is
+    missing, also when its job file is gone; asking for the guard is another configuration."""
     import shutil
 
     from igds_fast.jobs.verify import verify_set
@@ -198,9 +208,11 @@ def test_a_set_recorded_before_a_step_field_existed_resumes(models, reference, t
     _, snap = reference
     out = tmp_path / "set"
     shutil.copytree(reference[0], out)
-    as_recorded_before(out, "moment_guard")
+    spell_out_added_fields(out)
     (out / "manifest.parquet").unlink()  # interrupted before the end: the units are all that is left
     (out / WNIDS[1] / "00004.png").unlink()
+    if job_file == "lost":
+        (out / distill_mod.JOB_FILE).unlink()
     summary = run_request(request(models, out))
     assert summary["complete"] and summary["repaired"] == [f"{WNIDS[1]}/00004.png"]  # only what was missing
     assert summary["images_made"] == 0

@@ -150,3 +150,19 @@ def test_an_engine_exported_before_a_step_field_existed_reads_as_its_old_behavio
     check_manifest(manifest, {"step": StepConfig().to_dict()})
     with pytest.raises(UserError, match=r"step\.moment_guard is False in the engine, True was asked for"):
         check_manifest(manifest, {"step": StepConfig(moment_guard=True).to_dict()})
+
+
+def test_cache_keys_tell_the_moment_guard_apart_and_ignore_its_old_spelling():
+    """The cache key hashes the step's identity: the guard on is another engine; the guard off is the
+    engine a release before the flag cached."""
+    from igds_fast.config import step_identity
+    from igds_fast.jobs.engine_cache import cache_key
+
+    def key(step: StepConfig) -> str:
+        return cache_key({"denoiser": "a"}, step, 2, 4, "onnxruntime", "fp32", "cpu")
+
+    assert key(StepConfig()) != key(StepConfig(moment_guard=True))
+    old = StepConfig().to_dict()
+    del old["moment_guard"]
+    assert step_identity(StepConfig().to_dict()) == old
+    assert step_identity(StepConfig(moment_guard=True).to_dict())["moment_guard"] is True

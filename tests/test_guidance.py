@@ -128,7 +128,7 @@ def test_guidance_gradients_match_float64_finite_differences(diversity):
 
 
 def test_guided_eps_is_cfg_eps_minus_normalised_terms():
-    """x_prev = DDPM(eps_cfg - sqrt(1-abar) (s w_t n(g_proto) + beta n(g_div))), and only in the window."""
+    """x_prev = DDPM(eps_cfg - sqrt(1-abar) w_t (s n(g_proto) + beta n(g_div))), and only in the window."""
     dit, critic = small_dit(), random_critic()
     s, beta = 3.0, 0.5
     cfg = StepConfig(

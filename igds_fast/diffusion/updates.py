@@ -62,7 +62,7 @@ def ddpm_update(
 def ddim_update(
     x: torch.Tensor, eps: torch.Tensor, i: torch.Tensor, noise: torch.Tensor, tab: Tables, eta: float = 0.0
 ) -> torch.Tensor:
-    """DDIM step (Song et al.); eta=0 is deterministic, eta=1 matches DDPM's fixed-large variance."""
+    """DDIM step (Song et al.); eta=0 is deterministic, eta=1 gives the posterior variance (DDPM's fixed-small)."""
     x0 = predict_x0(x, eps, i, tab)
     ab, ab_prev = _at(tab, "alphas_cumprod", i, x), _at(tab, "alphas_cumprod_prev", i, x)
     sigma = eta * torch.sqrt((1 - ab_prev) / (1 - ab)) * torch.sqrt(1 - ab / ab_prev)

@@ -43,8 +43,9 @@ class GuidedStep(nn.Module):
     x: (B, C, H, W) float32; i: integer step index (0-d or 1 element) into the respaced schedule (N-1 first);
     y: (B,) denoiser class labels; noise: (B, C, H, W) for the ancestral update;
     memory: (M, D) critic features of the class's earlier samples; memory_mask: (B, M).
-    Returned features feed later chunks' memory: f(x0_hat, 0) for ``diversity="x0"`` (the last
-    step's are the final samples' features), f(x_t, t) for the same-step estimators.
+    Returned features feed later chunks' memory: f(x0_hat, 0) for ``diversity="x0"`` (at the last
+    step, of the unguided clean estimate: the final sample before that step's guidance), f(x_t, t) for
+    the same-step estimators.
     """
 
     def __init__(

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import complete_step
+from ..config import complete_step, step_identity
 from ..errors import UserError
 from ..imageio import encode_image, labelled_sheet, to_uint8, write_atomic
 from ..sampling import StepEngine, WorkUnit, class_units, run_class, shard_classes
@@ -77,7 +77,7 @@ class DistillConfig:
     seed: int
     image_format: str = "png"
     resolution: int | None = None  # resize written images (bicubic); None keeps the model's size
-    step: dict[str, Any] = field(default_factory=dict)  # StepConfig of the engine
+    step: dict[str, Any] = field(default_factory=dict)  # StepConfig.identity() of the engine
     models: dict[str, str | None] = field(default_factory=dict)  # sha256 of denoiser, vae, critics
     backend: str = "eager"
     engine_id: str | None = None
@@ -110,6 +110,12 @@ class DistillConfig:
     def digest(self) -> str:
         return digest(self.fingerprint())
 
+    def digests(self) -> set[str]:
+        """Every digest this job's units may be recorded under: today's, and that of a release which wrote
+        the step's added fields out at their old values."""
+        spelled_out = self.fingerprint() | {"step": complete_step(self.step)}
+        return {self.digest, digest(spelled_out)}
+
     @classmethod
     def from_fingerprint(cls, fp: dict[str, Any]) -> DistillConfig:
         names = {f.name for f in fields(cls)}
@@ -128,9 +134,9 @@ def read_job_file(out: Path) -> dict[str, Any] | None:
     """The job file as {"config", "digest", "request"}; an older plain-config file is read as one;
     None when it is missing; {"damaged": True} when it cannot be parsed.
 
-    "config" is completed with the fields added since it was written (at their old behaviour), so it
-    compares equal to the same options today; "digest" stays the one the folder's units were
-    recorded under."""
+    "config" is completed with the fields added since it was written and its step read as its
+    identity (``step_identity``), so it compares equal to the same options today; "digest" stays the
+    one the folder's units were recorded under."""
     path = out / JOB_FILE
     if not path.exists():
         return None
@@ -146,7 +152,7 @@ def read_job_file(out: Path) -> dict[str, Any] | None:
         return {"damaged": True}
     try:
         full = DistillConfig.from_fingerprint(cfg).fingerprint()  # fills fields added since
-        full["step"] = complete_step(full["step"])
+        full["step"] = step_identity(full["step"])
     except (TypeError, ValueError, AttributeError):
         return {"damaged": True}
     job = stored if isinstance(stored, str) else digest(full)
@@ -209,7 +215,7 @@ def prepare_out(
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to --out '{out}': {e.strerror or e}") from None
-    want, mine = cfg.fingerprint(), cfg.digest
+    want = cfg.fingerprint()
     with claim_lock(out):
         have = read_job_file(out)
         if have is not None and not have.get("damaged") and have["config"] == want:
@@ -217,11 +223,14 @@ def prepare_out(
             if have.get("request") != request and request is not None:
                 write_job_file(out, cfg, request, have["digest"])
             return have["digest"]
-        others = record_jobs(out) - {mine}
+        recorded, ours = record_jobs(out), cfg.digests()
+        others = recorded - ours
+        # units of this job, recorded under today's digest or an older release's spelling of it
+        mine = cfg.digest if cfg.digest in recorded or not recorded & ours else min(recorded & ours)
         if have is None and not others:
             if holds_other_files(out):  # --overwrite replaces runs, never a folder of other files
                 raise UserError(not_a_run(out))
-            write_job_file(out, cfg, request)
+            write_job_file(out, cfg, request, mine)
             return mine
         if others and not overwrite:
             if have is not None and not have.get("damaged"):
@@ -240,7 +249,7 @@ def prepare_out(
         old = have["config"]["wnids"] if have is not None and not have.get("damaged") else []
         if others or not record_jobs(out):  # nothing of ours is committed: clear what the old runs left
             remove_our_files(out, sorted(set(old) | _record_wnids(out) | set(cfg.wnids if others else [])))
-        write_job_file(out, cfg, request)
+        write_job_file(out, cfg, request, mine)
         return mine
 
 

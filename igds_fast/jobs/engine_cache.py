@@ -82,7 +82,7 @@ def cache_key(
     return digest(
         {
             "models": models,
-            "step": step.to_dict(),
+            "step": step.identity(),
             "batch_size": batch,
             "memory_size": memory,
             "backend": backend,
