@@ -381,3 +381,38 @@ def test_moment_guard_keeps_the_unguided_colour_and_caps_the_contrast():
     y, noise = torch.tensor([1, 2, 3, 4]), torch.randn(4, 3, 16, 16, generator=g)
     off = GuidedStep(step.denoiser, dataclasses.replace(cfg, moment_guard=False), step.critic)
     assert (step(x, i, y, noise)[0] - off(x, i, y, noise)[0]).abs().max() > 1e-3
+
+
+def test_critic_augmentation_translates_each_sample_with_reflection():
+    """random_shift: every output sample is its input moved by one offset in [-2, 2]^2, reflected at the
+    border (as numpy's 'reflect' pad, then a crop); all 25 offsets occur; shift 0 is the identity."""
+    import numpy as np
+
+    from igds_fast.training.train_critic import random_shift
+
+    x = torch.randn(400, 3, 6, 5)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(random_shift(x, 0, g), x)
+    out = random_shift(x, 2, g).numpy()
+    padded = np.pad(x.numpy(), ((0, 0), (0, 0), (2, 2), (2, 2)), mode="reflect")
+    seen = set()
+    for k in range(len(x)):
+        hits = [
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if np.array_equal(out[k], padded[k, :, 2 + dy : 2 + dy + 6, 2 + dx : 2 + dx + 5])
+        ]
+        assert len(hits) == 1, k
+        seen.add(hits[0])
+    assert len(seen) == 25
+
+
+def test_critic_timesteps_favour_low_noise_as_the_power_says():
+    from igds_fast.training.train_critic import sample_t
+
+    g = torch.Generator().manual_seed(0)
+    for power, below_300 in ((1.0, 0.3), (2.0, math.sqrt(0.3))):
+        t = sample_t(200_000, power, g, torch.device("cpu"))
+        assert int(t.min()) >= 0 and int(t.max()) <= 999 and t.dtype == torch.int64
+        assert float((t < 300).float().mean()) == pytest.approx(below_300, abs=0.005)

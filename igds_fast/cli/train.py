@@ -90,6 +90,8 @@ def train_critics_cmd(
     compile_model: bool | None = typer.Option(
         None, "--compile/--no-compile", help="torch.compile the critic for training [on for CUDA only]."
     ),
+    shift: int = typer.Option(0, help="Augment: translate inputs by up to this many input positions (latent cells)."),
+    t_power: float = typer.Option(1.0, help="Draw t = 1000 u^p: 1 uniform, 2 favours low noise (55%% below 300)."),
 ) -> None:
     """Train the noise-conditional critics (class head + feature head) and fit kernel widths."""
     from ..models.embedded import resolve_models
@@ -100,7 +102,7 @@ def train_critics_cmd(
     from ..training.train_critic import TrainCriticConfig, train_critic
 
     # Everything that can be checked is checked before --out is created.
-    check_critic_options(steps, batch_size, lr, width, depth, heads, eval_images, feat_dim)
+    check_critic_options(steps, batch_size, lr, width, depth, heads, eval_images, feat_dim, shift, t_power)
     check_precision(precision)
     check_folder(data, "--data")
     if val is not None:
@@ -137,6 +139,8 @@ def train_critics_cmd(
         eval_images=eval_images,
         precision=precision,
         compile=compile_model,
+        shift=shift,
+        t_power=t_power,
     )
     try:
         path = usual_mode(train_critic(cfg, model, codec, overwrite=overwrite))
@@ -183,7 +187,16 @@ def check_precision(precision: str) -> None:
 
 
 def check_critic_options(
-    steps: int, batch_size: int, lr: float, width: int, depth: int, heads: int, eval_images: int, feat_dim: int
+    steps: int,
+    batch_size: int,
+    lr: float,
+    width: int,
+    depth: int,
+    heads: int,
+    eval_images: int,
+    feat_dim: int,
+    shift: int = 0,
+    t_power: float = 1.0,
 ) -> None:
     if steps < 1:
         raise UserError(f"--steps must be >= 1, got {steps}")
@@ -198,6 +211,10 @@ def check_critic_options(
         raise UserError(f"--heads {heads} must divide --width {width}")
     if eval_images < 1:
         raise UserError(f"--eval-images must be >= 1, got {eval_images}")
+    if shift < 0:
+        raise UserError(f"--shift must be >= 0 (input positions), got {shift}")
+    if not (math.isfinite(t_power) and t_power > 0):
+        raise UserError(f"--t-power must be a positive number (1 = uniform t), got {t_power}")
 
 
 def pack_data_cmd(
