@@ -1,0 +1,76 @@
+"""Held-out accuracy and I(X;Y) bound per t bucket of several critic files, side by side.
+
+Reads the metrics train-critics stored in each file (held-out real images, the same buckets), so it
+runs in a second; the rows are only comparable when the critics were scored on the same val split.
+
+    python benchmarks/compare_critics.py shipped=igds_fast/data/embedded_critic.safetensors \
+        aug=runs/critic_aug/critic.safetensors --out benchmarks/results/critic_aug/compare.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from igds_fast.machine import library_versions, machine_facts
+from igds_fast.models.critics import load_critic
+
+
+def critic_row(path: Path) -> dict:
+    critic = load_critic(path)
+    m = critic.metrics
+    buckets = m["trained"]["buckets"]
+    low = [b for b in buckets if b["t"][1] < 300]
+    return {
+        "path": str(path),
+        "held_out": m.get("held_out"),
+        "steps": m.get("steps"),
+        "train_seconds": m.get("train_seconds"),
+        "acc_mean": m["trained"]["acc"],
+        "acc_t_below_300": sum(b["acc"] for b in low) / len(low),
+        "bound_t_below_300": sum(b["ba_bound_nats"] for b in low) / len(low),
+        "ba_bound_nats": m["trained"]["ba_bound_nats"],
+        "buckets": [{"t": b["t"], "acc": b["acc"], "ba_bound_nats": b["ba_bound_nats"]} for b in buckets],
+    }
+
+
+def markdown(rows: dict[str, dict]) -> str:
+    names = list(rows)
+    lines = ["| t | " + " | ".join(f"{n} acc | {n} bound" for n in names) + " |"]
+    lines.append("|---" * (1 + 2 * len(names)) + "|")
+    for k, b in enumerate(rows[names[0]]["buckets"]):
+        cells = [f"{rows[n]['buckets'][k]['acc']:.3f} | {rows[n]['buckets'][k]['ba_bound_nats']:.3f}" for n in names]
+        lines.append(f"| {b['t'][0]}-{b['t'][1]} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| t < 300 (mean of buckets) | "
+        + " | ".join(f"{rows[n]['acc_t_below_300']:.3f} | {rows[n]['bound_t_below_300']:.3f}" for n in names)
+        + " |"
+    )
+    lines.append(
+        "| all (mean acc, pooled bound) | "
+        + " | ".join(f"{rows[n]['acc_mean']:.3f} | {rows[n]['ba_bound_nats']:.3f}" for n in names)
+        + " |"
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("critics", nargs="+", help="NAME=PATH of each critic file")
+    ap.add_argument("--out", type=Path, help="write the rows here as JSON")
+    args = ap.parse_args()
+    pairs = [c.split("=", 1) for c in args.critics]
+    if any(len(p) != 2 or not Path(p[1]).is_file() for p in pairs):
+        raise SystemExit("error: give each critic as NAME=PATH to an existing critic file")
+    rows = {name: critic_row(Path(path)) for name, path in pairs}
+    table = markdown(rows)
+    print(table)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        record = {"critics": rows, "table": table, "machine": machine_facts(), "versions": library_versions()}
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
