@@ -213,13 +213,13 @@ stage report all 0 -- igds-fast report "${RESULTS[@]}" --out "$report" --plot "$
 # --- docs: the report's tables between a preamble (what was scaled down) and the exact commands ---
 scale_rows=$(python - "${RESULTS[@]}" <<'EOF'
 import json, sys
-seen = {}
+seen = {}  # (ipc, epochs used, protocol epochs) -> the seed counts of its results (per method)
 for path in sys.argv[1:]:
     r = json.load(open(path))
-    seen.setdefault(r["ipc"], set()).add((r["epochs"], r["epochs_protocol"], len(r["accuracies"])))
-for ipc in sorted(seen):
-    for used, proto, seeds in sorted(seen[ipc]):
-        print(f"| {ipc} | {used} | {proto} | {seeds} |")
+    seen.setdefault((r["ipc"], r["epochs"], r["epochs_protocol"]), set()).add(len(r["accuracies"]))
+for (ipc, used, proto), counts in sorted(seen.items()):
+    seeds = str(min(counts)) if len(counts) == 1 else f"{min(counts)}-{max(counts)} (per cell below)"
+    print(f"| {ipc} | {used} | {proto} | {seeds} |")
 EOF
 )
 model="the embedded default ($(python -c 'import json; from igds_fast.models.embedded import embedded_path; print("latent DiT + its VAE + critics" if json.loads(embedded_path("embedded.json").read_text()).get("vae") else "pixel-space DiT + critics")'), igds_fast/data/MODEL_CARD.md)"
