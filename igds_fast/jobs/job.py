@@ -23,7 +23,6 @@ from ..config import (
     STEP_DEFAULTS,
     StepConfig,
     check_count,
-    complete_step,
     parse_shard,
     resolve_device,
     step_config,
@@ -279,7 +278,7 @@ def job_shape(job: DistillJob, engine: StepEngine | None = None, classes: int | 
 
 def _check_ipc_of(job: DistillJob, have_step: dict[str, Any]) -> None:
     """An engine that differs from the job only in beta: say which beta to pass to use it."""
-    want, have_step = job.step.to_dict(), complete_step(have_step)
+    want = job.step.to_dict()
     if have_step.get("beta") == want["beta"] or job.step.guidance != "igds":
         return
     if {k: v for k, v in have_step.items() if k != "beta"} != {k: v for k, v in want.items() if k != "beta"}:

@@ -152,7 +152,7 @@ def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch
 
 def sample_t(n: int, power: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
     """n training timesteps in 0..999, floor(1000 u^power)."""
-    if power == 1.0:
+    if power == 1.0:  # the draws of the recipe before --t-power existed
         return torch.randint(1000, (n,), generator=gen, device=device)
     u = torch.rand(n, generator=gen, device=device)
     return (1000 * u**power).long().clamp_max(999)
