@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import json
 import platform
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -65,12 +66,8 @@ def table(rows: list[tuple[str, dict]], keys: tuple[str, ...]) -> str:
 
 def model_card(card: dict, args: argparse.Namespace) -> str:
     d, c, v = card["denoiser"], card["critic"], card.get("vae")
-    cfg, m = d["config"], c["metrics"]
-    tr = m["trained"]
+    cfg = d["config"]
     latent = v is not None
-    buckets = "\n".join(
-        f"| {b['t'][0]}-{b['t'][1]} | {b['acc']:.3f} | {b['ba_bound_nats']:.3f} |" for b in tr["buckets"]
-    )
     space = (
         f"{cfg['in_channels']} x {cfg['input_size']} x {cfg['input_size']} latents of the autoencoder above"
         if latent
@@ -126,22 +123,8 @@ def model_card(card: dict, args: argparse.Namespace) -> str:
         f"| final loss | {d['final_loss']:.4f} (mse {d['final_mse']:.4f}, vb {d['final_vb']:.4f}) |",
         f"| machine | {card['machine']['processor']}, 2 cores, {card['machine']['platform']} |",
         "",
-        f"## Critics: `{c['file']}`",
-        "",
-        "| | |",
-        "|---|---|",
-        f"| sha256 | `{c['sha256']}` |",
-        f"| size | {c['bytes']:,} bytes, {c['params']:,} parameters, "
-        f"{m['flops_per_image_forward'] / 1e6:.0f} MFLOP forward per image |",
-        f"| training | {m['steps']} steps of batch 64, mirror augmentation, {m['train_seconds'] / 60:.0f} min |",
-        f"| held-out ({m['held_out']}) | accuracy {tr['acc']:.3f} (mean over t buckets), I(X;Y) bound "
-        f"{tr['ba_bound_nats']:.3f} nats (untrained {m['untrained']['ba_bound_nats']:.3f}; ln K = {tr['ln_k']:.3f}) |",
-        "",
-        "| t | held-out accuracy | I(X;Y) bound (nats) |",
-        "|---|---|---|",
-        buckets,
-        "",
     ]
+    out += critic_section(c)
     if card.get("comparison"):
         out += [
             "## Design comparison (unguided samples, 10 per class, the independent judge)",
@@ -171,10 +154,75 @@ def model_card(card: dict, args: argparse.Namespace) -> str:
     return "\n".join(out)
 
 
+def critic_section(c: dict) -> list[str]:
+    """The card's critic section (from '## Critics' up to the next section)."""
+    m, train = c["metrics"], c.get("train") or {}
+    tr = m["trained"]
+    recipe = f"{m['steps']} steps of batch {train.get('batch_size', 64)}, mirror augmentation"
+    if train.get("shift"):
+        recipe += f", translation by up to {train['shift']} latent cell(s)"
+    if train.get("t_power", 1.0) != 1.0:
+        recipe += f", t drawn as 1000 u^{train['t_power']:g}"
+    buckets = [f"| {b['t'][0]}-{b['t'][1]} | {b['acc']:.3f} | {b['ba_bound_nats']:.3f} |" for b in tr["buckets"]]
+    return [
+        f"## Critics: `{c['file']}`",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| sha256 | `{c['sha256']}` |",
+        f"| size | {c['bytes']:,} bytes, {c['params']:,} parameters, "
+        f"{m['flops_per_image_forward'] / 1e6:.0f} MFLOP forward per image |",
+        f"| training | {recipe}, {m['train_seconds'] / 60:.0f} min |",
+        f"| held-out ({m['held_out']}) | accuracy {tr['acc']:.3f} (mean over t buckets), I(X;Y) bound "
+        f"{tr['ba_bound_nats']:.3f} nats (untrained {m['untrained']['ba_bound_nats']:.3f}; ln K = {tr['ln_k']:.3f}) |",
+        "",
+        "| t | held-out accuracy | I(X;Y) bound (nats) |",
+        "|---|---|---|",
+        *buckets,
+        "",
+    ]
+
+
+def critic_card(folder: Path) -> dict:
+    """Ship train-critics' output as the embedded critic (copied as trained: re-saving reorders metadata)."""
+    critic = load_critic(folder / "critic.safetensors")
+    out = DATA / CRITIC_FILE
+    shutil.copyfile(folder / "critic.safetensors", out)
+    report = folder / "critic.json"
+    return {
+        "file": out.name,
+        "sha256": sha256(out),
+        "bytes": out.stat().st_size,
+        "params": critic.metrics.get("params"),
+        "metrics": critic.metrics,
+        "train": json.loads(report.read_text())["train"] if report.exists() else None,
+    }
+
+
+def replace_critic(folder: Path) -> dict:
+    """Swap only the critic: embedded.json's critic entry and MODEL_CARD.md's critic section, the rest kept."""
+    card_path, md_path = DATA / "embedded.json", DATA / "MODEL_CARD.md"
+    card = json.loads(card_path.read_text())
+    card["critic"] = critic_card(folder)
+    card["total_bytes"] = sum(card[k]["bytes"] for k in ("denoiser", "critic", "vae") if card.get(k))
+    md = md_path.read_text()
+    start = md.index("## Critics:")
+    end = md.index("\n## ", start) + 1
+    md = md[:start] + "\n".join(critic_section(card["critic"])) + "\n" + md[end:]
+    size = f"files: {card['total_bytes'] / 2**20:.1f} MiB."
+    md = re.sub(r"files: [0-9.]+ MiB\.", size, md, count=1)
+    card_path.write_text(json.dumps(card, indent=1) + "\n")
+    md_path.write_text(md)
+    return card
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--dit", type=Path, required=True, help="train-dit output folder (or a denoiser file)")
+    ap.add_argument("--dit", type=Path, default=None, help="train-dit output folder (or a denoiser file)")
     ap.add_argument("--critic", type=Path, required=True, help="train-critics output folder")
+    ap.add_argument(
+        "--critic-only", action="store_true", help="replace only the critic; keep the shipped denoiser, VAE and card"
+    )
     ap.add_argument("--vae", type=Path, default=None, help="the latent model's AutoencoderKL folder")
     ap.add_argument("--vae-report", type=Path, default=None, help="train_autoencoder.py report.json")
     ap.add_argument("--log", type=Path, default=None, help="train-dit log.jsonl (default: in --dit)")
@@ -184,15 +232,18 @@ def main() -> None:
     ap.add_argument("--note", default="", help="free text for the card's training row (history, wall time)")
     ap.add_argument("--recipe", default="", help="the commands that trained it, for the card")
     args = ap.parse_args()
+    if args.critic_only:
+        card = replace_critic(args.critic)
+        print(json.dumps({"critic": {k: card["critic"][k] for k in ("sha256", "bytes")}}, indent=1))
+        return
+    if args.dit is None:
+        ap.error("--dit is required (or --critic-only to swap only the critic)")
 
     dit_file = args.dit / "denoiser.safetensors" if args.dit.is_dir() else args.dit
     dit = load_denoiser(dit_file)
     dit_out = DATA / DENOISER_FILE
     save_denoiser(load_denoiser(dit_file).half(), dit_out)
     parity = denoiser_parity(dit, dit_out)
-    critic = load_critic(args.critic / "critic.safetensors")
-    crit_out = DATA / CRITIC_FILE
-    shutil.copyfile(args.critic / "critic.safetensors", crit_out)  # as trained: re-saving reorders metadata
     vae_out = DATA / VAE_FILE
     vae = None
     if args.vae is not None:
@@ -225,13 +276,7 @@ def main() -> None:
             "final_vb": last["vb"],
             "fp16_output_rel_err": parity,
         },
-        "critic": {
-            "file": crit_out.name,
-            "sha256": sha256(crit_out),
-            "bytes": crit_out.stat().st_size,
-            "params": critic.metrics.get("params"),
-            "metrics": critic.metrics,
-        },
+        "critic": critic_card(args.critic),
         "vae": vae,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine()},
         "comparison": {

@@ -4,8 +4,10 @@ main job with no model arguments."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from importlib import resources
@@ -13,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from igds_fast.config import step_config
 from igds_fast.jobs.image_manifest import read_image_manifest as read_manifest
@@ -27,6 +31,7 @@ from .conftest import DATA_ROOT, rel_err
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 DATA_DIR = Path(str(resources.files("igds_fast.data")))
+REPO = Path(__file__).resolve().parents[1]
 
 
 def sha256(path: Path) -> str:
@@ -47,6 +52,31 @@ def test_weights_are_small_and_hashes_match_the_model_card():
         assert digest in text, f"MODEL_CARD.md does not quote the sha256 of {name}"
         total += path.stat().st_size
     assert total <= 30 * 2**20
+
+
+def test_package_critic_only_swaps_the_critic_and_keeps_the_rest_of_the_card(tmp_path, monkeypatch):
+    """scripts/package_embedded.py --critic-only: the critic file, its embedded.json entry and its card section
+    change together (recipe row from critic.json); the denoiser and VAE sections stay byte for byte."""
+    spec = importlib.util.spec_from_file_location("package_embedded", REPO / "scripts" / "package_embedded.py")
+    pkg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pkg)
+    data = tmp_path / "data"
+    shutil.copytree(DATA_DIR, data, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    monkeypatch.setattr(pkg, "DATA", data)
+    new = tmp_path / "critic"
+    new.mkdir()
+    with safe_open(data / CRITIC_FILE, "pt") as f:  # the shipped critic, saved again with one more metadata key
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()  # noqa: SIM118 (safe_open is not iterable)
+    save_file(tensors, new / "critic.safetensors", metadata={**meta, "note": "retrained"})
+    (new / "critic.json").write_text(json.dumps({"train": {"batch_size": 64, "shift": 1, "t_power": 2.0}}))
+    before = (data / "MODEL_CARD.md").read_text()
+    pkg.replace_critic(new)
+    card, text = json.loads((data / "embedded.json").read_text()), (data / "MODEL_CARD.md").read_text()
+    assert card["critic"]["sha256"] == sha256(data / CRITIC_FILE) == sha256(new / "critic.safetensors")
+    assert card["critic"]["sha256"] in text and sha256(DATA_DIR / CRITIC_FILE) not in text
+    assert "translation by up to 1 latent cell(s), t drawn as 1000 u^2" in text
+    head = before[: before.index("## Critics:")]
+    assert text.startswith(head) and before[before.index("## Design comparison") :] in text
 
 
 def test_embedded_model_and_critics_load_and_sample_finite_images():
