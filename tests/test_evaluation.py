@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -444,6 +445,28 @@ def test_evaluate_resumes_extends_and_refuses_another_run(tmp_path: Path) -> Non
         evaluate_set(train, val, seeds=[0], **(kw | {"epochs": 3}))
     with pytest.raises(UserError, match="other settings"):
         evaluate_set(train, val, seeds=[0], **(kw | {"precision": "bf16"}))
+
+
+def test_only_seed_processes_share_one_results_file(tmp_path: Path) -> None:
+    """--only-seed: seeds trained apart (here two at once, in threads) gather in one partial file; the
+    results appear only once every seed is in, and equal a sequential run's."""
+    train = make_folder(tmp_path / "train", WNIDS, 2)
+    val = make_folder(tmp_path / "val", WNIDS, 2, split="val")
+    kw = {"net": "convnet3", "resolution": 16, "epochs": 2, "progress": False}
+    out = tmp_path / "r.json"
+    with pytest.raises(UserError, match="--only-seed 3 is not one of seeds 0..2"):
+        evaluate_set(train, val, seeds=[0, 1, 2], out=out, only=[3], **kw)
+
+    assert evaluate_set(train, val, seeds=[0, 1, 2], out=out, only=[2], **kw) is None
+    assert [r["seed"] for r in json.loads(partial_path(out).read_text())["runs"]] == [2]
+    with ThreadPoolExecutor(2) as pool:
+        both = list(pool.map(lambda k: evaluate_set(train, val, seeds=[0, 1, 2], out=out, only=[k], **kw), [0, 1]))
+    assert sum(r is None for r in both) <= 1  # the one that finished last saw every seed
+    gathered = next(r for r in both if r is not None)
+    assert gathered["seeds"] == [0, 1, 2]
+
+    sequential = evaluate_set(train, val, seeds=[0, 1, 2], out=tmp_path / "seq.json", **kw)
+    assert gathered["accuracies"] == sequential["accuracies"]
 
 
 @needs_data

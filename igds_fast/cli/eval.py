@@ -36,12 +36,18 @@ def evaluate(
         Path("results.json"),
         help="Results file; finished seeds wait in <out>.partial, and a rerun (or more --seeds) reuses the seeds done.",
     ),
+    only_seed: list[int] | None = typer.Option(
+        None,
+        "--only-seed",
+        help="Train only this seed of 0..N-1 now (repeatable): one process per seed, same --out, runs seeds in "
+        "parallel; the results file is written once every seed is in.",
+    ),
 ) -> None:
     """Train a network on a distilled set and test it on the real val set (MinimaxDiffusion's protocol).
 
     Reports the final epoch's top-1 and, beside it, the best of 10 val readings over the run.
     """
-    from ..evaluation.train import evaluate_set, seed_list, write_results
+    from ..evaluation.train import evaluate_set, partial_path, seed_list, write_results
     from ..subsets import subset as subset_classes
 
     if not out.parent.is_dir():
@@ -61,7 +67,14 @@ def evaluate(
         device,
         precision=precision,
         out=out,
+        only=only_seed or None,
     )
+    if results is None:
+        typer.echo(
+            f"seed(s) {', '.join(map(str, only_seed))} saved in {partial_path(out)}; {out} is written once all "
+            f"{seeds} seeds are in (run the others with --only-seed, or rerun without it)"
+        )
+        return
     write_results(out, results)
     typer.echo(
         f"{results['method']} IPC {results['ipc']} {net}@{resolution}px: "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -183,6 +183,22 @@ def partial_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``<path>.lock`` (POSIX flock; no lock where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: one process per results file
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def train_one_seed(
     net: str,
     train: tuple[torch.Tensor, torch.Tensor],
@@ -253,12 +269,14 @@ def evaluate_set(
     progress: bool = True,
     precision: str = "fp32",
     out: Path | None = None,
-) -> dict[str, Any]:
+    only: list[int] | None = None,
+) -> dict[str, Any] | None:
     """Train ``net`` once per seed on ``train_dir`` and test on ``val_dir``; the results.json record.
 
     With ``out`` (the results file ``write_results`` will write), each finished seed is saved in
     ``partial_path(out)``, and seeds found there or in an earlier ``out`` with the same settings are not
-    trained again.
+    trained again. ``only``: train just these of ``seeds`` now (several processes, one per seed, may share
+    ``out``: the partial file is merged under a lock); None while other seeds are still missing.
     """
     t0 = time.perf_counter()
     resolve_device(device)
@@ -274,6 +292,11 @@ def evaluate_set(
     if epochs is not None and epochs < 1:
         raise UserError(f"--epochs must be at least 1, got {epochs}")
     used_epochs = epochs if epochs is not None else protocol_epochs
+    if only is not None:
+        if out is None:
+            raise UserError("training only some seeds needs a results file (--out) to gather them in")
+        if stray := sorted(set(only) - set(seeds)):
+            raise UserError(f"--only-seed {stray[0]} is not one of seeds 0..{max(seeds)}: raise --seeds")
     settings = {
         "train_dir": str(train_dir.resolve()),
         "val_dir": str(val_dir.resolve()),
@@ -288,25 +311,31 @@ def evaluate_set(
     train = load_split(train_files, classes, resolution)
     val = load_split(val_files, classes, resolution)
     t_loaded = time.perf_counter()
-    runs = []
     for seed in seeds:
         if seed in done:
-            runs.append(done[seed])
             if progress:
                 tqdm.write(f"seed {seed}: top-1 {100 * done[seed]['final']:.2f}% (trained before)")
             continue
-        runs.append(train_one_seed(net, train, val, len(classes), used_epochs, seed, device, precision, progress))
+        if only is not None and seed not in only:
+            continue
+        r = train_one_seed(net, train, val, len(classes), used_epochs, seed, device, precision, progress)
+        done[seed] = r
         if partial is not None:
-            done[seed] = runs[-1]
-            record = {"settings": settings, "runs": sorted(done.values(), key=lambda r: r["seed"])}
-            write_atomic(partial, (json.dumps(record, indent=1) + "\n").encode())
+            with locked(partial):  # another process may have added its seeds meanwhile
+                done |= finished_seeds([partial], settings) | {seed: r}
+                record = {"settings": settings, "runs": [done[k] for k in sorted(done)]}
+                write_atomic(partial, (json.dumps(record, indent=1) + "\n").encode())
         if progress:
-            r = runs[-1]
             tqdm.write(
                 f"seed {seed}: top-1 {100 * r['final']:.2f}% final, {100 * r['best']:.2f}% best "
                 f"(epoch {r['best_epoch']}) ({r['seconds']:.1f} s)"
             )
-    runs += [done[seed] for seed in sorted(set(done) - set(seeds))]  # seeds trained before are never dropped
+    if only is not None:
+        with locked(partial):
+            done |= finished_seeds([out, partial], settings)
+        if any(seed not in done for seed in seeds):
+            return None
+    runs = [done[seed] for seed in sorted(done)]  # seeds trained before are never dropped
     finals = [r["final"] for r in runs]
     bests = [r["best"] for r in runs]
     return {
@@ -349,7 +378,9 @@ def evaluate_set(
 def write_results(out: Path, results: dict[str, Any]) -> None:
     """The finished results file, then its partial file is dropped (the results now hold every seed)."""
     write_atomic(out, (json.dumps(results, indent=2) + "\n").encode())
-    partial_path(out).unlink(missing_ok=True)
+    partial = partial_path(out)
+    partial.unlink(missing_ok=True)
+    partial.with_name(partial.name + ".lock").unlink(missing_ok=True)
 
 
 def seed_list(count: int) -> list[int]:
