@@ -16,6 +16,9 @@ VAE=${1:?VAE folder from scripts/train_autoencoder.py}
 OUT=${2:?output folder}
 DIT_STEPS=${3:-6000}  # the shipped DiT: 6000 steps (resumed twice; see MODEL_CARD.md)
 CRITIC_STEPS=${4:-5000}
+# The shipped critic's augmentation (translation by one latent cell, t drawn as 1000 u^2; MODEL_CARD.md).
+# CRITIC_AUG="" trains the earlier recipe (mirror only, uniform t), as the CIFAR-10 transfer check did.
+read -r -a CRITIC_AUG_ARGS <<<"${CRITIC_AUG---shift 1 --t-power 2}"
 PRECISION=${PRECISION:-bf16}  # autocast; what the 2026-12-01 run used on the AMX CPU
 DATA=${DATA:-${IGDS_DATA:-../shared/data}/imagenette-64}
 RESOLUTION=${RESOLUTION:-64}
@@ -31,5 +34,5 @@ dit=$!
 while [ ! -f "$OUT/dit/denoiser.safetensors" ]; do sleep 20; kill -0 $dit 2>/dev/null || { cat "$OUT/dit.log"; exit 1; }; done
 igds-fast train-critics --data "$DATA/train" --val "$DATA/val" "${SUBSET_ARGS[@]}" --denoiser "$OUT/dit/denoiser.safetensors" \
   --vae "$VAE" --steps "$CRITIC_STEPS" --batch-size 64 --lr 2e-3 --width 128 --depth 3 --heads 4 --precision "$PRECISION" --out "$OUT/critic" \
-  > "$OUT/critic.log" 2>&1
+  "${CRITIC_AUG_ARGS[@]}" > "$OUT/critic.log" 2>&1
 wait $dit
