@@ -29,6 +29,7 @@
 #   EVAL_PRECISION [bf16]: evaluate's autocast (fp32 is the protocol; bf16 ~3x faster on AMX CPUs)
 #   README [README.md]: whose results block gets the tables too (empty: none)
 #   REPORT_ONLY [empty]: set to run nothing but the report, over the results files that exist
+#   NOTE [empty]: a markdown paragraph printed under the tables (e.g. where carried-over results came from)
 #   STEPS [50]   GUIDANCE_SCALE, BETA [CLI defaults: igds_fast/config.py]   BATCH [min(IPC, 25)]
 #   BACKEND [onnxruntime | eager]   DENOISER, CRITICS [embedded]   DEVICE [cpu]
 #   NET [convnet3]   RESOLUTION [32]   IGDS_ORT_THREADS (ONNX Runtime threads, 0 = all cores)
@@ -56,6 +57,7 @@ EPOCHS_IPC50=${EPOCHS_IPC50:-1500}
 EVAL_PRECISION=${EVAL_PRECISION:-bf16}
 README=${README-README.md}
 REPORT_ONLY=${REPORT_ONLY:-}
+NOTE=${NOTE:-}
 EPOCHS=${EPOCHS:-}
 STEPS=${STEPS:-50}
 GUIDANCE_SCALE=${GUIDANCE_SCALE:-}
@@ -246,6 +248,7 @@ Accuracy is the final epoch's top-1 on all 3,925 real val images; in brackets th
 readings over the run (selected on the test set, so optimistic).
 EOF
   tail -n +2 "$report" # the report's tables (its own title line dropped)
+  if [[ -n $NOTE ]]; then printf '\n%s\n' "$NOTE"; fi
   cat <<EOF
 
 ![accuracy vs IPC](accuracy_vs_ipc.png)

@@ -546,6 +546,7 @@ def test_run_results_report_only_tabulates_what_exists(tmp_path: Path) -> None:
         "DOCS_DIR": str(tmp_path / "docs"),
         "README": str(readme),
         "REPORT_ONLY": "1",
+        "NOTE": "IPC 10 came from elsewhere.",
         "IPCS": "10",
         "BACKEND": "eager",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -557,5 +558,6 @@ def test_run_results_report_only_tabulates_what_exists(tmp_path: Path) -> None:
     table = (tmp_path / "docs" / "results.md").read_text()
     assert "| IGDS (default) | 40.0 ± 1.0 (42.0) |" in table and "random real images" not in table  # no file: no row
     assert "igds-fast distill" in table  # the commands that would make the sets are listed
+    assert table.index("| IGDS (default) |") < table.index("IPC 10 came from elsewhere.") < table.index("## Commands")
     assert "| IGDS (default) | 40.0 ± 1.0 (42.0) |" in readme.read_text()
     assert not (work / "sets" / "igds-ipc10").exists()  # nothing ran
