@@ -39,6 +39,7 @@ def evaluate(
     only_seed: list[int] | None = typer.Option(
         None,
         "--only-seed",
+        metavar="<int>",
         help="Train only this seed of 0..N-1 now (repeatable): one process per seed, same --out, runs seeds in "
         "parallel; the results file is written once every seed is in.",
     ),
