@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import re
 import shutil
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -447,8 +448,14 @@ def test_evaluate_resumes_extends_and_refuses_another_run(tmp_path: Path) -> Non
         evaluate_set(train, val, seeds=[0], **(kw | {"precision": "bf16"}))
 
 
+def train_only_seed(job: tuple) -> dict | None:
+    """One ``--only-seed`` process of the test below (module level: spawned processes import it)."""
+    train, val, out, seed, kw = job
+    return evaluate_set(train, val, seeds=[0, 1, 2], out=out, only=[seed], **kw)
+
+
 def test_only_seed_processes_share_one_results_file(tmp_path: Path) -> None:
-    """--only-seed: seeds trained apart (here two at once, in threads) gather in one partial file; the
+    """--only-seed: seeds trained apart (here two processes at once) gather in one partial file; the
     results appear only once every seed is in, and equal a sequential run's."""
     train = make_folder(tmp_path / "train", WNIDS, 2)
     val = make_folder(tmp_path / "val", WNIDS, 2, split="val")
@@ -459,8 +466,9 @@ def test_only_seed_processes_share_one_results_file(tmp_path: Path) -> None:
 
     assert evaluate_set(train, val, seeds=[0, 1, 2], out=out, only=[2], **kw) is None
     assert [r["seed"] for r in json.loads(partial_path(out).read_text())["runs"]] == [2]
-    with ThreadPoolExecutor(2) as pool:
-        both = list(pool.map(lambda k: evaluate_set(train, val, seeds=[0, 1, 2], out=out, only=[k], **kw), [0, 1]))
+    # processes, as in use: threads would share torch's global RNG and so not be deterministic per seed
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        both = list(pool.map(train_only_seed, [(train, val, out, k, kw) for k in (0, 1)]))
     assert sum(r is None for r in both) <= 1  # the one that finished last saw every seed
     gathered = next(r for r in both if r is not None)
     assert gathered["seeds"] == [0, 1, 2]
