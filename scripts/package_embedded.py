@@ -183,6 +183,11 @@ def critic_section(c: dict) -> list[str]:
     ]
 
 
+def total_bytes(card: dict) -> int:
+    """The shipped files' size (a pixel model has no VAE entry)."""
+    return sum(card[k]["bytes"] for k in ("denoiser", "critic", "vae") if card.get(k))
+
+
 def critic_card(folder: Path) -> dict:
     """Ship train-critics' output as the embedded critic (copied as trained: re-saving reorders metadata)."""
     critic = load_critic(folder / "critic.safetensors")
@@ -204,7 +209,7 @@ def replace_critic(folder: Path) -> dict:
     card_path, md_path = DATA / "embedded.json", DATA / "MODEL_CARD.md"
     card = json.loads(card_path.read_text())
     card["critic"] = critic_card(folder)
-    card["total_bytes"] = sum(card[k]["bytes"] for k in ("denoiser", "critic", "vae") if card.get(k))
+    card["total_bytes"] = total_bytes(card)
     md = md_path.read_text()
     start = md.index("## Critics:")
     end = md.index("\n## ", start) + 1
@@ -285,7 +290,7 @@ def main() -> None:
         },
         "evidence": json.loads(args.evidence.read_text()) if args.evidence and args.evidence.exists() else None,
     }
-    card["total_bytes"] = sum(card[k]["bytes"] for k in ("denoiser", "critic", "vae") if card[k])
+    card["total_bytes"] = total_bytes(card)
     (DATA / "embedded.json").write_text(json.dumps(card, indent=1) + "\n")
     (DATA / "MODEL_CARD.md").write_text(model_card(card, args))
     print(

@@ -183,15 +183,20 @@ def partial_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
+def lock_path(path: Path) -> Path:
+    """The file ``locked`` holds for ``path``."""
+    return path.with_name(path.name + ".lock")
+
+
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``<path>.lock`` (POSIX flock; no lock where fcntl is missing)."""
+    """An exclusive lock on ``lock_path(path)`` (POSIX flock; no lock where fcntl is missing)."""
     try:
         import fcntl
     except ImportError:  # Windows: one process per results file
         yield
         return
-    with open(path.with_name(path.name + ".lock"), "w") as f:
+    with open(lock_path(path), "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -380,7 +385,7 @@ def write_results(out: Path, results: dict[str, Any]) -> None:
     write_atomic(out, (json.dumps(results, indent=2) + "\n").encode())
     partial = partial_path(out)
     partial.unlink(missing_ok=True)
-    partial.with_name(partial.name + ".lock").unlink(missing_ok=True)
+    lock_path(partial).unlink(missing_ok=True)
 
 
 def seed_list(count: int) -> list[int]:
