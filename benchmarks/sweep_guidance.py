@@ -80,10 +80,6 @@ CONFIGS: dict[str, dict] = {
     "moments hi300 s0.4 b0.25": {"moment_guard": True, "window_hi": 300, "guidance_scale": 0.4, "beta": 0.25},
     "moments hi300 s0.4 b0.3": {"moment_guard": True, "window_hi": 300, "guidance_scale": 0.4, "beta": 0.3},
     "moments hi300 s0.3 b0.3": {"moment_guard": True, "window_hi": 300, "guidance_scale": 0.3, "beta": 0.3},
-    # the prototype push times the critic's doubt 1 - q(y | x_t) per sample (--doubt-scaling)
-    "doubt s0.2": {"doubt_scaling": True, "guidance_scale": 0.2},
-    "doubt hi300 s0.6 b0.25": {"doubt_scaling": True, "window_hi": 300, "guidance_scale": 0.6, "beta": 0.25},
-    "doubt hi500 s0.4 b0.15": {"doubt_scaling": True, "window_hi": 500, "guidance_scale": 0.4, "beta": 0.15},
     # the moment guard: x0_hat keeps the unguided estimate's per-channel mean, its spread at most theirs
     "moments": {"moment_guard": True},
     "moments hi500": {"moment_guard": True, "window_hi": 500},

@@ -53,10 +53,6 @@ class StepConfig:
     # or raise its contrast. Off by default: it takes the judge's saturation back to guidance off's but
     # costs 1.7-2.5 points of downstream accuracy at IPC 1 and 10 (docs/sweep_guidance.md).
     moment_guard: bool = False
-    # Each sample's prototype push times 1 - q(y | x_t, t), the critic's doubt: a sample the critic
-    # already recognises is left alone (no contrast added for nothing), one it does not is pushed at full
-    # strength (the generator's near-constant modes). Unit-RMS normalisation alone pushes all alike.
-    doubt_scaling: bool = False
 
     def validate(self) -> StepConfig:
         if self.sampler not in ("ddpm", "ddim"):
@@ -97,7 +93,7 @@ class StepConfig:
 # Step fields added after runs were first recorded, each with the value that reproduces those runs: a
 # job file, request key, engine manifest or cache key made before a field existed reads as that value,
 # so upgrading igds-fast neither orphans a half-finished set nor re-exports a cached engine.
-ADDED_STEP_FIELDS: dict[str, Any] = {"moment_guard": False, "doubt_scaling": False}
+ADDED_STEP_FIELDS: dict[str, Any] = {"moment_guard": False}
 
 
 def complete_step(recorded: dict[str, Any]) -> dict[str, Any]:
@@ -128,7 +124,6 @@ STEP_DEFAULTS: dict[str, Any] = {
     "diversity": "x0",
     "range_guard": True,
     "moment_guard": False,
-    "doubt_scaling": False,
 }
 
 
@@ -176,7 +171,6 @@ def step_config(ipc: int | None, *layers: dict[str, Any] | None) -> StepConfig:
         diversity=str(s["diversity"]),
         range_guard=bool(s["range_guard"]),
         moment_guard=bool(s["moment_guard"]),
-        doubt_scaling=bool(s["doubt_scaling"]),
     ).validate()
 
 

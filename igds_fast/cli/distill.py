@@ -35,7 +35,6 @@ def distill(
     window_lo: int | None = opt.window_lo(),
     window_hi: int | None = opt.window_hi(),
     moment_guard: bool | None = opt.moment_guard(),
-    doubt_scaling: bool | None = opt.doubt_scaling(),
     steps: str | None = opt.steps(),
     sampler: str | None = opt.sampler(),
     eta: float | None = opt.eta(),

@@ -63,15 +63,6 @@ def moment_guard() -> Any:
     )
 
 
-def doubt_scaling() -> Any:
-    on = "on" if STEP_DEFAULTS["doubt_scaling"] else "off"
-    return typer.Option(
-        None,
-        "--doubt-scaling/--no-doubt-scaling",
-        help=f"Each sample's prototype push scales with the critic's doubt 1 - q(y|x_t) [{on}].",
-    )
-
-
 def denoiser() -> Any:
     return typer.Option(None, help="Denoiser checkpoint/folder (default: the embedded model).")
 

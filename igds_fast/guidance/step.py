@@ -7,12 +7,11 @@
                            nearest same-class neighbours (batch + the class's final samples of earlier
                            chunks): a soft minimum of cosine distances, gradient through x0_hat
                 collision: our earlier estimator, H2_hat of same-step noisy features (kept for comparison)
-    eps_tilde = eps_cfg - sqrt(1 - alphabar_t) * w_t * (s * d * n(g_proto) + beta * n(g_div))
+    eps_tilde = eps_cfg - sqrt(1 - alphabar_t) * w_t * (s * n(g_proto) + beta * n(g_div))
     x_{t-1}   = DDPM (learned range) or DDIM update with eps_tilde
 
 n(g) scales each sample's gradient to unit RMS, so s and beta are in units of eps (the two terms
-have separate, comparable scales); d = 1 - q(y | x_t, t), the critic's doubt about the sample, with
-``doubt_scaling`` (else 1), so the push fades as the critic recognises the sample. w_t weights both terms by the critic's held-out Barber-Agakov
+have separate, comparable scales). w_t weights both terms by the critic's held-out Barber-Agakov
 bound at t (``weighting="ba"``: 0 where the critic knows nothing, 1 where it knows most; both
 terms read the critic); both act only inside the window [window_lo, window_hi]. Two guards then
 edit eps_tilde through the clean estimate it implies: ``moment_guard`` gives x0_hat back the unguided
@@ -212,17 +211,11 @@ class GuidedStep(nn.Module):
                 )
         return g_proto, g_div, feats, log_q, value
 
-    def guide(
-        self, eps: torch.Tensor, g_proto: torch.Tensor, g_div: torch.Tensor, log_q: torch.Tensor, i: torch.Tensor
-    ) -> torch.Tensor:
-        """eps_tilde = eps - sqrt(1 - alphabar_t) * w_t * (s * d * n(g_proto) + beta * n(g_div)), 0 outside the
-        window; d = 1 - q(y | x_t, t) per sample with ``doubt_scaling``, else 1."""
+    def guide(self, eps: torch.Tensor, g_proto: torch.Tensor, g_div: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """eps_tilde = eps - sqrt(1 - alphabar_t) * w_t * (s * n(g_proto) + beta * n(g_div)), 0 outside the window."""
         w = self.guide_weight[i]  # the critic's informativeness at t: both terms use its features
         s, beta = self.cfg.guidance_scale * w, self.cfg.beta * w
-        proto = unit_rms(g_proto)
-        if self.cfg.doubt_scaling:
-            proto = proto * (1.0 - log_q.exp()).view(-1, *[1] * (proto.dim() - 1))
-        shift = s * proto + beta * unit_rms(g_div)
+        shift = s * unit_rms(g_proto) + beta * unit_rms(g_div)
         return eps - self.tab_sqrt_one_minus_alphas_cumprod[i] * shift
 
     def keep_in_range(self, x: torch.Tensor, eps: torch.Tensor, guided: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
@@ -270,7 +263,7 @@ class GuidedStep(nn.Module):
         eps, var = self.eps(x, i, y)
         if self.critic is not None:
             g_proto, g_div, feats, log_q, h2 = self.guidance_grad(x, i, y, eps, memory, memory_mask)
-            guided = self.guide(eps, g_proto, g_div, log_q, i)
+            guided = self.guide(eps, g_proto, g_div, i)
             if self.cfg.moment_guard:
                 guided = self.keep_moments(x, eps, guided, i)
             eps = self.keep_in_range(x, eps, guided, i) if self.range_guard else guided
