@@ -173,13 +173,11 @@ JUDGE_DATA = DATA_ROOT / "imagenette-64"
 @pytest.mark.slow
 def test_default_guidance_beats_guidance_off_under_an_independent_judge(tmp_path):
     """Judged by a classifier trained on real images (never by the guiding critic): the default IGDS
-    raises accuracy over guidance off, keeps coverage at least at guidance off's, loses at most 10% of
-    the within-class spread, and clips at most 1.5x as many pixels as guidance off. The issue's
-    "saturation no higher than off" is NOT met by the default (this test: 0.056 -> 0.077); with
-    ``--moment-guard`` it is: per image (the same noise in both sets) the mean difference of the share
-    of values at 0 or 255 is within two paired standard errors of zero (the default: +0.021 against
-    2 x 0.009, which fails), and the judge's accuracy still beats off's. The guard is not the default
-    because it costs downstream accuracy (docs/sweep_guidance.md).
+    (guidance at t <= 300 only) raises accuracy over guidance off, keeps coverage and the within-class
+    spread at least at guidance off's, and clips no more pixels: per image (the same noise in both
+    sets) the mean difference of the share of values at 0 or 255 is within two paired standard errors
+    of zero (the full-window guidance of earlier releases, s 0.1 beta 0.05: +0.021 against 2 x 0.009,
+    which fails). No image is near-constant. ``--moment-guard`` keeps its promise too.
     5 images per class, seed 0; a 2-epoch judge (~60% on val)."""
     if not JUDGE_DATA.is_dir():
         pytest.skip(f"real data not found at {JUDGE_DATA} (set IGDS_DATA)")
@@ -193,7 +191,9 @@ def test_default_guidance_beats_guidance_off_under_an_independent_judge(tmp_path
 
     judge = load_or_train_judge(JUDGE_DATA / "train", 32, epochs=2, cache_dir=tmp_path / "judge", progress=False)
     wnids = [c.wnid for c in subset("imagenette")]
-    scores, clipped = {}, {}
+    from igds_fast.jobs.image_manifest import NEAR_CONSTANT_STD
+
+    scores, clipped, flatness = {}, {}, {}
     for name, opts in (("off", {"guidance": "off"}), ("igds", {}), ("guarded", {"moment_guard": True})):
         cfg = step_config(5, opts)
         m = resolve_models(None, None, None, cfg.guidance)
@@ -201,6 +201,7 @@ def test_default_guidance_beats_guidance_off_under_an_independent_judge(tmp_path
         _, images, _, _ = sample_classes(pipe, class_labels(pipe.step.denoiser, wnids), 5, 0, 5, progress=False)
         arr = to_uint8(images).numpy()
         clipped[name] = ((arr == 0) | (arr == 255)).reshape(len(arr), -1).mean(axis=1)
+        flatness[name] = (arr.reshape(len(arr), -1) / 255.0).std(axis=1)
         for k, w in enumerate(wnids):
             (tmp_path / name / w).mkdir(parents=True)
             for j in range(5):
@@ -210,11 +211,12 @@ def test_default_guidance_beats_guidance_off_under_an_independent_judge(tmp_path
             progress=False,
         )  # fmt: skip
     off, igds, guarded = scores["off"], scores["igds"], scores["guarded"]
-    assert igds["accuracy"] >= off["accuracy"] + 0.2, (off["accuracy"], igds["accuracy"])
+    assert igds["accuracy"] >= off["accuracy"] + 0.1, (off["accuracy"], igds["accuracy"])
     assert igds["coverage"] >= off["coverage"], (off["coverage"], igds["coverage"])
-    assert igds["within_class_distance"] >= 0.9 * off["within_class_distance"], (off, igds)
-    assert igds["saturation"] <= 1.5 * off["saturation"], (off["saturation"], igds["saturation"])
-    diff = clipped["guarded"] - clipped["off"]
-    paired_se = diff.std(ddof=1) / len(diff) ** 0.5
-    assert diff.mean() <= 2 * paired_se, (off["saturation"], guarded["saturation"], diff.mean(), paired_se)
+    assert igds["within_class_distance"] >= off["within_class_distance"], (off, igds)
+    for name in ("igds", "guarded"):
+        diff = clipped[name] - clipped["off"]
+        paired_se = diff.std(ddof=1) / len(diff) ** 0.5
+        assert diff.mean() <= 2 * paired_se, (name, off["saturation"], scores[name]["saturation"], paired_se)
+    assert flatness["igds"].min() >= NEAR_CONSTANT_STD, flatness["igds"].min()
     assert guarded["accuracy"] > off["accuracy"], (off["accuracy"], guarded["accuracy"])

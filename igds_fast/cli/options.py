@@ -51,7 +51,7 @@ def window_lo() -> Any:
 
 
 def window_hi() -> Any:
-    return typer.Option(None, help="Guide only at timesteps t <= this [999].")
+    return typer.Option(None, help=f"Guide only at timesteps t <= this [{STEP_DEFAULTS['window_hi']}].")
 
 
 def moment_guard() -> Any:
