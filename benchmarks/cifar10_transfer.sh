@@ -14,8 +14,8 @@ export OMP_NUM_THREADS=${THREADS:-1}
 CL=$(ls "$D/train" | paste -sd,)
 python scripts/train_autoencoder.py --data "$D/train" --val "$D/val" --out "$OUT/ae" --resolution 32 --steps 1000 \
   --bf16 --threads "$OMP_NUM_THREADS" --no-progress --final-eval-images 1000
-# CRITIC_AUG="": the critic recipe this check was measured with (before --shift/--t-power; docs/transfer_cifar10.md)
-CRITIC_AUG="" DATA=$D RESOLUTION=32 CLASSES=$CL bash scripts/train_embedded_v2.sh "$OUT/ae/vae" "$OUT/v2" 1500 1000
+# The critic: the shipped recipe (--shift 1 --t-power 2); CRITIC_AUG="" the earlier one the first run used
+DATA=$D RESOLUTION=32 CLASSES=$CL bash scripts/train_embedded_v2.sh "$OUT/ae/vae" "$OUT/v2" 1500 1000
 M=(--denoiser "$OUT/v2/dit/denoiser.safetensors" --vae "$OUT/ae/vae" --classes "$CL" --ipc 10 --batch-size 10 --no-progress)
 igds-fast distill "${M[@]}" --guidance off --out "$OUT/sets/off"
 igds-fast distill "${M[@]}" --critics "$OUT/v2/critic/critic.safetensors" --guidance igds --out "$OUT/sets/igds"
