@@ -78,13 +78,9 @@ CONFIGS: dict[str, dict] = {
     "hi300 s0.3 b0.25": {"window_hi": 300, "guidance_scale": 0.3, "beta": 0.25},
     "hi300 s0.4 b0.25": {"window_hi": 300, "guidance_scale": 0.4, "beta": 0.25},
     "hi300 s0.4 b0.4": {"window_hi": 300, "guidance_scale": 0.4, "beta": 0.4},
-    "hi200 s0.4 b0.2": {"window_hi": 200, "guidance_scale": 0.4, "beta": 0.2},
     "hi300 s0.4 b0.3": {"window_hi": 300, "guidance_scale": 0.4, "beta": 0.3},
     "hi300 s0.5 b0.3": {"window_hi": 300, "guidance_scale": 0.5, "beta": 0.3},
     "moments hi300 s0.3 b0.25": {"moment_guard": True, "window_hi": 300, "guidance_scale": 0.3, "beta": 0.25},
-    "moments hi300 s0.4 b0.25": {"moment_guard": True, "window_hi": 300, "guidance_scale": 0.4, "beta": 0.25},
-    "moments hi300 s0.4 b0.3": {"moment_guard": True, "window_hi": 300, "guidance_scale": 0.4, "beta": 0.3},
-    "moments hi300 s0.3 b0.3": {"moment_guard": True, "window_hi": 300, "guidance_scale": 0.3, "beta": 0.3},
     # the moment guard: x0_hat keeps the unguided estimate's per-channel mean, its spread at most theirs
     "moments": {"moment_guard": True},
     "moments hi500": {"moment_guard": True, "window_hi": 500},
