@@ -103,6 +103,8 @@ def engines(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
         "0.5",
         "--guidance-scale",
         "1",
+        "--window-hi",  # GUIDED's window (the command line's default guides only t <= 300)
+        "999",
         "--out",
         str(cli),
     ]
