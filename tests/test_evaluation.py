@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from igds_fast import machine
 from igds_fast.cli import main
 from igds_fast.errors import UserError
 from igds_fast.evaluation.data import cutmix, random_resized_crop_flip
@@ -569,3 +570,32 @@ def test_run_results_report_only_tabulates_what_exists(tmp_path: Path) -> None:
     assert table.index("| IGDS (default) |") < table.index("IPC 10 came from elsewhere.") < table.index("## Commands")
     assert "| IGDS (default) | 40.0 ± 1.0 (42.0) |" in readme.read_text()
     assert not (work / "sets" / "igds-ipc10").exists()  # nothing ran
+
+
+def test_bf16_warning_only_where_bf16_is_emulated() -> None:
+    note = machine.slow_bf16_warning("bf16", "cpu", {"avx2", "fma"})
+    assert note is not None and "--precision fp32" in note and "amx_bf16" in note
+    for flags in ({"avx512f", "avx512_bf16"}, {"amx_bf16", "amx_tile"}):
+        assert machine.slow_bf16_warning("bf16", "cpu", flags) is None
+    assert machine.slow_bf16_warning("fp32", "cpu", {"avx2"}) is None
+    assert machine.slow_bf16_warning("bf16", "cuda:0", set()) is None
+
+
+@needs_data
+def test_evaluate_in_bf16_warns_on_a_cpu_without_bf16_units(tmp_path: Path, monkeypatch, capsys) -> None:
+    make_folder(tmp_path / "data", WNIDS, 2)
+    make_folder(tmp_path / "val", WNIDS, 2, split="val")
+    rr = tmp_path / "rr"
+    args = ("--data", tmp_path / "data", "--ipc", 1, "--out", rr, "--classes", ",".join(WNIDS))
+    assert run_cli(monkeypatch, capsys, "baseline", "random-real", *args)[0] == 0
+    runs = {}
+    for name, flags in (("avx2", {"avx2"}), ("amx", {"amx_bf16"})):
+        monkeypatch.setattr(machine, "cpu_flags", lambda flags=flags: flags)
+        out = tmp_path / f"{name}.json"
+        runs[name] = run_cli(
+            monkeypatch, capsys, "evaluate", "--train", rr, "--val", tmp_path / "val", "--net", "convnet3",
+            "--resolution", 16, "--seeds", 1, "--epochs", 1, "--precision", "bf16", "--out", out,
+        )  # fmt: skip
+        assert runs[name][0] == 0 and json.loads(out.read_text())["accuracies"], runs[name][1]
+    assert "warning: this CPU has no bf16 units" in runs["avx2"][1] and "--precision fp32" in runs["avx2"][1]
+    assert "no bf16 units" not in runs["amx"][1]

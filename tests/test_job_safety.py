@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from igds_fast import cli as cli_module
+from igds_fast import machine
 from igds_fast.errors import UserError
 from igds_fast.jobs import engine_cache, limits
 from igds_fast.jobs import job as job_mod
@@ -391,7 +392,7 @@ def test_default_backend_rule():
 
 def test_default_job_exports_once_into_the_cache_and_reuses_it(models, tmp_path, monkeypatch):  # noqa: F811
     pytest.importorskip("onnxruntime")
-    monkeypatch.setattr(engine_cache, "cpu_flags", lambda: {"avx2"})  # a CPU without bf16 units
+    monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx2"})  # a CPU without bf16 units
     cache = tmp_path / "cache"
     a = run_request(request(models, tmp_path / "a", backend="auto", engine_cache=cache))
     assert a["complete"] and a["backend"] == "onnxruntime"
@@ -490,7 +491,7 @@ def test_auto_continues_a_folder_made_with_another_backend_or_precision(models, 
     repaired by the default job in fp32, not refused as another configuration."""
     src, snap = finished
     out = fresh_copy(src, tmp_path / "set")
-    monkeypatch.setattr(engine_cache, "cpu_flags", lambda: {"amx_bf16"})  # the default here would be bf16
+    monkeypatch.setattr(machine, "cpu_flags", lambda: {"amx_bf16"})  # the default here would be bf16
     (out / WNIDS[0] / "00000.png").unlink()
     summary = run_request(request(models, out, backend="auto"))
     assert summary["precision"] == "fp32" and summary["repaired"] == [f"{WNIDS[0]}/00000.png"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from ..errors import UserError
+from .options import warn_if_slow_bf16
 
 baseline_app = typer.Typer(help="Baseline sets laid out like a distilled set.", no_args_is_help=True)
 
@@ -56,6 +57,7 @@ def evaluate(
     if out.is_dir():
         raise UserError(f"--out '{out}' is a folder; give a file name, e.g. results.json")
     order = [c.wnid for c in subset_classes(subset)] if subset is not None else None
+    warn_if_slow_bf16(precision, device)
     results = evaluate_set(
         train,
         val,

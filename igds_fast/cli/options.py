@@ -84,3 +84,11 @@ def device() -> Any:
 def step_flags(values: dict[str, Any]) -> dict[str, Any]:
     """The step options among a command's parameters (None = not given)."""
     return {k: values[k] for k in STEP_OPTIONS if k in values}
+
+
+def warn_if_slow_bf16(precision: str, device: str) -> None:
+    """Say so on stderr when bf16 would run emulated on this CPU (the run goes on: it is only slow)."""
+    from ..machine import slow_bf16_warning
+
+    if note := slow_bf16_warning(precision, device):
+        typer.echo(f"warning: {note}", err=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from ..errors import UserError
+from .options import warn_if_slow_bf16
 
 
 def train_dit_cmd(
@@ -43,6 +44,7 @@ def train_dit_cmd(
 
     check_folder(data, "--data")
     wnids = [c.wnid for c in resolve_classes(subset, classes)]
+    warn_if_slow_bf16(precision, device)
     cfg = TrainDiTConfig(
         data=str(data),
         wnids=wnids,
@@ -121,6 +123,7 @@ def train_critics_cmd(
             w = lacking[0]
             raise UserError(f"{option} '{folder}' has no folder for class {w} (expected {folder}/{w}/)")
     codec = load_vae(models.vae)
+    warn_if_slow_bf16(precision, device)
     created = not out.exists()
     cfg = TrainCriticConfig(
         data=str(data),

@@ -31,12 +31,11 @@ from ..backends.build import ExportSpec, export_engine
 from ..backends.engine_manifest import is_engine_folder, read_engine_manifest
 from ..config import StepConfig
 from ..errors import UserError
-from ..machine import cpu_flags, library_versions
+from ..machine import bf16_units, library_versions
 from ..models.embedded import ModelPaths
 from .lock import FolderLock
 from .state import digest
 
-BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 BACKEND_CHOICES = ("auto", "eager", "onnxruntime", "compiled", "tensorrt")
 
 
@@ -55,8 +54,7 @@ def default_backend(device: str, flags: set[str] | None = None, have_onnxruntime
     """The fastest backend and precision measured for this kind of machine (see the module docstring)."""
     if torch.device(device).type == "cuda":
         return Choice("eager", "fp32", "CUDA device: the eager reference step (no GPU default measured yet)")
-    flags = cpu_flags() if flags is None else flags
-    units = [f for f in BF16_FLAGS if f in flags]
+    units = bf16_units(flags)
     if units:
         return Choice("eager", "bf16", f"CPU with {units[0]}: eager step in bf16 (denoiser and critic)")
     if have_onnxruntime is None:
