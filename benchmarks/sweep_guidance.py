@@ -22,7 +22,7 @@ import torch
 from igds_fast.config import step_config
 from igds_fast.evaluation.quality import judge_samples, load_or_train_judge
 from igds_fast.imageio import encode_image, to_uint8, write_atomic
-from igds_fast.jobs.image_manifest import image_name
+from igds_fast.jobs.image_manifest import image_name, pixel_stats
 from igds_fast.jobs.sample import sample_classes
 from igds_fast.models.embedded import resolve_models
 from igds_fast.models.labels import class_labels
@@ -85,6 +85,10 @@ CONFIGS: dict[str, dict] = {
     "moments": {"moment_guard": True},
     "moments hi500": {"moment_guard": True, "window_hi": 500},
     "moments s0.2": {"moment_guard": True, "guidance_scale": 0.2},
+    # the spread cap alone (the guided mean is kept), on the guidance of the 2026-12-02 default
+    "spread hi300 s0.4 b0.3": {"spread_guard": True, "window_hi": 300, "guidance_scale": 0.4, "beta": 0.3},
+    "spread hi300 s0.5 b0.3": {"spread_guard": True, "window_hi": 300, "guidance_scale": 0.5, "beta": 0.3},
+    "spread hi300 s0.4 b0.5": {"spread_guard": True, "window_hi": 300, "guidance_scale": 0.4, "beta": 0.5},
 }
 # The order a sweep runs them in when --only is not given (most informative first).
 ORDER = [
@@ -157,18 +161,47 @@ def run_config(name: str, opts: dict, args: argparse.Namespace, judge, wnids: li
     return row
 
 
+def image_stats(folder: Path, wnids: list[str]) -> dict[str, np.ndarray]:
+    """Per image (class by class, index order): the saturation and pixel std distill's manifest records."""
+    from PIL import Image
+
+    stats = [
+        pixel_stats(np.asarray(Image.open(f).convert("RGB"))) for w in wnids for f in sorted((folder / w).glob("*.png"))
+    ]
+    return {k: np.array([st[k] for st in stats]) for k in ("saturation", "pixel_std")}
+
+
+def paired_saturation(folder: Path, off_folder: Path, wnids: list[str]) -> dict[str, float]:
+    """Saturation against guidance off image by image (image k of a class has the same noise in every
+    row): the mean difference and its paired standard error, and the row's flattest image."""
+    a, b = image_stats(folder, wnids), image_stats(off_folder, wnids)
+    if len(a["saturation"]) != len(b["saturation"]):
+        raise SystemExit(f"{folder} and {off_folder} hold different numbers of images: rerun with one --ipc")
+    diff = a["saturation"] - b["saturation"]
+    return {
+        "saturation_vs_off": float(diff.mean()),
+        "saturation_vs_off_se": float(diff.std(ddof=1) / len(diff) ** 0.5),
+        "min_pixel_std": float(a["pixel_std"].min()),
+    }
+
+
 def table(rows: list[dict]) -> str:
-    head = "| config | " + " | ".join(KEYS) + " | judge log q | critic log q |\n" + "|---" * (len(KEYS) + 3) + "|\n"
+    cols = " | ".join(KEYS)
+    head = f"| config | {cols} | saturation - off (paired se) | min pixel std | judge log q | critic log q |\n"
+    head += "|---" * (len(KEYS) + 5) + "|\n"
     lines = []
     for r in rows:
         vals = " | ".join(f"{r[k]:.3f}" if r[k] is not None else "-" for k in KEYS)
         crit = f"{r['critic_log_q']:.2f}" if r["critic_log_q"] is not None else "-"
-        lines.append(f"| {r['name']} | {vals} | {r['judge_log_q']:.2f} | {crit} |")
+        p = r.get("paired")
+        pair = f"{p['saturation_vs_off']:+.4f} ({p['saturation_vs_off_se']:.4f})" if p else "-"
+        flat = f"{p['min_pixel_std']:.4f}" if p else "-"
+        lines.append(f"| {r['name']} | {vals} | {pair} | {flat} | {r['judge_log_q']:.2f} | {crit} |")
     ref = rows[0]["reference"]
     for key in ("real_val", "random_real_train"):
         if key in ref:
             vals = " | ".join(f"{ref[key][k]:.3f}" if ref[key].get(k) is not None else "-" for k in KEYS)
-            lines.append(f"| *{key.replace('_', ' ')}* | {vals} | - | - |")
+            lines.append(f"| *{key.replace('_', ' ')}* | {vals} | - | - | - | - |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -192,10 +225,14 @@ def main() -> None:
     judge = load_or_train_judge(args.real_train, args.resolution, progress=False)
     names = args.only.split(",") if args.only else ORDER
     rows = []
+    off_folder = args.out / "off"
     for name in names:
         row = run_config(name, CONFIGS[name], args, judge, wnids)
+        if name != "off" and (off_folder / "result.json").exists():  # computed from the images: not cached
+            row["paired"] = paired_saturation(args.out / name.replace(" ", "_"), off_folder, wnids)
         rows.append(row)
-        print(json.dumps({k: row[k] for k in ("name", "seconds", *KEYS, "judge_log_q", "critic_log_q")}), flush=True)
+        shown = ("name", "seconds", *KEYS, "judge_log_q", "critic_log_q")
+        print(json.dumps({k: row[k] for k in shown} | row.get("paired", {})), flush=True)
     text = table(rows)
     print(text)
     if args.table is not None:

@@ -56,6 +56,10 @@ class StepConfig:
     # or raise its contrast. Off by default: it takes the judge's saturation back to guidance off's but
     # costs 1.7-2.5 points of downstream accuracy at IPC 1 and 10 (docs/sweep_guidance.md).
     moment_guard: bool = False
+    # The spread half of the moment guard alone: guidance may not widen the clean estimate's
+    # per-channel spatial spread beyond the unguided estimate's, and may move its mean (implied by
+    # moment_guard). Off by default until its downstream accuracy is measured (docs/sweep_guidance.md).
+    spread_guard: bool = False
 
     def validate(self) -> StepConfig:
         if self.sampler not in ("ddpm", "ddim"):
@@ -96,7 +100,7 @@ class StepConfig:
 # Step fields added after runs were first recorded, each with the value that reproduces those runs: a
 # job file, request key, engine manifest or cache key made before a field existed reads as that value,
 # so upgrading igds-fast neither orphans a half-finished set nor re-exports a cached engine.
-ADDED_STEP_FIELDS: dict[str, Any] = {"moment_guard": False}
+ADDED_STEP_FIELDS: dict[str, Any] = {"moment_guard": False, "spread_guard": False}
 
 
 def complete_step(recorded: dict[str, Any]) -> dict[str, Any]:
@@ -127,6 +131,7 @@ STEP_DEFAULTS: dict[str, Any] = {
     "diversity": "x0",
     "range_guard": True,
     "moment_guard": False,
+    "spread_guard": False,
 }
 
 
@@ -174,6 +179,7 @@ def step_config(ipc: int | None, *layers: dict[str, Any] | None) -> StepConfig:
         diversity=str(s["diversity"]),
         range_guard=bool(s["range_guard"]),
         moment_guard=bool(s["moment_guard"]),
+        spread_guard=bool(s["spread_guard"]),
     ).validate()
 
 

@@ -139,20 +139,22 @@ def example_labels_of(engine: StepEngine) -> list[int]:
     )
 
 
-def test_an_engine_exported_before_a_step_field_existed_reads_as_its_old_behaviour():
-    """A manifest without ``moment_guard`` (exported before the flag) serves jobs without the guard, and
+@pytest.mark.parametrize("field", ["moment_guard", "spread_guard"])
+def test_an_engine_exported_before_a_step_field_existed_reads_as_its_old_behaviour(field):
+    """A manifest without a guard field (exported before the flag) serves jobs without the guard, and
     is refused, naming the field, for a job that asks for it."""
     from igds_fast.backends.engine_manifest import check_manifest
 
     old = StepConfig().to_dict()
-    del old["moment_guard"]
+    del old[field]
     manifest = {"step": old}
     check_manifest(manifest, {"step": StepConfig().to_dict()})
-    with pytest.raises(UserError, match=r"step\.moment_guard is False in the engine, True was asked for"):
-        check_manifest(manifest, {"step": StepConfig(moment_guard=True).to_dict()})
+    with pytest.raises(UserError, match=rf"step\.{field} is False in the engine, True was asked for"):
+        check_manifest(manifest, {"step": StepConfig(**{field: True}).to_dict()})
 
 
-def test_cache_keys_tell_the_moment_guard_apart_and_ignore_its_old_spelling():
+@pytest.mark.parametrize("field", ["moment_guard", "spread_guard"])
+def test_cache_keys_tell_a_guard_apart_and_ignore_its_old_spelling(field):
     """The cache key hashes the step's identity: the guard on is another engine; the guard off is the
     engine a release before the flag cached."""
     from igds_fast.config import step_identity
@@ -161,8 +163,7 @@ def test_cache_keys_tell_the_moment_guard_apart_and_ignore_its_old_spelling():
     def key(step: StepConfig) -> str:
         return cache_key({"denoiser": "a"}, step, 2, 4, "onnxruntime", "fp32", "cpu")
 
-    assert key(StepConfig()) != key(StepConfig(moment_guard=True))
-    old = StepConfig().to_dict()
-    del old["moment_guard"]
+    assert key(StepConfig()) != key(StepConfig(**{field: True}))
+    old = {k: v for k, v in StepConfig().to_dict().items() if k not in ("moment_guard", "spread_guard")}
     assert step_identity(StepConfig().to_dict()) == old
-    assert step_identity(StepConfig(moment_guard=True).to_dict())["moment_guard"] is True
+    assert step_identity(StepConfig(**{field: True}).to_dict())[field] is True

@@ -160,11 +160,12 @@ def test_trajectory_50_steps(models, tmp_path: Path) -> None:
     assert torch.equal(engine.decode(out.x0), out.x0.clamp(-1, 1))  # pixel space: no decoder graph
 
 
-def test_moment_guard_exports_as_the_eager_step(models, tmp_path: Path) -> None:
-    """The moment guard is part of the one exported graph: ORT matches eager, and differs from the
+@pytest.mark.parametrize("guard", ["moment_guard", "spread_guard"])
+def test_guards_export_as_the_eager_step(models, tmp_path: Path, guard: str) -> None:
+    """Each guard is part of the one exported graph: ORT matches eager, and differs from the
     unguarded step (so the guard is really in the graph)."""
-    cfg = StepConfig(**{**GUIDED.to_dict(), "moment_guard": True})
-    unguarded_cfg = StepConfig(**{**GUIDED.to_dict(), "moment_guard": False})
+    cfg = StepConfig(**{**GUIDED.to_dict(), guard: True})
+    unguarded_cfg = StepConfig(**{**GUIDED.to_dict(), guard: False})
     step = eager_step(models, cfg)
     engine = load_engine(export_engine(spec(models, tmp_path / "moments", cfg, 4)))
     shapes = step_shapes(step, 4, 6)
@@ -176,7 +177,7 @@ def test_moment_guard_exports_as_the_eager_step(models, tmp_path: Path) -> None:
         out = engine.step(*args)
         assert rel_error(out[0], ref[0]) < 1e-4
         assert rel_error(unguarded, ref[0]) > 100 * rel_error(out[0], ref[0])
-    assert read_manifest(tmp_path / "moments")["step"]["moment_guard"] is True
+    assert read_manifest(tmp_path / "moments")["step"][guard] is True
 
 
 def test_graph_is_tensorrt_ready(engines) -> None:

@@ -367,7 +367,7 @@ def test_moment_guard_keeps_the_unguided_colour_and_caps_the_contrast():
     eps = torch.randn(4, 3, 16, 16, generator=g)
     a, b = step.tab_sqrt_recip_alphas_cumprod[3], step.tab_sqrt_recipm1_alphas_cumprod[3]
     wide = eps + 2 * torch.randn(4, 3, 16, 16, generator=g) + 0.5  # shifts the mean and widens the spread
-    free, x0 = a * x - b * eps, a * x - b * step.keep_moments(x, eps, wide, i)
+    free, x0 = a * x - b * eps, a * x - b * step.keep_moments(x, eps, wide, i, keep_mean=True)
     (m_free, s_free), (m_kept, s_kept) = channel_moments(free), channel_moments(x0)
     assert torch.allclose(m_kept, m_free, atol=1e-4)
     assert torch.allclose(s_kept, s_free, rtol=1e-4)  # capped: the guided spread was wider
@@ -375,12 +375,38 @@ def test_moment_guard_keeps_the_unguided_colour_and_caps_the_contrast():
     # a guided estimate narrower than the unguided one keeps its shape (only the mean is moved back)
     x0_narrow = 0.5 * free
     narrow = (a * x - x0_narrow) / b
-    kept = a * x - b * step.keep_moments(x, eps, narrow, i)
+    kept = a * x - b * step.keep_moments(x, eps, narrow, i, keep_mean=True)
     assert torch.allclose(kept - m_free, x0_narrow - channel_moments(x0_narrow)[0], atol=1e-4)
     # the step's forward applies it: the final guarded and unguarded steps differ
     y, noise = torch.tensor([1, 2, 3, 4]), torch.randn(4, 3, 16, 16, generator=g)
     off = GuidedStep(step.denoiser, dataclasses.replace(cfg, moment_guard=False), step.critic)
     assert (step(x, i, y, noise)[0] - off(x, i, y, noise)[0]).abs().max() > 1e-3
+
+
+def test_spread_guard_caps_the_contrast_and_keeps_the_guided_colour():
+    """spread_guard: x0_hat of the guarded eps keeps the guided per-channel mean, its spread is capped
+    at the unguided one's (a narrower guided estimate passes unchanged); the forward pass applies it,
+    differently from the full moment guard."""
+    cfg = StepConfig(steps="10", guidance="igds", guidance_scale=5.0, beta=0.0, weighting="flat", spread_guard=True)
+    step = GuidedStep(small_dit(), cfg, random_critic(), pixel_space=False)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 3, 16, 16, generator=g)
+    i = torch.tensor([3])
+    eps = torch.randn(4, 3, 16, 16, generator=g)
+    a, b = step.tab_sqrt_recip_alphas_cumprod[3], step.tab_sqrt_recipm1_alphas_cumprod[3]
+    free = a * x - b * eps
+    wide = eps + 2 * torch.randn(4, 3, 16, 16, generator=g) + 0.5
+    guided_x0, x0 = a * x - b * wide, a * x - b * step.keep_moments(x, eps, wide, i, keep_mean=False)
+    assert torch.allclose(channel_moments(x0)[0], channel_moments(guided_x0)[0], atol=1e-4)  # the mean moved
+    assert torch.allclose(channel_moments(x0)[1], channel_moments(free)[1], rtol=1e-4)  # the spread capped
+    narrow = (a * x - 0.5 * free) / b
+    assert torch.allclose(step.keep_moments(x, eps, narrow, i, keep_mean=False), narrow, atol=1e-4)
+    y, noise = torch.tensor([1, 2, 3, 4]), torch.randn(4, 3, 16, 16, generator=g)
+    plain = GuidedStep(step.denoiser, dataclasses.replace(cfg, spread_guard=False), step.critic)
+    moments = GuidedStep(step.denoiser, dataclasses.replace(cfg, spread_guard=False, moment_guard=True), step.critic)
+    out = step(x, i, y, noise)[0]
+    assert (out - plain(x, i, y, noise)[0]).abs().max() > 1e-3
+    assert (out - moments(x, i, y, noise)[0]).abs().max() > 1e-3
 
 
 def test_critic_augmentation_translates_each_sample_with_reflection():

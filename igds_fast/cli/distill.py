@@ -35,6 +35,7 @@ def distill(
     window_lo: int | None = opt.window_lo(),
     window_hi: int | None = opt.window_hi(),
     moment_guard: bool | None = opt.moment_guard(),
+    spread_guard: bool | None = opt.spread_guard(),
     steps: str | None = opt.steps(),
     sampler: str | None = opt.sampler(),
     eta: float | None = opt.eta(),

@@ -28,6 +28,7 @@ def export(
     window_lo: int | None = opt.window_lo(),
     window_hi: int | None = opt.window_hi(),
     moment_guard: bool | None = opt.moment_guard(),
+    spread_guard: bool | None = opt.spread_guard(),
     ipc: int | None = typer.Option(None, help="Images per class the engine is for (recorded) [10]."),
     precision: str | None = typer.Option(None, help="fp32, fp16, bf16 (fp8: see docs/export.md) [fp32]."),
     backend: str | None = typer.Option(None, help="onnxruntime, tensorrt or compiled [onnxruntime]."),

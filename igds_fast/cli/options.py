@@ -63,6 +63,15 @@ def moment_guard() -> Any:
     )
 
 
+def spread_guard() -> Any:
+    on = "on" if STEP_DEFAULTS["spread_guard"] else "off"
+    return typer.Option(
+        None,
+        "--spread-guard/--no-spread-guard",
+        help=f"Guidance may move the clean estimate's per-channel mean but not widen its spread [{on}].",
+    )
+
+
 def denoiser() -> Any:
     return typer.Option(None, help="Denoiser checkpoint/folder (default: the embedded model).")
 

@@ -28,6 +28,7 @@ def sample(
     window_lo: int | None = opt.window_lo(),
     window_hi: int | None = opt.window_hi(),
     moment_guard: bool | None = opt.moment_guard(),
+    spread_guard: bool | None = opt.spread_guard(),
     seed: int = typer.Option(0, help="Global seed; each sample's noise derives from (seed, class, index)."),
     batch_size: int = typer.Option(16, help="Samples per denoiser batch."),
     init_noise: Path | None = typer.Option(None, help="Initial noise .npy of shape (N, C, H, W)."),

@@ -15,8 +15,8 @@ have separate, comparable scales). w_t weights both terms by the critic's held-o
 bound at t (``weighting="ba"``: 0 where the critic knows nothing, 1 where it knows most; both
 terms read the critic); both act only inside the window [window_lo, window_hi]. Two guards then
 edit eps_tilde through the clean estimate it implies: ``moment_guard`` gives x0_hat back the unguided
-estimate's per-channel mean and at most its spread (``keep_moments``); ``range_guard`` (pixel models)
-keeps x0_hat inside [-1, 1] (``keep_in_range``).
+estimate's per-channel mean and at most its spread, ``spread_guard`` only the spread cap (both
+``keep_moments``); ``range_guard`` (pixel models) keeps x0_hat inside [-1, 1] (``keep_in_range``).
 
 The critics are noise-conditional, so the gradient never flows through the denoiser (eps_cfg is a
 constant of the gradient). Gradients are taken with ``torch.func.grad``: eager runs it as is, and
@@ -229,15 +229,17 @@ class GuidedStep(nn.Module):
         x0 = torch.maximum(torch.minimum(x0_guided, hi), lo)
         return eps_from_x0(x, x0, i, self.tables)
 
-    def keep_moments(self, x: torch.Tensor, eps: torch.Tensor, guided: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        """The guided eps, with the clean estimate x0_hat moved back to the unguided estimate's
-        per-channel mean and its per-channel spatial spread capped at the unguided one's: the guidance
-        keeps its pattern, the denoiser keeps the colour and contrast."""
+    def keep_moments(
+        self, x: torch.Tensor, eps: torch.Tensor, guided: torch.Tensor, i: torch.Tensor, keep_mean: bool
+    ) -> torch.Tensor:
+        """The guided eps, with the clean estimate x0_hat's per-channel spatial spread capped at the
+        unguided estimate's and, with ``keep_mean``, its per-channel mean moved back to theirs: the
+        guidance keeps its pattern, the denoiser keeps the contrast (and the colour)."""
         x0_free, x0_guided = predict_x0(x, eps, i, self.tables), predict_x0(x, guided, i, self.tables)
         mean_free, spread_free = channel_moments(x0_free)
         mean_guided, spread_guided = channel_moments(x0_guided)
         ratio = (spread_free / spread_guided.clamp_min(1e-8)).clamp(max=1.0)
-        x0 = mean_free + (x0_guided - mean_guided) * ratio
+        x0 = (mean_free if keep_mean else mean_guided) + (x0_guided - mean_guided) * ratio
         return eps_from_x0(x, x0, i, self.tables)
 
     def update(
@@ -264,8 +266,8 @@ class GuidedStep(nn.Module):
         if self.critic is not None:
             g_proto, g_div, feats, log_q, h2 = self.guidance_grad(x, i, y, eps, memory, memory_mask)
             guided = self.guide(eps, g_proto, g_div, i)
-            if self.cfg.moment_guard:
-                guided = self.keep_moments(x, eps, guided, i)
+            if self.cfg.moment_guard or self.cfg.spread_guard:
+                guided = self.keep_moments(x, eps, guided, i, keep_mean=self.cfg.moment_guard)
             eps = self.keep_in_range(x, eps, guided, i) if self.range_guard else guided
         else:
             b = x.shape[0]
