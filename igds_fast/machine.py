@@ -58,7 +58,8 @@ def cpu_flags() -> set[str]:
 
 
 # CPU flags of bf16 matrix units. Without them torch runs bf16 matmuls and convolutions emulated:
-# ConvNet-3 training took ~9x longer per epoch in bf16 than in fp32 on a 2-core AMD EPYC (AVX2 only).
+# a ConvNet-3 training step took 9.3x longer in bf16 than in fp32 on a 2-core AMD EPYC with AVX2 only
+# (benchmarks/precision_cpu.py, benchmarks/results/precision-cpu-amd-epyc.json).
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
