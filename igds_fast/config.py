@@ -108,6 +108,17 @@ def complete_step(recorded: dict[str, Any]) -> dict[str, Any]:
     return ADDED_STEP_FIELDS | recorded
 
 
+def step_spellings(step: dict[str, Any]) -> list[dict[str, Any]]:
+    """The step as each release may have recorded it: its identity (today's spelling), and the spelling
+    of a release that wrote the added fields out, up to the newest one it knew (fields are added in
+    ``ADDED_STEP_FIELDS`` order), at their old values."""
+    out, known = [step_identity(step)], {}
+    for name, old in ADDED_STEP_FIELDS.items():
+        known[name] = old
+        out.append(known | out[0])  # the step's own value wins where it is not the old one
+    return out
+
+
 def step_identity(step: dict[str, Any]) -> dict[str, Any]:
     """The step as digests and keys see it: an added field at its old value is left out, so a run
     recorded before the field existed and the same options today have one identity."""

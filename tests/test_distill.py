@@ -184,12 +184,13 @@ def test_job_records_spell_the_step_as_releases_before_moment_guard_did(referenc
     assert body["digest"] == distill_mod.digest(body["config"])
 
 
-def spell_out_added_fields(out: Path) -> None:
-    """Make ``out`` look as the release that introduced --moment-guard wrote it: the field spelled out
-    (false) in the job file, the digest of that, every unit recorded under it, another request key."""
+def spell_out_added_fields(out: Path, names: tuple[str, ...]) -> None:
+    """Make ``out`` look as a release that wrote the added fields ``names`` out wrote it (the one that
+    introduced --moment-guard: that field, false; none has spelled out spread_guard, but one could):
+    the fields in the job file, the digest of that, every unit recorded under it, another request key."""
     path = out / distill_mod.JOB_FILE
     body = json.loads(path.read_text())
-    body["config"]["step"]["moment_guard"] = False
+    body["config"]["step"] |= dict.fromkeys(names, False)
     body["digest"], body["request"] = distill_mod.digest(body["config"]), "recorded-by-that-release"
     path.write_text(json.dumps(body, sort_keys=True))
     for record in out.glob(".unit-*.json"):
@@ -197,8 +198,9 @@ def spell_out_added_fields(out: Path) -> None:
         record.write_text(json.dumps(rec | {"job": body["digest"]}))
 
 
+@pytest.mark.parametrize("spelled", [("moment_guard",), ("moment_guard", "spread_guard")])
 @pytest.mark.parametrize("job_file", ["kept", "lost"])
-def test_a_set_recorded_with_the_added_fields_spelled_out_resumes(models, reference, tmp_path, job_file):
+def test_a_set_recorded_with_the_added_fields_spelled_out_resumes(models, reference, tmp_path, job_file, spelled):
     """Same options after the upgrade: the interrupted set finishes with nothing redone but what is
     missing, also when its job file is gone; asking for the guard is another configuration."""
     import shutil
@@ -208,7 +210,7 @@ def test_a_set_recorded_with_the_added_fields_spelled_out_resumes(models, refere
     _, snap = reference
     out = tmp_path / "set"
     shutil.copytree(reference[0], out)
-    spell_out_added_fields(out)
+    spell_out_added_fields(out, spelled)
     (out / "manifest.parquet").unlink()  # interrupted before the end: the units are all that is left
     (out / WNIDS[1] / "00004.png").unlink()
     if job_file == "lost":

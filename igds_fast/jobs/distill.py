@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import complete_step, step_identity
+from ..config import step_identity, step_spellings
 from ..errors import UserError
 from ..imageio import encode_image, labelled_sheet, to_uint8, write_atomic
 from ..sampling import StepEngine, WorkUnit, class_units, run_class, shard_classes
@@ -111,10 +111,10 @@ class DistillConfig:
         return digest(self.fingerprint())
 
     def digests(self) -> set[str]:
-        """Every digest this job's units may be recorded under: today's, and that of a release which wrote
-        the step's added fields out at their old values."""
-        spelled_out = self.fingerprint() | {"step": complete_step(self.step)}
-        return {self.digest, digest(spelled_out)}
+        """Every digest this job's units may be recorded under: today's, and those of releases which wrote
+        the step's added fields out at their old values (``step_spellings``)."""
+        fp = self.fingerprint()
+        return {self.digest} | {digest(fp | {"step": step}) for step in step_spellings(self.step)}
 
     @classmethod
     def from_fingerprint(cls, fp: dict[str, Any]) -> DistillConfig:
