@@ -356,16 +356,22 @@ def test_range_guard_keeps_the_clean_estimate_in_the_image_range():
     assert not GuidedStep(small_dit(), cfg, random_critic(), pixel_space=False).range_guard
 
 
+def guard_case(guard: str, seed: int) -> tuple:
+    """A latent step with ``guard`` on, x_t, step index 3, an unguided eps and the (a, b) of
+    x0_hat = a x_t - b eps at that step."""
+    cfg = StepConfig(steps="10", guidance="igds", guidance_scale=5.0, beta=0.0, weighting="flat", **{guard: True})
+    step = GuidedStep(small_dit(), cfg, random_critic(), pixel_space=False)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(4, 3, 16, 16, generator=g)
+    eps = torch.randn(4, 3, 16, 16, generator=g)
+    ab = (step.tab_sqrt_recip_alphas_cumprod[3], step.tab_sqrt_recipm1_alphas_cumprod[3])
+    return cfg, step, g, x, torch.tensor([3]), eps, ab
+
+
 def test_moment_guard_keeps_the_unguided_colour_and_caps_the_contrast():
     """x0_hat of the guarded eps has the unguided estimate's per-channel mean and at most its spread,
     keeps the guided pattern where the guidance narrows the spread, and the forward pass applies it."""
-    cfg = StepConfig(steps="10", guidance="igds", guidance_scale=5.0, beta=0.0, weighting="flat", moment_guard=True)
-    step = GuidedStep(small_dit(), cfg, random_critic(), pixel_space=False)
-    g = torch.Generator().manual_seed(6)
-    x = torch.randn(4, 3, 16, 16, generator=g)
-    i = torch.tensor([3])
-    eps = torch.randn(4, 3, 16, 16, generator=g)
-    a, b = step.tab_sqrt_recip_alphas_cumprod[3], step.tab_sqrt_recipm1_alphas_cumprod[3]
+    cfg, step, g, x, i, eps, (a, b) = guard_case("moment_guard", 6)
     wide = eps + 2 * torch.randn(4, 3, 16, 16, generator=g) + 0.5  # shifts the mean and widens the spread
     free, x0 = a * x - b * eps, a * x - b * step.keep_moments(x, eps, wide, i, keep_mean=True)
     (m_free, s_free), (m_kept, s_kept) = channel_moments(free), channel_moments(x0)
@@ -387,13 +393,7 @@ def test_spread_guard_caps_the_contrast_and_keeps_the_guided_colour():
     """spread_guard: x0_hat of the guarded eps keeps the guided per-channel mean, its spread is capped
     at the unguided one's (a narrower guided estimate passes unchanged); the forward pass applies it,
     differently from the full moment guard."""
-    cfg = StepConfig(steps="10", guidance="igds", guidance_scale=5.0, beta=0.0, weighting="flat", spread_guard=True)
-    step = GuidedStep(small_dit(), cfg, random_critic(), pixel_space=False)
-    g = torch.Generator().manual_seed(7)
-    x = torch.randn(4, 3, 16, 16, generator=g)
-    i = torch.tensor([3])
-    eps = torch.randn(4, 3, 16, 16, generator=g)
-    a, b = step.tab_sqrt_recip_alphas_cumprod[3], step.tab_sqrt_recipm1_alphas_cumprod[3]
+    cfg, step, g, x, i, eps, (a, b) = guard_case("spread_guard", 7)
     free = a * x - b * eps
     wide = eps + 2 * torch.randn(4, 3, 16, 16, generator=g) + 0.5
     guided_x0, x0 = a * x - b * wide, a * x - b * step.keep_moments(x, eps, wide, i, keep_mean=False)

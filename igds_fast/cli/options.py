@@ -54,22 +54,19 @@ def window_hi() -> Any:
     return typer.Option(None, help=f"Guide only at timesteps t <= this [{STEP_DEFAULTS['window_hi']}].")
 
 
+def _switch(name: str, what: str) -> Any:
+    """An on/off step option (``--name/--no-name``) whose help names its default."""
+    on = "on" if STEP_DEFAULTS[name] else "off"
+    flag = name.replace("_", "-")
+    return typer.Option(None, f"--{flag}/--no-{flag}", help=f"{what} [{on}].")
+
+
 def moment_guard() -> Any:
-    on = "on" if STEP_DEFAULTS["moment_guard"] else "off"
-    return typer.Option(
-        None,
-        "--moment-guard/--no-moment-guard",
-        help=f"Guidance keeps the clean estimate's per-channel mean and at most its spread [{on}].",
-    )
+    return _switch("moment_guard", "Guidance keeps the clean estimate's per-channel mean and at most its spread")
 
 
 def spread_guard() -> Any:
-    on = "on" if STEP_DEFAULTS["spread_guard"] else "off"
-    return typer.Option(
-        None,
-        "--spread-guard/--no-spread-guard",
-        help=f"Guidance may move the clean estimate's per-channel mean but not widen its spread [{on}].",
-    )
+    return _switch("spread_guard", "Guidance may move the clean estimate's per-channel mean but not widen its spread")
 
 
 def denoiser() -> Any:
