@@ -257,6 +257,8 @@ def test_bad_flags_exit_2(pixel_model, tmp_path, flags, words):
         (("--guidance", "igds"), ("critics",)),
         (("--device", "tpu"), ("device",)),
         (("--dtype", "fp8"), ("dtype",)),
+        (("--weighting", "linear"), ("--weighting", "linear", "flat")),
+        (("--diversity", "dpp"), ("--diversity", "dpp", "x0")),
     ],
 )
 def test_more_bad_flags_in_process(pixel_model, tmp_path, flags, words):
@@ -382,3 +384,18 @@ def test_cli_waits_passively_unless_the_user_chose_an_openmp_policy(given, expec
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == [expected, "False", "True"]  # set before torch loaded, and torch did load
+
+
+def test_every_step_option_is_a_flag_of_sample_distill_and_export():
+    """One list of step options (config.STEP_DEFAULTS): a field added there and forgotten in a command
+    would silently run at its default there."""
+    import inspect
+
+    from igds_fast.cli.distill import distill
+    from igds_fast.cli.export import export
+    from igds_fast.cli.sample import sample
+    from igds_fast.config import STEP_DEFAULTS
+
+    for command in (sample, distill, export):
+        missing = set(STEP_DEFAULTS) - set(inspect.signature(command).parameters)
+        assert not missing, (command.__name__, missing)

@@ -46,6 +46,22 @@ def beta() -> Any:
     return typer.Option(None, help=f"Weight of the diversity term, in units of eps [{DIVERSITY_WEIGHT:g}].")
 
 
+def weighting() -> Any:
+    return typer.Option(
+        None,
+        help="Weight of the guidance over t: ba (the critic's held-out I(X;Y) bound per t) or flat "
+        f"[{STEP_DEFAULTS['weighting']}].",
+    )
+
+
+def diversity() -> Any:
+    return typer.Option(
+        None,
+        help="Diversity term: x0 (repel the clean estimate from the class's other samples), collision or "
+        f"knn (same-step estimators; knn is eager only) [{STEP_DEFAULTS['diversity']}].",
+    )
+
+
 def window_lo() -> Any:
     return typer.Option(None, help="Guide only at timesteps t >= this [0].")
 
@@ -59,6 +75,10 @@ def _switch(name: str, what: str) -> Any:
     on = "on" if STEP_DEFAULTS[name] else "off"
     flag = name.replace("_", "-")
     return typer.Option(None, f"--{flag}/--no-{flag}", help=f"{what} [{on}].")
+
+
+def range_guard() -> Any:
+    return _switch("range_guard", "Pixel models: guidance may not push the clean estimate outside [-1, 1]")
 
 
 def moment_guard() -> Any:
