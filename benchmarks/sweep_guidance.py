@@ -171,12 +171,13 @@ def image_stats(folder: Path, wnids: list[str]) -> dict[str, np.ndarray]:
     return {k: np.array([st[k] for st in stats]) for k in ("saturation", "pixel_std")}
 
 
-def paired_saturation(folder: Path, off_folder: Path, wnids: list[str]) -> dict[str, float]:
-    """Saturation against guidance off image by image (image k of a class has the same noise in every
-    row): the mean difference and its paired standard error, and the row's flattest image."""
-    a, b = image_stats(folder, wnids), image_stats(off_folder, wnids)
+def paired_saturation(folder: Path, off: dict[str, np.ndarray], wnids: list[str]) -> dict[str, float]:
+    """Saturation against guidance off (``off``: its ``image_stats``) image by image (image k of a class
+    has the same noise in every row): the mean difference and its paired standard error, and the
+    row's flattest image."""
+    a, b = image_stats(folder, wnids), off
     if len(a["saturation"]) != len(b["saturation"]):
-        raise SystemExit(f"{folder} and {off_folder} hold different numbers of images: rerun with one --ipc")
+        raise SystemExit(f"{folder} and the off row hold different numbers of images: rerun with one --ipc")
     diff = a["saturation"] - b["saturation"]
     return {
         "saturation_vs_off": float(diff.mean()),
@@ -225,11 +226,12 @@ def main() -> None:
     judge = load_or_train_judge(args.real_train, args.resolution, progress=False)
     names = args.only.split(",") if args.only else ORDER
     rows = []
-    off_folder = args.out / "off"
+    off_folder, off = args.out / "off", None
     for name in names:
         row = run_config(name, CONFIGS[name], args, judge, wnids)
         if name != "off" and (off_folder / "result.json").exists():  # computed from the images: not cached
-            row["paired"] = paired_saturation(args.out / name.replace(" ", "_"), off_folder, wnids)
+            off = off if off is not None else image_stats(off_folder, wnids)
+            row["paired"] = paired_saturation(args.out / name.replace(" ", "_"), off, wnids)
         rows.append(row)
         shown = ("name", "seconds", *KEYS, "judge_log_q", "critic_log_q")
         print(json.dumps({k: row[k] for k in shown} | row.get("paired", {})), flush=True)

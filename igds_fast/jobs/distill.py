@@ -113,8 +113,8 @@ class DistillConfig:
     def digests(self) -> set[str]:
         """Every digest this job's units may be recorded under: today's, and those of releases which wrote
         the step's added fields out at their old values (``step_spellings``)."""
-        fp = self.fingerprint()
-        return {self.digest} | {digest(fp | {"step": step}) for step in step_spellings(self.step)}
+        fp = self.fingerprint()  # its step is the identity: the first spelling, so today's digest is among them
+        return {digest(fp | {"step": step}) for step in step_spellings(self.step)}
 
     @classmethod
     def from_fingerprint(cls, fp: dict[str, Any]) -> DistillConfig:
