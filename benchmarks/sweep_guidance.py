@@ -89,6 +89,9 @@ CONFIGS: dict[str, dict] = {
     "spread hi300 s0.4 b0.3": {"spread_guard": True, "window_hi": 300, "guidance_scale": 0.4, "beta": 0.3},
     "spread hi300 s0.5 b0.3": {"spread_guard": True, "window_hi": 300, "guidance_scale": 0.5, "beta": 0.3},
     "spread hi300 s0.4 b0.5": {"spread_guard": True, "window_hi": 300, "guidance_scale": 0.4, "beta": 0.5},
+    "envelope hi300 s0.4 b0.3": {"envelope_guard": True, "window_hi": 300, "guidance_scale": 0.4, "beta": 0.3},
+    "envelope hi300 s0.5 b0.3": {"envelope_guard": True, "window_hi": 300, "guidance_scale": 0.5, "beta": 0.3},
+    "envelope hi300 s0.4 b0.4": {"envelope_guard": True, "window_hi": 300, "guidance_scale": 0.4, "beta": 0.4},
 }
 # The order a sweep runs them in when --only is not given (most informative first).
 ORDER = [

@@ -60,6 +60,10 @@ class StepConfig:
     # per-channel spatial spread beyond the unguided estimate's, and may move its mean (implied by
     # moment_guard). Off by default until its downstream accuracy is measured (docs/sweep_guidance.md).
     spread_guard: bool = False
+    # Guidance may not take the clean estimate beyond the unguided estimate's per-channel spatial range
+    # [min, max] (both spaces; for latents, the closest thing to the pixel range guard): it may
+    # redistribute values inside the denoiser's own envelope, not add new extremes (docs/sweep_guidance.md).
+    envelope_guard: bool = False
 
     def validate(self) -> StepConfig:
         if self.sampler not in ("ddpm", "ddim"):
@@ -100,7 +104,7 @@ class StepConfig:
 # Step fields added after runs were first recorded, each with the value that reproduces those runs: a
 # job file, request key, engine manifest or cache key made before a field existed reads as that value,
 # so upgrading igds-fast neither orphans a half-finished set nor re-exports a cached engine.
-ADDED_STEP_FIELDS: dict[str, Any] = {"moment_guard": False, "spread_guard": False}
+ADDED_STEP_FIELDS: dict[str, Any] = {"moment_guard": False, "spread_guard": False, "envelope_guard": False}
 
 
 def complete_step(recorded: dict[str, Any]) -> dict[str, Any]:
@@ -143,6 +147,7 @@ STEP_DEFAULTS: dict[str, Any] = {
     "range_guard": True,
     "moment_guard": False,
     "spread_guard": False,
+    "envelope_guard": False,
 }
 
 
@@ -191,6 +196,7 @@ def step_config(ipc: int | None, *layers: dict[str, Any] | None) -> StepConfig:
         range_guard=bool(s["range_guard"]),
         moment_guard=bool(s["moment_guard"]),
         spread_guard=bool(s["spread_guard"]),
+        envelope_guard=bool(s["envelope_guard"]),
     ).validate()
 
 

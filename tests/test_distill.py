@@ -186,7 +186,7 @@ def test_job_records_spell_the_step_as_releases_before_moment_guard_did(referenc
 
 def spell_out_added_fields(out: Path, names: tuple[str, ...]) -> None:
     """Make ``out`` look as a release that wrote the added fields ``names`` out wrote it (the one that
-    introduced --moment-guard: that field, false; none has spelled out spread_guard, but one could):
+    introduced --moment-guard: that field, false; none has spelled out the later ones, but one could):
     the fields in the job file, the digest of that, every unit recorded under it, another request key."""
     path = out / distill_mod.JOB_FILE
     body = json.loads(path.read_text())
@@ -198,7 +198,9 @@ def spell_out_added_fields(out: Path, names: tuple[str, ...]) -> None:
         record.write_text(json.dumps(rec | {"job": body["digest"]}))
 
 
-@pytest.mark.parametrize("spelled", [("moment_guard",), ("moment_guard", "spread_guard")])
+@pytest.mark.parametrize(
+    "spelled", [("moment_guard",), ("moment_guard", "spread_guard"), ("moment_guard", "spread_guard", "envelope_guard")]
+)
 @pytest.mark.parametrize("job_file", ["kept", "lost"])
 def test_a_set_recorded_with_the_added_fields_spelled_out_resumes(models, reference, tmp_path, job_file, spelled):
     """Same options after the upgrade: the interrupted set finishes with nothing redone but what is

@@ -139,7 +139,7 @@ def example_labels_of(engine: StepEngine) -> list[int]:
     )
 
 
-@pytest.mark.parametrize("field", ["moment_guard", "spread_guard"])
+@pytest.mark.parametrize("field", ["moment_guard", "spread_guard", "envelope_guard"])
 def test_an_engine_exported_before_a_step_field_existed_reads_as_its_old_behaviour(field):
     """A manifest without a guard field (exported before the flag) serves jobs without the guard, and
     is refused, naming the field, for a job that asks for it."""
@@ -153,17 +153,17 @@ def test_an_engine_exported_before_a_step_field_existed_reads_as_its_old_behavio
         check_manifest(manifest, {"step": StepConfig(**{field: True}).to_dict()})
 
 
-@pytest.mark.parametrize("field", ["moment_guard", "spread_guard"])
+@pytest.mark.parametrize("field", ["moment_guard", "spread_guard", "envelope_guard"])
 def test_cache_keys_tell_a_guard_apart_and_ignore_its_old_spelling(field):
     """The cache key hashes the step's identity: the guard on is another engine; the guard off is the
     engine a release before the flag cached."""
-    from igds_fast.config import step_identity
+    from igds_fast.config import ADDED_STEP_FIELDS, step_identity
     from igds_fast.jobs.engine_cache import cache_key
 
     def key(step: StepConfig) -> str:
         return cache_key({"denoiser": "a"}, step, 2, 4, "onnxruntime", "fp32", "cpu")
 
     assert key(StepConfig()) != key(StepConfig(**{field: True}))
-    old = {k: v for k, v in StepConfig().to_dict().items() if k not in ("moment_guard", "spread_guard")}
+    old = {k: v for k, v in StepConfig().to_dict().items() if k not in ADDED_STEP_FIELDS}
     assert step_identity(StepConfig().to_dict()) == old
     assert step_identity(StepConfig(**{field: True}).to_dict())[field] is True

@@ -160,12 +160,14 @@ def test_trajectory_50_steps(models, tmp_path: Path) -> None:
     assert torch.equal(engine.decode(out.x0), out.x0.clamp(-1, 1))  # pixel space: no decoder graph
 
 
-@pytest.mark.parametrize("guard", ["moment_guard", "spread_guard"])
+@pytest.mark.parametrize("guard", ["moment_guard", "spread_guard", "envelope_guard"])
 def test_guards_export_as_the_eager_step(models, tmp_path: Path, guard: str) -> None:
     """Each guard is part of the one exported graph: ORT matches eager, and differs from the
     unguarded step (so the guard is really in the graph)."""
-    cfg = StepConfig(**{**GUIDED.to_dict(), guard: True})
-    unguarded_cfg = StepConfig(**{**GUIDED.to_dict(), guard: False})
+    # 20 eps RMS, so each guard binds on random inputs; no range guard, which on this pixel model is
+    # tighter than the envelope (random x0_hat spans more than [-1, 1]) and would hide it
+    cfg = StepConfig(**{**GUIDED.to_dict(), guard: True, "guidance_scale": 20.0, "range_guard": False})
+    unguarded_cfg = StepConfig(**{**cfg.to_dict(), guard: False})
     step = eager_step(models, cfg)
     engine = load_engine(export_engine(spec(models, tmp_path / "moments", cfg, 4)))
     shapes = step_shapes(step, 4, 6)

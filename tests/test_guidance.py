@@ -409,6 +409,25 @@ def test_spread_guard_caps_the_contrast_and_keeps_the_guided_colour():
     assert (out - moments(x, i, y, noise)[0]).abs().max() > 1e-3
 
 
+def test_envelope_guard_clips_the_clean_estimate_to_the_unguided_range():
+    """envelope_guard: x0_hat of the guarded eps is the guided one clipped to the unguided estimate's
+    per-channel spatial [min, max]; a guided estimate inside that range passes unchanged; the forward
+    pass applies it."""
+    cfg, step, g, x, i, eps, (a, b) = guard_case("envelope_guard", 8)
+    free = a * x - b * eps
+    wide = eps + 2 * torch.randn(4, 3, 16, 16, generator=g)
+    guided_x0, x0 = a * x - b * wide, a * x - b * step.keep_in_envelope(x, eps, wide, i)
+    lo, hi = free.amin(dim=(2, 3), keepdim=True), free.amax(dim=(2, 3), keepdim=True)
+    assert bool(((guided_x0 < lo) | (guided_x0 > hi)).any())  # the guided estimate left the envelope
+    assert torch.allclose(x0, torch.maximum(torch.minimum(guided_x0, hi), lo), atol=1e-4)
+    inside = 0.5 * free + 0.5 * free.mean(dim=(2, 3), keepdim=True)  # a contrast-halved estimate
+    narrow = (a * x - inside) / b
+    assert torch.allclose(step.keep_in_envelope(x, eps, narrow, i), narrow, atol=1e-4)
+    y, noise = torch.tensor([1, 2, 3, 4]), torch.randn(4, 3, 16, 16, generator=g)
+    plain = GuidedStep(step.denoiser, dataclasses.replace(cfg, envelope_guard=False), step.critic)
+    assert (step(x, i, y, noise)[0] - plain(x, i, y, noise)[0]).abs().max() > 1e-3
+
+
 def test_critic_augmentation_translates_each_sample_with_reflection():
     """random_shift: every output sample is its input moved by one offset in [-2, 2]^2, reflected at the
     border (as numpy's 'reflect' pad, then a crop); all 25 offsets occur; shift 0 is the identity."""

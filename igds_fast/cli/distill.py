@@ -39,6 +39,7 @@ def distill(
     range_guard: bool | None = opt.range_guard(),
     moment_guard: bool | None = opt.moment_guard(),
     spread_guard: bool | None = opt.spread_guard(),
+    envelope_guard: bool | None = opt.envelope_guard(),
     steps: str | None = opt.steps(),
     sampler: str | None = opt.sampler(),
     eta: float | None = opt.eta(),

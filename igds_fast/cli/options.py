@@ -89,6 +89,10 @@ def spread_guard() -> Any:
     return _switch("spread_guard", "Guidance may move the clean estimate's per-channel mean but not widen its spread")
 
 
+def envelope_guard() -> Any:
+    return _switch("envelope_guard", "Guidance keeps the clean estimate inside the unguided one's per-channel range")
+
+
 def denoiser() -> Any:
     return typer.Option(None, help="Denoiser checkpoint/folder (default: the embedded model).")
 

@@ -32,6 +32,7 @@ def sample(
     range_guard: bool | None = opt.range_guard(),
     moment_guard: bool | None = opt.moment_guard(),
     spread_guard: bool | None = opt.spread_guard(),
+    envelope_guard: bool | None = opt.envelope_guard(),
     seed: int = typer.Option(0, help="Global seed; each sample's noise derives from (seed, class, index)."),
     batch_size: int = typer.Option(16, help="Samples per denoiser batch."),
     init_noise: Path | None = typer.Option(None, help="Initial noise .npy of shape (N, C, H, W)."),

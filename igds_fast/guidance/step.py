@@ -16,7 +16,8 @@ bound at t (``weighting="ba"``: 0 where the critic knows nothing, 1 where it kno
 terms read the critic); both act only inside the window [window_lo, window_hi]. Two guards then
 edit eps_tilde through the clean estimate it implies: ``moment_guard`` gives x0_hat back the unguided
 estimate's per-channel mean and at most its spread, ``spread_guard`` only the spread cap (both
-``keep_moments``); ``range_guard`` (pixel models) keeps x0_hat inside [-1, 1] (``keep_in_range``).
+``keep_moments``); ``envelope_guard`` keeps x0_hat inside the unguided estimate's per-channel
+[min, max] (``keep_in_envelope``); ``range_guard`` (pixel models) inside [-1, 1] (``keep_in_range``).
 
 The critics are noise-conditional, so the gradient never flows through the denoiser (eps_cfg is a
 constant of the gradient). Gradients are taken with ``torch.func.grad``: eager runs it as is, and
@@ -221,12 +222,25 @@ class GuidedStep(nn.Module):
     def keep_in_range(self, x: torch.Tensor, eps: torch.Tensor, guided: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         """The guided eps, except where it would move the clean estimate x0_hat outside [-1, 1] (or
         further outside, where the unguided estimate already is): there x0_hat stops at the edge."""
-        x0_free, x0_guided = predict_x0(x, eps, i, self.tables), predict_x0(x, guided, i, self.tables)
-        lo, hi = (
-            torch.minimum(x0_free, torch.full_like(x0_free, -1.0)),
-            torch.maximum(x0_free, torch.ones_like(x0_free)),
-        )
-        x0 = torch.maximum(torch.minimum(x0_guided, hi), lo)
+        x0_free = predict_x0(x, eps, i, self.tables)
+        lo = torch.minimum(x0_free, torch.full_like(x0_free, -1.0))
+        hi = torch.maximum(x0_free, torch.ones_like(x0_free))
+        return self.keep_within(x, guided, i, lo, hi)
+
+    def keep_in_envelope(
+        self, x: torch.Tensor, eps: torch.Tensor, guided: torch.Tensor, i: torch.Tensor
+    ) -> torch.Tensor:
+        """The guided eps, with x0_hat held inside the unguided estimate's per-channel spatial [min, max]:
+        the guidance may move values within the denoiser's own range, not past its extremes."""
+        x0_free = predict_x0(x, eps, i, self.tables)
+        lo, hi = x0_free.amin(dim=(2, 3), keepdim=True), x0_free.amax(dim=(2, 3), keepdim=True)
+        return self.keep_within(x, guided, i, lo, hi)
+
+    def keep_within(
+        self, x: torch.Tensor, guided: torch.Tensor, i: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
+    ) -> torch.Tensor:
+        """The eps whose clean estimate is the guided one's clipped to [lo, hi] (broadcast)."""
+        x0 = torch.maximum(torch.minimum(predict_x0(x, guided, i, self.tables), hi), lo)
         return eps_from_x0(x, x0, i, self.tables)
 
     def keep_moments(
@@ -268,6 +282,8 @@ class GuidedStep(nn.Module):
             guided = self.guide(eps, g_proto, g_div, i)
             if self.cfg.moment_guard or self.cfg.spread_guard:
                 guided = self.keep_moments(x, eps, guided, i, keep_mean=self.cfg.moment_guard)
+            if self.cfg.envelope_guard:
+                guided = self.keep_in_envelope(x, eps, guided, i)
             eps = self.keep_in_range(x, eps, guided, i) if self.range_guard else guided
         else:
             b = x.shape[0]
