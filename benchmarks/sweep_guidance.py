@@ -92,6 +92,9 @@ CONFIGS: dict[str, dict] = {
     "envelope hi300 s0.4 b0.3": {"envelope_guard": True, "window_hi": 300, "guidance_scale": 0.4, "beta": 0.3},
     "envelope hi300 s0.5 b0.3": {"envelope_guard": True, "window_hi": 300, "guidance_scale": 0.5, "beta": 0.3},
     "envelope hi300 s0.4 b0.4": {"envelope_guard": True, "window_hi": 300, "guidance_scale": 0.4, "beta": 0.4},
+    "clip0.25 hi300 s0.4 b0.3": {"clip_guard": 0.25, "window_hi": 300, "guidance_scale": 0.4, "beta": 0.3},
+    "clip0.5 hi300 s0.4 b0.3": {"clip_guard": 0.5, "window_hi": 300, "guidance_scale": 0.4, "beta": 0.3},
+    "clip1 hi300 s0.4 b0.3": {"clip_guard": 1.0, "window_hi": 300, "guidance_scale": 0.4, "beta": 0.3},
 }
 # The order a sweep runs them in when --only is not given (most informative first).
 ORDER = [

@@ -64,6 +64,11 @@ class StepConfig:
     # [min, max] (both spaces; for latents, the closest thing to the pixel range guard): it may
     # redistribute values inside the denoiser's own envelope, not add new extremes (docs/sweep_guidance.md).
     envelope_guard: bool = False
+    # Inside the guidance window, move the clean estimate against its decoded pixels' excess beyond
+    # [-1, 1] (the part that would be clipped), by this fraction of the step that would remove it all
+    # were the decoder a scaled isometry (1 on a pixel model: clamp x0_hat). 0 = off. Unlike the range
+    # guard it also acts on the denoiser's own excess, so it can clip less than guidance off does.
+    clip_guard: float = 0.0
 
     def validate(self) -> StepConfig:
         if self.sampler not in ("ddpm", "ddim"):
@@ -74,7 +79,7 @@ class StepConfig:
             raise UserError(f"unknown --diversity '{self.diversity}': use x0, collision or knn")
         if self.weighting not in ("ba", "flat"):
             raise UserError(f"unknown --weighting '{self.weighting}': use ba (the critic's bound per t) or flat")
-        for name in ("eta", "cfg_scale", "guidance_scale", "beta"):
+        for name in ("eta", "cfg_scale", "guidance_scale", "beta", "clip_guard"):
             if not math.isfinite(getattr(self, name)):
                 raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
         if self.cfg_scale < 1:
@@ -90,6 +95,8 @@ class StepConfig:
             )
         if self.window_lo > self.window_hi:
             raise UserError(f"empty guidance window [{self.window_lo}, {self.window_hi}]")
+        if not 0 <= self.clip_guard <= 1:
+            raise UserError(f"--clip-guard must lie in [0, 1] (0 = off, 1 = the full step), got {self.clip_guard}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,7 +111,12 @@ class StepConfig:
 # Step fields added after runs were first recorded, each with the value that reproduces those runs: a
 # job file, request key, engine manifest or cache key made before a field existed reads as that value,
 # so upgrading igds-fast neither orphans a half-finished set nor re-exports a cached engine.
-ADDED_STEP_FIELDS: dict[str, Any] = {"moment_guard": False, "spread_guard": False, "envelope_guard": False}
+ADDED_STEP_FIELDS: dict[str, Any] = {
+    "moment_guard": False,
+    "spread_guard": False,
+    "envelope_guard": False,
+    "clip_guard": 0.0,
+}
 
 
 def complete_step(recorded: dict[str, Any]) -> dict[str, Any]:
@@ -148,6 +160,7 @@ STEP_DEFAULTS: dict[str, Any] = {
     "moment_guard": False,
     "spread_guard": False,
     "envelope_guard": False,
+    "clip_guard": 0.0,
 }
 
 
@@ -197,6 +210,7 @@ def step_config(ipc: int | None, *layers: dict[str, Any] | None) -> StepConfig:
         moment_guard=bool(s["moment_guard"]),
         spread_guard=bool(s["spread_guard"]),
         envelope_guard=bool(s["envelope_guard"]),
+        clip_guard=float(s["clip_guard"]),
     ).validate()
 
 

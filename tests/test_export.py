@@ -160,14 +160,16 @@ def test_trajectory_50_steps(models, tmp_path: Path) -> None:
     assert torch.equal(engine.decode(out.x0), out.x0.clamp(-1, 1))  # pixel space: no decoder graph
 
 
-@pytest.mark.parametrize("guard", ["moment_guard", "spread_guard", "envelope_guard"])
-def test_guards_export_as_the_eager_step(models, tmp_path: Path, guard: str) -> None:
+@pytest.mark.parametrize(
+    ("guard", "on"), [("moment_guard", True), ("spread_guard", True), ("envelope_guard", True), ("clip_guard", 0.5)]
+)
+def test_guards_export_as_the_eager_step(models, tmp_path: Path, guard: str, on: bool | float) -> None:
     """Each guard is part of the one exported graph: ORT matches eager, and differs from the
     unguarded step (so the guard is really in the graph)."""
     # 20 eps RMS, so each guard binds on random inputs; no range guard, which on this pixel model is
     # tighter than the envelope (random x0_hat spans more than [-1, 1]) and would hide it
-    cfg = StepConfig(**{**GUIDED.to_dict(), guard: True, "guidance_scale": 20.0, "range_guard": False})
-    unguarded_cfg = StepConfig(**{**cfg.to_dict(), guard: False})
+    cfg = StepConfig(**{**GUIDED.to_dict(), guard: on, "guidance_scale": 20.0, "range_guard": False})
+    unguarded_cfg = StepConfig(**{**cfg.to_dict(), guard: type(on)(0)})
     step = eager_step(models, cfg)
     engine = load_engine(export_engine(spec(models, tmp_path / "moments", cfg, 4)))
     shapes = step_shapes(step, 4, 6)
@@ -179,7 +181,7 @@ def test_guards_export_as_the_eager_step(models, tmp_path: Path, guard: str) -> 
         out = engine.step(*args)
         assert rel_error(out[0], ref[0]) < 1e-4
         assert rel_error(unguarded, ref[0]) > 100 * rel_error(out[0], ref[0])
-    assert read_manifest(tmp_path / "moments")["step"][guard] is True
+    assert read_manifest(tmp_path / "moments")["step"][guard] == on
 
 
 def test_graph_is_tensorrt_ready(engines) -> None:
@@ -406,3 +408,45 @@ def test_latent_engine_exports_decoder(tmp_path: Path) -> None:
     assert rel_error(engine.decode(z), ref) < 1e-4
     rows = verify_engine(engine, build_pipeline(den, str(tmp_path / "vae"), None, OFF).step)
     assert max(v for r in rows for k, v in r.items() if k != "i") < 1e-4
+
+
+def test_clip_guard_exports_through_the_vae_decoder(tmp_path: Path) -> None:
+    """A latent guided engine with --clip-guard: the decoder and its gradient are in the one step
+    graph; ORT matches eager, and the guard changes the step (the random decoder clips)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        block_out_channels=(8,),
+        latent_channels=4,
+        norm_num_groups=4,
+        layers_per_block=1,
+    )
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.mul_(30)  # decoded images well outside [-1, 1]
+    vae.save_pretrained(tmp_path / "vae")
+    dit = DiT(
+        DiTConfig(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=10)
+    )
+    torch.nn.init.normal_(dit.final_layer.linear.weight, std=0.05)
+    den = save_denoiser(dit, tmp_path / "dit.safetensors")
+    torch.manual_seed(1)
+    critic = NoiseCritic(
+        CriticConfig(
+            in_channels=4, input_size=8, patch_size=2, width=32, depth=1, heads=2, feat_dim=8, class_ids=CLASSES
+        )
+    )
+    critics = save_critic(critic, tmp_path / "critic.safetensors")
+    cfg = StepConfig(**{**GUIDED.to_dict(), "clip_guard": 0.5})
+    s = ExportSpec(den, str(tmp_path / "vae"), critics, cfg, 2, 6, "fp32", "onnxruntime", tmp_path / "eng")
+    engine = load_engine(export_engine(s))
+    step = build_pipeline(den, str(tmp_path / "vae"), critics, cfg).step
+    rows = verify_engine(engine, step)
+    assert max(v for r in rows for k, v in r.items() if k != "i") < 1e-4
+    plain = build_pipeline(den, str(tmp_path / "vae"), critics, StepConfig(**{**cfg.to_dict(), "clip_guard": 0.0})).step
+    args = random_inputs(step_shapes(step, 2, 6), 50, [1, 3], seed=7, i=5)
+    with torch.no_grad():
+        assert rel_error(plain(*args)[0], step(*args)[0]) > 1e-3
+    assert engine.manifest["step"]["clip_guard"] == 0.5

@@ -9,7 +9,9 @@ import math
 import pytest
 import torch
 
+from igds_fast.backends.io import rel_error
 from igds_fast.diffusion.schedule import Schedule
+from igds_fast.diffusion.updates import predict_x0
 from igds_fast.errors import UserError
 from igds_fast.guidance.bounds import (
     barber_agakov,
@@ -426,6 +428,66 @@ def test_envelope_guard_clips_the_clean_estimate_to_the_unguided_range():
     y, noise = torch.tensor([1, 2, 3, 4]), torch.randn(4, 3, 16, 16, generator=g)
     plain = GuidedStep(step.denoiser, dataclasses.replace(cfg, envelope_guard=False), step.critic)
     assert (step(x, i, y, noise)[0] - plain(x, i, y, noise)[0]).abs().max() > 1e-3
+
+
+def tiny_vae(seed: int = 3) -> torch.nn.Module:
+    """A random 3-channel AutoencoderKL (16 px images <-> 3x8x8 latents) with a wide output, so its
+    decoded images leave [-1, 1]."""
+    from igds_fast.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
+    from igds_fast.models.vae import LatentVAE
+
+    conf = AutoencoderKLConfig(block_out_channels=(8, 8), latent_channels=3, norm_num_groups=4, sample_size=16)
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(conf)
+    randomize_(vae, seed, scale=3.0)
+    return LatentVAE(vae).eval()
+
+
+def test_clip_guard_on_a_pixel_model_clamps_the_clean_estimate():
+    """Pixel space (the identity decoder): clip_guard 1 clamps the guided x0_hat to [-1, 1], 0.5 moves
+    each excess halfway, in-range values and steps outside the window are untouched."""
+    from igds_fast.models.vae import PixelSpace
+
+    g = torch.Generator().manual_seed(9)
+    x, eps = torch.randn(4, 3, 16, 16, generator=g), torch.randn(4, 3, 16, 16, generator=g)
+    guided = eps - 3 * torch.randn(4, 3, 16, 16, generator=g)
+    for frac in (1.0, 0.5):
+        cfg = StepConfig(steps="10", guidance="igds", weighting="flat", window_hi=500, clip_guard=frac)
+        step = GuidedStep(small_dit(), cfg, random_critic(), pixel_space=True, decoder=PixelSpace())
+        i = torch.tensor([3])  # t = 300: inside the window
+        a, b = step.tab_sqrt_recip_alphas_cumprod[3], step.tab_sqrt_recipm1_alphas_cumprod[3]
+        x0_guided = a * x - b * guided
+        assert bool((x0_guided.abs() > 1).any())
+        x0 = a * x - b * step.keep_decoded_in_range(x, guided, i)
+        want = x0_guided - frac * (x0_guided - x0_guided.clamp(-1, 1))
+        assert rel_error(x0, want) < 1e-5, frac
+        outside = torch.tensor([8])  # t = 800
+        assert torch.allclose(step.keep_decoded_in_range(x, guided, outside), guided, atol=1e-6)
+
+
+def test_clip_guard_through_a_vae_shrinks_what_the_decoder_clips():
+    """A latent model: the guarded clean estimate decodes to less excess beyond [-1, 1] than the guided
+    one, the more so at a larger clip_guard; a latent step without its VAE is refused, naming the flag."""
+    vae = tiny_vae()
+    g = torch.Generator().manual_seed(10)
+    x, eps = torch.randn(4, 3, 8, 8, generator=g), torch.randn(4, 3, 8, 8, generator=g)
+    i = torch.tensor([1])
+
+    def excess(step: GuidedStep, e: torch.Tensor) -> float:
+        with torch.no_grad():
+            img = vae.decode(predict_x0(x, e, i, step.tables))
+        return float((img - img.clamp(-1, 1)).pow(2).sum())
+
+    left = []
+    for frac in (0.0, 0.3, 1.0):
+        cfg = StepConfig(steps="10", guidance="igds", weighting="flat", clip_guard=frac)
+        step = GuidedStep(small_dit(8), cfg, random_critic(8), decoder=vae)
+        with torch.no_grad():
+            kept = eps if frac == 0 else step.keep_decoded_in_range(x, eps, i)
+        left.append(excess(step, kept))
+    assert left[0] > 0 and left[2] < left[1] < left[0], left
+    with pytest.raises(UserError, match="--clip-guard"):
+        GuidedStep(small_dit(8), StepConfig(guidance="igds", clip_guard=0.5), random_critic(8))
 
 
 def test_critic_augmentation_translates_each_sample_with_reflection():

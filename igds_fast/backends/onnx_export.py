@@ -69,7 +69,45 @@ def decompositions(keep_sdpa: bool) -> dict[Any, Callable[..., Any]]:
     from torch._decomp import core_aten_decompositions
 
     table = core_aten_decompositions()
-    return {k: v for k, v in table.items() if not (keep_sdpa and _is_sdpa(k))}
+    table = {k: v for k, v in table.items() if not (keep_sdpa and _is_sdpa(k))}
+    table[torch.ops.aten.convolution_backward.default] = _convolution_input_backward
+    table[torch.ops.aten.empty_permuted.default] = _empty_as_zeros  # from the decoder's backward
+    return table
+
+
+def _empty_as_zeros(size: list[int], physical_layout: list[int], **kwargs: Any) -> torch.Tensor:
+    """An uninitialised buffer (no ONNX form) as zeros: every element is written before it is read."""
+    kwargs.pop("pin_memory", None)
+    return torch.zeros(size, **kwargs)
+
+
+def _convolution_input_backward(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias_sizes: Any,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    transposed: bool,
+    output_padding: list[int],
+    groups: int,
+    output_mask: list[bool],
+) -> tuple[torch.Tensor | None, None, None]:
+    """A convolution's input-gradient as the transposed convolution (core ATen has no decomposition):
+    what ``clip_guard`` needs to differentiate a VAE decoder in the step graph. Weight and bias
+    gradients are never asked for there (the step differentiates images, not models)."""
+    if transposed or output_mask[1] or output_mask[2]:
+        raise UserError("the traced step differentiates a convolution w.r.t. its weights: no ONNX form for that")
+    if not output_mask[0]:
+        return None, None, None
+    k = weight.shape[2:]
+    fill = [
+        x.shape[2 + d] - ((grad_out.shape[2 + d] - 1) * stride[d] - 2 * padding[d] + dilation[d] * (k[d] - 1) + 1)
+        for d in range(len(k))
+    ]
+    grad_x = torch.ops.aten.convolution.default(grad_out, weight, None, stride, padding, dilation, True, fill, groups)
+    return grad_x, None, None
 
 
 def sdpa_ops(gm: torch.fx.GraphModule) -> list[str]:

@@ -40,6 +40,7 @@ def distill(
     moment_guard: bool | None = opt.moment_guard(),
     spread_guard: bool | None = opt.spread_guard(),
     envelope_guard: bool | None = opt.envelope_guard(),
+    clip_guard: float | None = opt.clip_guard(),
     steps: str | None = opt.steps(),
     sampler: str | None = opt.sampler(),
     eta: float | None = opt.eta(),

@@ -33,6 +33,7 @@ def export(
     moment_guard: bool | None = opt.moment_guard(),
     spread_guard: bool | None = opt.spread_guard(),
     envelope_guard: bool | None = opt.envelope_guard(),
+    clip_guard: float | None = opt.clip_guard(),
     ipc: int | None = typer.Option(None, help="Images per class the engine is for (recorded) [10]."),
     precision: str | None = typer.Option(None, help="fp32, fp16, bf16 (fp8: see docs/export.md) [fp32]."),
     backend: str | None = typer.Option(None, help="onnxruntime, tensorrt or compiled [onnxruntime]."),

@@ -93,6 +93,14 @@ def envelope_guard() -> Any:
     return _switch("envelope_guard", "Guidance keeps the clean estimate inside the unguided one's per-channel range")
 
 
+def clip_guard() -> Any:
+    return typer.Option(
+        None,
+        help="Inside the window, move the clean estimate against its decoded pixels' excess beyond [-1, 1], "
+        f"by this fraction of the full step (0 = off) [{STEP_DEFAULTS['clip_guard']}].",
+    )
+
+
 def denoiser() -> Any:
     return typer.Option(None, help="Denoiser checkpoint/folder (default: the embedded model).")
 

@@ -33,6 +33,7 @@ def sample(
     moment_guard: bool | None = opt.moment_guard(),
     spread_guard: bool | None = opt.spread_guard(),
     envelope_guard: bool | None = opt.envelope_guard(),
+    clip_guard: float | None = opt.clip_guard(),
     seed: int = typer.Option(0, help="Global seed; each sample's noise derives from (seed, class, index)."),
     batch_size: int = typer.Option(16, help="Samples per denoiser batch."),
     init_noise: Path | None = typer.Option(None, help="Initial noise .npy of shape (N, C, H, W)."),

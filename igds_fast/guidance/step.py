@@ -17,7 +17,9 @@ terms read the critic); both act only inside the window [window_lo, window_hi]. 
 edit eps_tilde through the clean estimate it implies: ``moment_guard`` gives x0_hat back the unguided
 estimate's per-channel mean and at most its spread, ``spread_guard`` only the spread cap (both
 ``keep_moments``); ``envelope_guard`` keeps x0_hat inside the unguided estimate's per-channel
-[min, max] (``keep_in_envelope``); ``range_guard`` (pixel models) inside [-1, 1] (``keep_in_range``).
+[min, max] (``keep_in_envelope``); ``clip_guard`` moves it against the part of its decoded pixels
+beyond [-1, 1] (``keep_decoded_in_range``, through the decoder); ``range_guard`` (pixel models) keeps
+it inside [-1, 1] (``keep_in_range``).
 
 The critics are noise-conditional, so the gradient never flows through the denoiser (eps_cfg is a
 constant of the gradient). Gradients are taken with ``torch.func.grad``: eager runs it as is, and
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import StepConfig
 from ..diffusion.schedule import Schedule
@@ -50,10 +53,19 @@ class GuidedStep(nn.Module):
     """
 
     def __init__(
-        self, denoiser: nn.Module, cfg: StepConfig, critic: NoiseCritic | None = None, pixel_space: bool = False
+        self,
+        denoiser: nn.Module,
+        cfg: StepConfig,
+        critic: NoiseCritic | None = None,
+        pixel_space: bool = False,
+        decoder: nn.Module | None = None,
     ):
         super().__init__()
         self.cfg = cfg.validate()
+        # clip_guard reads the decoded clean estimate: the codec (a VAE, or PixelSpace's identity)
+        self.decoder = decoder if cfg.guidance == "igds" and cfg.clip_guard > 0 else None
+        if self.decoder is None and cfg.guidance == "igds" and cfg.clip_guard > 0:
+            raise UserError("--clip-guard reads the decoded images: pass the denoiser's --vae, or --clip-guard 0")
         # Images in [-1, 1]: guidance may not push the clean estimate out of that range (latents have none).
         self.range_guard = bool(pixel_space and cfg.range_guard)
         self.denoiser = denoiser
@@ -236,6 +248,28 @@ class GuidedStep(nn.Module):
         lo, hi = x0_free.amin(dim=(2, 3), keepdim=True), x0_free.amax(dim=(2, 3), keepdim=True)
         return self.keep_within(x, guided, i, lo, hi)
 
+    def keep_decoded_in_range(self, x: torch.Tensor, guided: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """The guided eps, with x0_hat moved against r, its decoded pixels' excess beyond [-1, 1]:
+        x0_hat - clip_guard * (|r|^2 / |J^T r|^2) * J^T r per sample (J^T r: the gradient of |r|^2 / 2),
+        inside the window. The step length removes all of r where the decoder is a scaled isometry
+        (a pixel model at clip_guard 1: x0_hat clamped); an image with nothing to clip is unchanged."""
+        x0 = predict_x0(x, guided, i, self.tables)
+        # math attention in a VAE's mid-block: its backward is plain ops (the fused kernels' has no ONNX form)
+        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+            g, r2 = torch.func.grad(self.excess_objective, has_aux=True)(x0)
+        length = r2 / g.pow(2).flatten(1).sum(1).clamp_min(1e-20)
+        shape = (-1,) + (1,) * (x0.dim() - 1)
+        x0 = x0 - (self.cfg.clip_guard * self.guide_on[i]) * length.view(shape) * g
+        return eps_from_x0(x, x0, i, self.tables)
+
+    def excess_objective(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """|r|^2 / 2 summed over the batch, and |r|^2 per sample: r = D(x0) - clamp(D(x0), -1, 1)."""
+        weight = next(self.decoder.parameters(), None)  # None: pixel space
+        images = self.decoder.decode(x0 if weight is None else x0.to(weight.dtype)).to(x0.dtype)
+        excess = images - images.clamp(-1, 1)
+        r2 = excess.pow(2).flatten(1).sum(1)
+        return 0.5 * r2.sum(), r2.detach()
+
     def keep_within(
         self, x: torch.Tensor, guided: torch.Tensor, i: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
     ) -> torch.Tensor:
@@ -284,6 +318,8 @@ class GuidedStep(nn.Module):
                 guided = self.keep_moments(x, eps, guided, i, keep_mean=self.cfg.moment_guard)
             if self.cfg.envelope_guard:
                 guided = self.keep_in_envelope(x, eps, guided, i)
+            if self.decoder is not None:
+                guided = self.keep_decoded_in_range(x, guided, i)
             eps = self.keep_in_range(x, eps, guided, i) if self.range_guard else guided
         else:
             b = x.shape[0]

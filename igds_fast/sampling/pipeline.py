@@ -62,6 +62,9 @@ def build_pipeline(
             if module is not None:
                 module.to(torch.bfloat16)
     model.requires_grad_(False)
+    codec.requires_grad_(False)  # clip_guard differentiates the decoder w.r.t. its input only
     pixel_space = isinstance(codec, PixelSpace) and model.in_channels == 3
-    step = GuidedStep(model.to(den_dtype), cfg, critic, pixel_space=pixel_space).to(dev)
+    latent_without_vae = isinstance(codec, PixelSpace) and not pixel_space
+    decoder = None if latent_without_vae else codec  # --clip-guard decodes inside the step
+    step = GuidedStep(model.to(den_dtype), cfg, critic, pixel_space=pixel_space, decoder=decoder).to(dev)
     return Pipeline(step=step, vae=codec.to(dev), device=dev)
