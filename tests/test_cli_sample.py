@@ -259,6 +259,8 @@ def test_bad_flags_exit_2(pixel_model, tmp_path, flags, words):
         (("--dtype", "fp8"), ("dtype",)),
         (("--weighting", "linear"), ("--weighting", "linear", "flat")),
         (("--diversity", "dpp"), ("--diversity", "dpp", "x0")),
+        (("--clip-guard", "1.5"), ("--clip-guard", "[0, 1]")),
+        (("--clip-guard", "nan"), ("--clip-guard", "finite")),
     ],
 )
 def test_more_bad_flags_in_process(pixel_model, tmp_path, flags, words):
