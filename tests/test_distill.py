@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from igds_fast.config import ADDED_STEP_FIELDS
 from igds_fast.errors import UserError
 from igds_fast.jobs import distill as distill_mod
 from igds_fast.jobs.events import Events
@@ -190,7 +191,7 @@ def spell_out_added_fields(out: Path, names: tuple[str, ...]) -> None:
     the fields in the job file, the digest of that, every unit recorded under it, another request key."""
     path = out / distill_mod.JOB_FILE
     body = json.loads(path.read_text())
-    body["config"]["step"] |= dict.fromkeys(names, False)
+    body["config"]["step"] |= {name: ADDED_STEP_FIELDS[name] for name in names}
     body["digest"], body["request"] = distill_mod.digest(body["config"]), "recorded-by-that-release"
     path.write_text(json.dumps(body, sort_keys=True))
     for record in out.glob(".unit-*.json"):
@@ -199,7 +200,13 @@ def spell_out_added_fields(out: Path, names: tuple[str, ...]) -> None:
 
 
 @pytest.mark.parametrize(
-    "spelled", [("moment_guard",), ("moment_guard", "spread_guard"), ("moment_guard", "spread_guard", "envelope_guard")]
+    "spelled",
+    [
+        ("moment_guard",),
+        ("moment_guard", "spread_guard"),
+        ("moment_guard", "spread_guard", "envelope_guard"),
+        ("moment_guard", "spread_guard", "envelope_guard", "clip_guard"),
+    ],
 )
 @pytest.mark.parametrize("job_file", ["kept", "lost"])
 def test_a_set_recorded_with_the_added_fields_spelled_out_resumes(models, reference, tmp_path, job_file, spelled):

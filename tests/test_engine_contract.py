@@ -19,7 +19,7 @@ from igds_fast.backends.build import ExportSpec, example_labels, export_engine
 from igds_fast.backends.eager import EagerEngine
 from igds_fast.backends.io import STEP_OUTPUTS, StepShapes, random_inputs, rel_error
 from igds_fast.backends.registry import BACKENDS, load_engine
-from igds_fast.config import StepConfig
+from igds_fast.config import ADDED_STEP_FIELDS, StepConfig
 from igds_fast.errors import UserError
 from igds_fast.models.critics import CriticConfig, NoiseCritic, save_critic
 from igds_fast.models.dit import DiT, DiTConfig
@@ -139,8 +139,11 @@ def example_labels_of(engine: StepEngine) -> list[int]:
     )
 
 
-@pytest.mark.parametrize("field", ["moment_guard", "spread_guard", "envelope_guard"])
-def test_an_engine_exported_before_a_step_field_existed_reads_as_its_old_behaviour(field):
+GUARDS_ON = [("moment_guard", True), ("spread_guard", True), ("envelope_guard", True), ("clip_guard", 0.5)]
+
+
+@pytest.mark.parametrize(("field", "on"), GUARDS_ON)
+def test_an_engine_exported_before_a_step_field_existed_reads_as_its_old_behaviour(field, on):
     """A manifest without a guard field (exported before the flag) serves jobs without the guard, and
     is refused, naming the field, for a job that asks for it."""
     from igds_fast.backends.engine_manifest import check_manifest
@@ -149,21 +152,22 @@ def test_an_engine_exported_before_a_step_field_existed_reads_as_its_old_behavio
     del old[field]
     manifest = {"step": old}
     check_manifest(manifest, {"step": StepConfig().to_dict()})
-    with pytest.raises(UserError, match=rf"step\.{field} is False in the engine, True was asked for"):
-        check_manifest(manifest, {"step": StepConfig(**{field: True}).to_dict()})
+    was = ADDED_STEP_FIELDS[field]
+    with pytest.raises(UserError, match=rf"step\.{field} is {was} in the engine, {on} was asked for"):
+        check_manifest(manifest, {"step": StepConfig(**{field: on}).to_dict()})
 
 
-@pytest.mark.parametrize("field", ["moment_guard", "spread_guard", "envelope_guard"])
-def test_cache_keys_tell_a_guard_apart_and_ignore_its_old_spelling(field):
+@pytest.mark.parametrize(("field", "on"), GUARDS_ON)
+def test_cache_keys_tell_a_guard_apart_and_ignore_its_old_spelling(field, on):
     """The cache key hashes the step's identity: the guard on is another engine; the guard off is the
     engine a release before the flag cached."""
-    from igds_fast.config import ADDED_STEP_FIELDS, step_identity
+    from igds_fast.config import step_identity
     from igds_fast.jobs.engine_cache import cache_key
 
     def key(step: StepConfig) -> str:
         return cache_key({"denoiser": "a"}, step, 2, 4, "onnxruntime", "fp32", "cpu")
 
-    assert key(StepConfig()) != key(StepConfig(**{field: True}))
+    assert key(StepConfig()) != key(StepConfig(**{field: on}))
     old = {k: v for k, v in StepConfig().to_dict().items() if k not in ADDED_STEP_FIELDS}
     assert step_identity(StepConfig().to_dict()) == old
-    assert step_identity(StepConfig(**{field: True}).to_dict())[field] is True
+    assert step_identity(StepConfig(**{field: on}).to_dict())[field] == on
