@@ -171,3 +171,25 @@ def test_cache_keys_tell_a_guard_apart_and_ignore_its_old_spelling(field, on):
     old = {k: v for k, v in StepConfig().to_dict().items() if k not in ADDED_STEP_FIELDS}
     assert step_identity(StepConfig().to_dict()) == old
     assert step_identity(StepConfig(**{field: on}).to_dict())[field] == on
+
+
+def test_only_the_eager_engine_offers_a_plain_path(engine, models):
+    """Exported graphs compute the full step at every index (no plain path); the eager engine's plain
+    steps are its GuidedStep's (none under the pixel range guard) and give the full step's x_{t-1}."""
+    import dataclasses
+
+    from igds_fast.sampling.engine import plain_path
+
+    plain, steps = plain_path(engine)
+    if engine.backend != "eager":
+        assert plain is None and steps == frozenset()
+        return
+    assert steps == frozenset()  # pixel model, range guard on: it edits eps outside the window too
+    pipe = build_pipeline(models["denoiser"], "none", models["critics"], dataclasses.replace(CFG, range_guard=False))
+    eager = EagerEngine(pipe.step, pipe.vae, memory_size=MEMORY)
+    plain, steps = plain_path(eager)
+    t = [int(v) for v in pipe.step.tab_timestep]
+    assert steps == frozenset(k for k in range(1, STEPS) if not 100 <= t[k] <= 750) and steps
+    for k in steps:
+        args = inputs(eager, seed=20 + k, i=k)
+        assert torch.equal(plain(*args)[0], eager.step(*args)[0])

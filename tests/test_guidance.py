@@ -523,3 +523,43 @@ def test_critic_timesteps_favour_low_noise_as_the_power_says():
         t = sample_t(200_000, power, g, torch.device("cpu"))
         assert int(t.min()) >= 0 and int(t.max()) <= 999 and t.dtype == torch.int64
         assert float((t < 300).float().mean()) == pytest.approx(below_300, abs=0.005)
+
+
+@pytest.mark.parametrize("diversity", ["x0", "collision"])
+@pytest.mark.parametrize("clip", [0.0, 0.5])
+def test_plain_steps_outside_the_window_sample_the_same_bits(diversity: str, clip: float):
+    """Running ``plain`` (no critic) at ``plain_steps`` gives the full step's samples bit for bit, and
+    its last-step features, log q and H2: outside the window guidance and clip guard add exactly zero.
+    Index 0 is never plain; a guard that edits eps everywhere (moment, spread, envelope, pixel range)
+    disables it."""
+    cfg = StepConfig(
+        steps="10", guidance="igds", guidance_scale=2.0, beta=0.5, window_hi=300, diversity=diversity, clip_guard=clip
+    )
+    step = GuidedStep(small_dit(), cfg, random_critic(), decoder=tiny_vae() if clip else None)
+    assert step.plain_steps and 0 not in step.plain_steps
+    assert step.plain_steps == frozenset(k for k in range(10) if int(step.tab_timestep[k]) > 300)
+    y = torch.tensor([2, 2, 3, 3])
+    g = torch.Generator().manual_seed(4)
+    memory = (torch.randn(5, 8, generator=g), torch.ones(4, 5))
+    runs = [
+        run_chain(
+            step,
+            10,
+            y,
+            SampleNoise([sample_seed(3, int(v), k) for k, v in enumerate(y)], (3, 16, 16)),
+            memory=lambda i: memory,
+            **extra,
+        )  # fmt: skip
+        for extra in ({}, {"plain": step.plain, "plain_steps": step.plain_steps})
+    ]
+    full, fast = runs
+    assert torch.equal(full.x0, fast.x0) and torch.isfinite(full.x0).all()
+    assert torch.equal(full.feats[0], fast.feats[0]) and torch.equal(full.log_q, fast.log_q)
+    assert torch.equal(full.h2, fast.h2)
+    for guard in ("moment_guard", "spread_guard", "envelope_guard"):
+        assert not GuidedStep(
+            small_dit(), dataclasses.replace(cfg, clip_guard=0.0, **{guard: True}), random_critic()
+        ).plain_steps
+    assert not GuidedStep(
+        small_dit(), dataclasses.replace(cfg, clip_guard=0.0), random_critic(), pixel_space=True
+    ).plain_steps

@@ -29,6 +29,7 @@ class EagerEngine:
         self.shape = step.shape
         self.num_steps = len(step.schedule)
         self.manifest = manifest or {"backend": "eager", "step": step.cfg.to_dict()}
+        self.plain_steps = step.plain_steps  # run_chain calls ``plain`` there: the same x, no critic work
 
     def step(
         self,
@@ -47,6 +48,20 @@ class EagerEngine:
             return self.module(x.to(dev), torch.as_tensor(i).to(dev), y.to(dev), noise.to(dev), mem, mask)
 
     __call__ = step
+
+    def plain(
+        self,
+        x: torch.Tensor,
+        i: torch.Tensor | int,
+        y: torch.Tensor,
+        noise: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``GuidedStep.plain``: valid at the indices in ``plain_steps`` only."""
+        dev = self.device
+        with torch.no_grad():
+            return self.module.plain(x.to(dev), torch.as_tensor(i).to(dev), y.to(dev), noise.to(dev))
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

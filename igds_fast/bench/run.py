@@ -37,6 +37,7 @@ from ..models.dit import DiT, DiTConfig
 from ..models.flops import counted_flops, decoder_flops, dit_forward_flops
 from ..models.vae import PixelSpace
 from ..sampling.chain import run_chain
+from ..sampling.engine import plain_path
 from ..seeds import SampleNoise, sample_seed
 from .config import SCHEMA, BenchConfig
 from .models import BenchModels, build_models
@@ -84,7 +85,8 @@ def run_e2e(ctx: BenchContext, runner: Runner) -> dict[str, float]:
     noise = SampleNoise([sample_seed(cfg.seed, int(y), k) for k, y in enumerate(labels)], engine.shape, ctx.device)
     sync(ctx.device)
     t0 = time.perf_counter()
-    res = run_chain(engine.step, cfg.steps, labels, noise)
+    plain, plain_steps = plain_path(engine)  # as distill runs it (eager: no critic outside the window)
+    res = run_chain(engine.step, cfg.steps, labels, noise, plain=plain, plain_steps=plain_steps)
     sync(ctx.device)
     t1 = time.perf_counter()
     images = to_uint8(engine.decode(res.x0)).cpu().numpy()

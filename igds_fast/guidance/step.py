@@ -259,8 +259,10 @@ class GuidedStep(nn.Module):
             g, r2 = torch.func.grad(self.excess_objective, has_aux=True)(x0)
         length = r2 / g.pow(2).flatten(1).sum(1).clamp_min(1e-20)
         shape = (-1,) + (1,) * (x0.dim() - 1)
-        x0 = x0 - (self.cfg.clip_guard * self.guide_on[i]) * length.view(shape) * g
-        return eps_from_x0(x, x0, i, self.tables)
+        # x0_hat = a x_t - b eps, so moving x0_hat by -c g moves eps by +c g / b: written on eps, the
+        # edit is exactly nothing outside the window (``plain_steps`` relies on it)
+        c = (self.cfg.clip_guard * self.guide_on[i]) * length.view(shape)
+        return guided + c * g / self.tab_sqrt_recipm1_alphas_cumprod[i]
 
     def excess_objective(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """|r|^2 / 2 summed over the batch, and |r|^2 per sample: r = D(x0) - clamp(D(x0), -1, 1)."""
@@ -289,6 +291,35 @@ class GuidedStep(nn.Module):
         ratio = (spread_free / spread_guided.clamp_min(1e-8)).clamp(max=1.0)
         x0 = (mean_free if keep_mean else mean_guided) + (x0_guided - mean_guided) * ratio
         return eps_from_x0(x, x0, i, self.tables)
+
+    @property
+    def plain_steps(self) -> frozenset[int]:
+        """Step indices where ``forward`` returns exactly what ``plain`` does for x_{t-1}: outside the
+        window the guidance and the clip guard add exactly zero to eps. Never index 0 (its features
+        and log q are what a set records), and none when a guard edits eps there too (the moment,
+        spread and envelope guards and the pixel range guard recompute it through x0_hat)."""
+        if self.critic is None:
+            return frozenset()
+        if self.cfg.moment_guard or self.cfg.spread_guard or self.cfg.envelope_guard or self.range_guard:
+            return frozenset()
+        return frozenset(int(k) for k in torch.nonzero(self.guide_on == 0).flatten() if int(k) != 0)
+
+    def plain(
+        self,
+        x: torch.Tensor,
+        i: torch.Tensor,
+        y: torch.Tensor,
+        noise: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The step without the critic (no guidance work): x_{t-1} of ``forward`` at a ``plain_steps``
+        index, with zero features, log q and H2 (unused there: both terms weigh 0 outside the window)."""
+        x, i = x.float(), step_index(i)
+        eps, var = self.eps(x, i, y.long())
+        b = x.shape[0]
+        zeros = torch.zeros(b, device=x.device)
+        return self.update(x, eps, var, i, noise), torch.zeros(b, self.feat_dim, device=x.device), zeros, zeros
 
     def update(
         self, x: torch.Tensor, eps: torch.Tensor, var: torch.Tensor | None, i: torch.Tensor, noise: torch.Tensor

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import UserError
 from ..seeds import SampleNoise, sample_seed
-from .engine import StepEngine
+from .engine import StepEngine, plain_path
 from .units import WorkUnit
 
 # (x, i, y, noise, memory, memory_mask) -> (x_prev, feats, log_q, h2): a GuidedStep or engine.step.
@@ -44,12 +44,15 @@ def run_chain(
     x_init: torch.Tensor | None = None,
     memory: Callable[[int], tuple[torch.Tensor, torch.Tensor] | None] | None = None,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
+    plain: StepFn | None = None,
+    plain_steps: frozenset[int] = frozenset(),
 ) -> ChainResult:
     """Denoise from x_T (drawn from ``noise`` unless ``x_init``) through step indices N-1 .. 0.
 
     ``memory(i)`` returns (features, mask) of earlier samples at step index i, or None;
-    ``on_step(i, x_prev)`` sees every step's result (progress, finiteness checks). Nothing here
-    reads a device value back to the host, so a GPU runs the chain without a per-step stall.
+    ``on_step(i, x_prev)`` sees every step's result (progress, finiteness checks); ``plain`` runs
+    instead of ``step`` at the indices in ``plain_steps`` (``sampling.engine.plain_path``). Nothing
+    here reads a device value back to the host, so a GPU runs the chain without a per-step stall.
     """
     first = noise.draw()  # drawn even with x_init: the per-sample streams stay aligned
     x = first if x_init is None else x_init.to(noise.device)
@@ -61,7 +64,7 @@ def run_chain(
         mem = memory(i) if memory is not None else None
         args = (x, indices[i : i + 1], y, noise.draw()) + (mem if mem is not None else ())
         with torch.no_grad():
-            x, f, log_q, h2 = step(*args)
+            x, f, log_q, h2 = (plain if i in plain_steps else step)(*args)
         feats[i] = f
         if on_step is not None:
             on_step(i, x)
@@ -124,8 +127,17 @@ def run_chunk(
 
     if x_init is not None and batch > unit.count:
         x_init = torch.cat([x_init, torch.zeros(batch - unit.count, *engine.shape)])
+    plain, plain_steps = plain_path(engine)
     res = run_chain(
-        engine.step, engine.num_steps, y, noise, x_init=x_init, memory=lambda i: (mem_all[i], mask), on_step=watch
+        engine.step,
+        engine.num_steps,
+        y,
+        noise,
+        x_init=x_init,
+        memory=lambda i: (mem_all[i], mask),
+        on_step=watch,
+        plain=plain,
+        plain_steps=plain_steps,
     )
     ok = torch.stack(finite).cpu()
     if not ok.all():

@@ -44,6 +44,14 @@ class StepEngine(Protocol):
         ...
 
 
+def plain_path(engine: Any) -> tuple[Any, frozenset[int]]:
+    """An engine's cheaper step for the indices where guidance adds nothing (``GuidedStep.plain_steps``):
+    (its ``plain`` step, those indices); (None, empty) for engines without one (every exported graph
+    computes the full step at every index)."""
+    steps = frozenset(getattr(engine, "plain_steps", frozenset()))
+    return (engine.plain, steps) if steps else (None, frozenset())
+
+
 def check_step_index(i: torch.Tensor | int, num_steps: int) -> None:
     """Refuse a step index outside the engine's schedule. Reads the index only when it is on the
     host: an index already on a GPU is not synchronised on every step just to check it."""
