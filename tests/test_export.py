@@ -450,3 +450,26 @@ def test_clip_guard_exports_through_the_vae_decoder(tmp_path: Path) -> None:
     with torch.no_grad():
         assert rel_error(plain(*args)[0], step(*args)[0]) > 1e-3
     assert engine.manifest["step"]["clip_guard"] == 0.5
+
+
+@pytest.mark.parametrize("size", [8, 7])  # 7: the stride-2 convolution's input-gradient needs output padding
+def test_decoder_input_gradients_trace_to_plain_ops(size: int) -> None:
+    """What the clip guard differentiates (convolutions, strided ones, 2x nearest upsampling) traces to
+    forward-only ops that match autograd on fresh inputs."""
+    from torch.nn import functional as F
+
+    from igds_fast.backends.onnx_export import trace
+
+    torch.manual_seed(0)
+    conv, down = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(4, 2, 3, stride=2, padding=1, groups=2)
+    for m in (conv, down):
+        m.requires_grad_(False)
+
+    def grad(z: torch.Tensor) -> torch.Tensor:
+        return torch.func.grad(lambda z: down(F.interpolate(conv(z), scale_factor=2, mode="nearest")).pow(2).sum())(z)
+
+    gm = trace(grad, (torch.randn(2, 3, size, size),))
+    ops = {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}
+    assert not any("backward" in op for op in ops)
+    z = torch.randn(2, 3, size, size)
+    assert rel_error(gm(z), grad(z)) < 1e-5

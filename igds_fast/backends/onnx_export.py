@@ -72,7 +72,24 @@ def decompositions(keep_sdpa: bool) -> dict[Any, Callable[..., Any]]:
     table = {k: v for k, v in table.items() if not (keep_sdpa and _is_sdpa(k))}
     table[torch.ops.aten.convolution_backward.default] = _convolution_input_backward
     table[torch.ops.aten.empty_permuted.default] = _empty_as_zeros  # from the decoder's backward
+    table[torch.ops.aten.upsample_nearest2d_backward.default] = _upsample_nearest2d_backward
     return table
+
+
+def _upsample_nearest2d_backward(
+    grad_out: torch.Tensor,
+    output_size: list[int],
+    input_size: list[int],
+    scales_h: float | None = None,
+    scales_w: float | None = None,
+) -> torch.Tensor:
+    """Nearest upsampling's input-gradient for whole-number factors (a VAE decoder's 2x): each input
+    pixel's gradient is the sum over the block it was copied to."""
+    (h, w), (oh, ow) = input_size[2:], output_size
+    if oh % h or ow % w:
+        raise UserError(f"nearest upsampling {h}x{w} -> {oh}x{ow} is not by a whole factor: no gradient graph for it")
+    b, c = grad_out.shape[:2]
+    return grad_out.reshape(b, c, h, oh // h, w, ow // w).sum(dim=(3, 5))
 
 
 def _empty_as_zeros(size: list[int], physical_layout: list[int], **kwargs: Any) -> torch.Tensor:
