@@ -8,7 +8,8 @@
 #   Stage 0 (<= 60 s)  tiny model on CUDA in bf16: a 5-step distill through the CLI, then every
 #                      backend present (eager, onnxruntime@fp16, tensorrt@fp16, compiled), parity
 #                      against the eager fp32 step. Fails fast, with the reason, when CUDA, the CLI,
-#                      the eager step or the distill does not work.
+#                      the eager step or the distill does not work. The distill again with
+#                      --clip-guard 0.5 (the decoder's gradient in the step; reported, not fatal).
 #   Stage 1            DiT-XL/2 256 px (random weights, official layout) + latent critic + our
 #                      AutoencoderKL decoder, IGDS on every step, 50 steps, CFG 4 on 3 channels, bf16:
 #                      b64  eager-ref, eager, torch-compile-cg, torch-compile
@@ -143,6 +144,11 @@ run stage0-distill "$(left "$S0_LIMIT" "$s0")" "${CLI[@]}" distill --out "$OUT/s
   --classes "$DISTILL_CLASSES" --ipc "$DISTILL_IPC" --steps "$S0_STEPS" --backend eager --device "$DEV" \
   --dtype "$DTYPE" --log-json "$OUT/stage0/distill.jsonl" --overwrite
 [ "$RC" = 0 ] || fail "Stage 0: the ${S0_STEPS}-step distill failed (exit $RC): $(tail -n 1 "$OUT/stage0-distill.log")"
+# --clip-guard differentiates the VAE decoder inside the step: the same distill with it (not fatal)
+run stage0-distill-clip "$(left "$S0_LIMIT" "$s0")" "${CLI[@]}" distill --out "$OUT/stage0/distill-clip" \
+  --classes "$DISTILL_CLASSES" --ipc "$DISTILL_IPC" --steps "$S0_STEPS" --backend eager --device "$DEV" \
+  --dtype "$DTYPE" --clip-guard 0.5 --log-json "$OUT/stage0/distill-clip.jsonl" --overwrite
+[ "$RC" = 0 ] || echo "   Stage 0: the distill with --clip-guard 0.5 failed (exit $RC): $(tail -n 1 "$OUT/stage0-distill-clip.log")"
 run stage0-bench "$(left "$S0_LIMIT" "$s0")" "${CLI[@]}" bench --model tiny --batch-size "$S0_BATCH" \
   --steps "$S0_STEPS" --device "$DEV" --dtype "$DTYPE" --backends "$S0_BACKENDS" --parity-inputs 2 \
   "${TIMING[@]}" --json "$OUT/stage0.json"
