@@ -55,8 +55,7 @@ class EagerEngine:
         i: torch.Tensor | int,
         y: torch.Tensor,
         noise: torch.Tensor,
-        memory: torch.Tensor | None = None,
-        memory_mask: torch.Tensor | None = None,
+        *_memory: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``GuidedStep.plain``: valid at the indices in ``plain_steps`` only."""
         dev = self.device

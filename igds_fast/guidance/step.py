@@ -305,16 +305,11 @@ class GuidedStep(nn.Module):
         return frozenset(int(k) for k in torch.nonzero(self.guide_on == 0).flatten() if int(k) != 0)
 
     def plain(
-        self,
-        x: torch.Tensor,
-        i: torch.Tensor,
-        y: torch.Tensor,
-        noise: torch.Tensor,
-        memory: torch.Tensor | None = None,
-        memory_mask: torch.Tensor | None = None,
+        self, x: torch.Tensor, i: torch.Tensor, y: torch.Tensor, noise: torch.Tensor, *_memory: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The step without the critic (no guidance work): x_{t-1} of ``forward`` at a ``plain_steps``
-        index, with zero features, log q and H2 (unused there: both terms weigh 0 outside the window)."""
+        """The step without the critic (no guidance work; memory inputs ignored): x_{t-1} of ``forward``
+        at a ``plain_steps`` index, with zero features, log q and H2 (unused there: both terms weigh 0
+        outside the window)."""
         x, i = x.float(), step_index(i)
         eps, var = self.eps(x, i, y.long())
         b = x.shape[0]
