@@ -10,7 +10,7 @@ it imports nothing of the package but ``errors``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -193,7 +193,7 @@ def step_config(ipc: int | None, *layers: dict[str, Any] | None) -> StepConfig:
     s = dict(STEP_DEFAULTS)
     for layer in layers:
         s.update({k: v for k, v in (layer or {}).items() if k in STEP_DEFAULTS and v is not None})
-    return StepConfig(
+    cfg = StepConfig(
         steps=str(s["steps"]),
         sampler=str(s["sampler"]),
         eta=float(s["eta"]),
@@ -212,6 +212,8 @@ def step_config(ipc: int | None, *layers: dict[str, Any] | None) -> StepConfig:
         envelope_guard=bool(s["envelope_guard"]),
         clip_guard=float(s["clip_guard"]),
     ).validate()
+    # checked as given, then, as beta, nothing without guidance (one engine and one digest for guidance off)
+    return cfg if cfg.guidance == "igds" else replace(cfg, clip_guard=0.0)
 
 
 def resolve_device(name: str) -> torch.device:

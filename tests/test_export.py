@@ -452,21 +452,28 @@ def test_clip_guard_exports_through_the_vae_decoder(tmp_path: Path) -> None:
     assert engine.manifest["step"]["clip_guard"] == 0.5
 
 
-@pytest.mark.parametrize("size", [8, 7])  # 7: the stride-2 convolution's input-gradient needs output padding
-def test_decoder_input_gradients_trace_to_plain_ops(size: int) -> None:
-    """What the clip guard differentiates (convolutions, strided ones, 2x nearest upsampling) traces to
-    forward-only ops that match autograd on fresh inputs."""
+# the strided convolution's input-gradient needs output padding 1 after the upsampling (16 or 14 px in)
+# and 0 when it sees 7 px directly; a dilated one is in every case
+@pytest.mark.parametrize(("size", "upsample"), [(8, True), (7, True), (7, False)])
+def test_decoder_input_gradients_trace_to_plain_ops(size: int, upsample: bool) -> None:
+    """What the clip guard differentiates (convolutions: strided, grouped, dilated; 2x nearest
+    upsampling) traces to forward-only ops that match autograd on fresh inputs."""
     from torch.nn import functional as F
 
     from igds_fast.backends.onnx_export import trace
 
     torch.manual_seed(0)
-    conv, down = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(4, 2, 3, stride=2, padding=1, groups=2)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=2, dilation=2)
+    down = torch.nn.Conv2d(4, 2, 3, stride=2, padding=1, groups=2)
     for m in (conv, down):
         m.requires_grad_(False)
 
+    def net(z: torch.Tensor) -> torch.Tensor:
+        h = conv(z)
+        return down(F.interpolate(h, scale_factor=2, mode="nearest") if upsample else h)
+
     def grad(z: torch.Tensor) -> torch.Tensor:
-        return torch.func.grad(lambda z: down(F.interpolate(conv(z), scale_factor=2, mode="nearest")).pow(2).sum())(z)
+        return torch.func.grad(lambda z: net(z).pow(2).sum())(z)
 
     gm = trace(grad, (torch.randn(2, 3, size, size),))
     ops = {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}

@@ -541,6 +541,12 @@ def test_plain_steps_outside_the_window_sample_the_same_bits(diversity: str, cli
     y = torch.tensor([2, 2, 3, 3])
     g = torch.Generator().manual_seed(4)
     memory = (torch.randn(5, 8, generator=g), torch.ones(4, 5))
+    calls = []
+
+    def counted(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        calls.append(int(args[1]))
+        return step.plain(*args)
+
     runs = [
         run_chain(
             step,
@@ -550,8 +556,9 @@ def test_plain_steps_outside_the_window_sample_the_same_bits(diversity: str, cli
             memory=lambda i: memory,
             **extra,
         )  # fmt: skip
-        for extra in ({}, {"plain": step.plain, "plain_steps": step.plain_steps})
+        for extra in ({}, {"plain": counted, "plain_steps": step.plain_steps})
     ]
+    assert len(calls) == len(step.plain_steps)  # the fast run did take the plain path
     full, fast = runs
     assert torch.equal(full.x0, fast.x0) and torch.isfinite(full.x0).all()
     assert torch.equal(full.feats[0], fast.feats[0]) and torch.equal(full.log_q, fast.log_q)
@@ -563,3 +570,14 @@ def test_plain_steps_outside_the_window_sample_the_same_bits(diversity: str, cli
     assert not GuidedStep(
         small_dit(), dataclasses.replace(cfg, clip_guard=0.0), random_critic(), pixel_space=True
     ).plain_steps
+
+
+def test_clip_guard_without_guidance_is_checked_then_dropped():
+    """As beta: --guidance off records no clip guard (one digest and engine for guidance off), but a
+    bad value is still refused, naming the flag."""
+    from igds_fast.config import step_config
+
+    assert step_config(1, {"guidance": "off", "clip_guard": 0.5}).clip_guard == 0.0
+    assert step_config(1, {"clip_guard": 0.5}).clip_guard == 0.5
+    with pytest.raises(UserError, match="--clip-guard"):
+        step_config(1, {"guidance": "off", "clip_guard": 1.5})
