@@ -29,7 +29,6 @@ class EagerEngine:
         self.shape = step.shape
         self.num_steps = len(step.schedule)
         self.manifest = manifest or {"backend": "eager", "step": step.cfg.to_dict()}
-        self.plain_steps = step.plain_steps  # run_chain calls ``plain`` there: the same x, no critic work
 
     def step(
         self,
@@ -48,6 +47,11 @@ class EagerEngine:
             return self.module(x.to(dev), torch.as_tensor(i).to(dev), y.to(dev), noise.to(dev), mem, mask)
 
     __call__ = step
+
+    @property
+    def plain_steps(self) -> frozenset[int]:
+        """Where ``run_chain`` calls ``plain``: the same x_{t-1}, no critic work."""
+        return self.module.plain_steps
 
     def plain(
         self,

@@ -87,10 +87,7 @@ class ReferenceEngine(EagerEngine):
     per image; the same GuidedStep, so the definition is the one every engine is checked against."""
 
     backend = "eager-ref"
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.plain_steps = frozenset()  # the reference workflow runs the full step at every index
+    plain_steps: frozenset[int] = frozenset()  # the reference workflow runs the full step at every index
 
     def step(
         self,

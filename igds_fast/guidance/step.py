@@ -38,6 +38,7 @@ from ..diffusion.updates import cfg_combine, ddim_update, ddpm_update, eps_from_
 from ..errors import UserError
 from ..models.critics import NoiseCritic
 from ..models.loading import denoiser_shape
+from ..models.vae import decode_unclipped
 from .bounds import class_log_prob, collision_entropy, knn_entropy, soft_nearest_similarity
 
 
@@ -63,8 +64,9 @@ class GuidedStep(nn.Module):
         super().__init__()
         self.cfg = cfg.validate()
         # clip_guard reads the decoded clean estimate: the codec (a VAE, or PixelSpace's identity)
-        self.decoder = decoder if cfg.guidance == "igds" and cfg.clip_guard > 0 else None
-        if self.decoder is None and cfg.guidance == "igds" and cfg.clip_guard > 0:
+        clips = cfg.guidance == "igds" and cfg.clip_guard > 0
+        self.decoder = decoder if clips else None
+        if clips and decoder is None:
             raise UserError("--clip-guard reads the decoded images: pass the denoiser's --vae, or --clip-guard 0")
         # Images in [-1, 1]: guidance may not push the clean estimate out of that range (latents have none).
         self.range_guard = bool(pixel_space and cfg.range_guard)
@@ -91,6 +93,7 @@ class GuidedStep(nn.Module):
             lut = torch.full((self.num_classes + 1,), -1, dtype=torch.long)
             lut[torch.tensor(critic.config.class_ids)] = torch.arange(critic.config.num_classes)
             self.register_buffer("label_to_critic", lut, persistent=False)
+        self.plain_steps = self.find_plain_steps(on)
 
     @property
     def tables(self) -> dict[str, torch.Tensor]:
@@ -258,21 +261,20 @@ class GuidedStep(nn.Module):
         # math attention in a VAE's mid-block: its backward is plain ops (the fused kernels' has no ONNX form)
         with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
             g, r2 = torch.func.grad(self.excess_objective, has_aux=True)(x0)
-        length = r2 / g.pow(2).flatten(1).sum(1).clamp_min(1e-20)
-        shape = (-1,) + (1,) * (x0.dim() - 1)
+        g_norm = g.flatten(1).norm(dim=1)
+        # |J^T r| can be tiny where the decoder barely responds: the move c |g| never exceeds
+        # clip_guard * |x0_hat| (a pixel model's never does; the embedded model's largest was 0.056 |x0_hat|)
+        c = self.cfg.clip_guard * torch.minimum(
+            r2 / g_norm.pow(2).clamp_min(1e-20), x0.flatten(1).norm(dim=1) / g_norm.clamp_min(1e-10)
+        )
         # x0_hat = a x_t - b eps, so moving x0_hat by -c g moves eps by +c g / b: written on eps, the
         # edit is exactly nothing outside the window (``plain_steps`` relies on it)
-        c = (self.cfg.clip_guard * self.guide_on[i]) * length.view(shape)
-        # |J^T r| can be tiny where the decoder barely responds: the move never exceeds clip_guard * |x0_hat|
-        # (a pixel model's never does; the embedded model's largest was 0.056 |x0_hat| over a chain)
-        move, cap = c.flatten(1)[:, 0] * g.flatten(1).norm(dim=1), self.cfg.clip_guard * x0.flatten(1).norm(dim=1)
-        c = c * (cap / move.clamp_min(1e-20)).clamp(max=1.0).view(shape)
+        c = (c * self.guide_on[i]).view((-1,) + (1,) * (x0.dim() - 1))
         return guided + c * g / self.tab_sqrt_recipm1_alphas_cumprod[i]
 
     def excess_objective(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """|r|^2 / 2 summed over the batch, and |r|^2 per sample: r = D(x0) - clamp(D(x0), -1, 1)."""
-        weight = next(self.decoder.parameters(), None)  # None: pixel space
-        images = self.decoder.decode(x0 if weight is None else x0.to(weight.dtype)).to(x0.dtype)
+        images = decode_unclipped(self.decoder, x0).to(x0.dtype)
         excess = images - images.clamp(-1, 1)
         r2 = excess.pow(2).flatten(1).sum(1)
         return 0.5 * r2.sum(), r2.detach()
@@ -297,17 +299,16 @@ class GuidedStep(nn.Module):
         x0 = (mean_free if keep_mean else mean_guided) + (x0_guided - mean_guided) * ratio
         return eps_from_x0(x, x0, i, self.tables)
 
-    @property
-    def plain_steps(self) -> frozenset[int]:
-        """Step indices where ``forward`` returns exactly what ``plain`` does for x_{t-1}: outside the
-        window the guidance and the clip guard add exactly zero to eps. Never index 0 (its features
-        and log q are what a set records), and none when a guard edits eps there too (the moment,
-        spread and envelope guards and the pixel range guard recompute it through x0_hat)."""
-        if self.critic is None:
+    def find_plain_steps(self, on: torch.Tensor) -> frozenset[int]:
+        """``plain_steps``: the step indices where ``forward`` returns exactly what ``plain`` does for
+        x_{t-1}: outside the window (``on`` 0) the guidance and the clip guard add exactly zero to eps.
+        Never index 0 (its features and log q are what a set records), and none when a guard edits eps
+        there too (the moment, spread and envelope guards and the pixel range guard recompute it
+        through x0_hat)."""
+        cfg = self.cfg
+        if self.critic is None or cfg.moment_guard or cfg.spread_guard or cfg.envelope_guard or self.range_guard:
             return frozenset()
-        if self.cfg.moment_guard or self.cfg.spread_guard or self.cfg.envelope_guard or self.range_guard:
-            return frozenset()
-        return frozenset(int(k) for k in torch.nonzero(self.guide_on == 0).flatten() if int(k) != 0)
+        return frozenset(k for k in range(1, len(on)) if on[k] == 0)
 
     def plain(
         self, x: torch.Tensor, i: torch.Tensor, y: torch.Tensor, noise: torch.Tensor, *_memory: torch.Tensor | None

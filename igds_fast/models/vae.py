@@ -62,7 +62,12 @@ def load_vae(path: str | Path | None) -> nn.Module:
 
 
 def decode_images(codec: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Denoiser space -> images in [-1, 1], float32: what every backend and writer consumes. A VAE
-    decodes in its weights' dtype (bf16 under the bf16 precision, ``build_pipeline``)."""
+    """Denoiser space -> images in [-1, 1], float32: what every backend and writer consumes."""
+    return decode_unclipped(codec, x).clamp(-1, 1)
+
+
+def decode_unclipped(codec: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Denoiser space -> images, float32, before the clip to [-1, 1]. A VAE decodes in its weights'
+    dtype (bf16 under the bf16 precision, ``build_pipeline``); differentiable in ``x``."""
     weight = next(codec.parameters(), None)  # None: pixel space
-    return codec.decode(x if weight is None else x.to(weight.dtype)).float().clamp(-1, 1)
+    return codec.decode(x if weight is None else x.to(weight.dtype)).float()

@@ -48,7 +48,7 @@ def plain_path(engine: Any) -> tuple[Any, frozenset[int]]:
     """An engine's cheaper step for the indices where guidance adds nothing (``GuidedStep.plain_steps``):
     (its ``plain`` step, those indices); (None, empty) for engines without one (every exported graph
     computes the full step at every index)."""
-    steps = frozenset(getattr(engine, "plain_steps", frozenset()))
+    steps = getattr(engine, "plain_steps", frozenset())
     return (engine.plain, steps) if steps else (None, frozenset())
 
 
