@@ -90,6 +90,7 @@ def request(models: dict[str, Path], out: Path, **kw) -> DistillJob:
         beta=1.0,
         steps="4",
         cfg_scale=2.0,
+        clip_guard=0.0,  # the sets of releases before the clip guard's default (resume tests start from one)
     )
     if "engines" not in kw and "backend" not in kw:
         base["backend"] = "eager"  # the fp32 reference: the same bytes on every machine
@@ -233,6 +234,21 @@ def test_a_set_recorded_with_the_added_fields_spelled_out_resumes(models, refere
         run_request(request(models, out, moment_guard=True))
 
 
+def test_a_set_begun_before_a_default_changed_is_refused_naming_the_field(models, reference, tmp_path):
+    """An interrupted set of the release before --clip-guard's default became 0.5, resumed without
+    options: refused, the message names the field and both values; --clip-guard 0 finishes it."""
+    import shutil
+
+    out = tmp_path / "set"
+    shutil.copytree(reference[0], out)
+    (out / "manifest.parquet").unlink()
+    (out / WNIDS[1] / "00004.png").unlink()
+    with pytest.raises(UserError, match=r"step\.clip_guard: 0\.0 there, 0\.5 here.*a default may have changed"):
+        run_request(request(models, out, clip_guard=None))  # None: not given, the default
+    summary = run_request(request(models, out, clip_guard=0.0))
+    assert summary["complete"] and summary["repaired"] == [f"{WNIDS[1]}/00004.png"]
+
+
 def test_interrupted_run_finishes_byte_identical(models, reference, tmp_path):
     _, snap = reference
     out = tmp_path / "set"
@@ -265,6 +281,8 @@ def test_interrupted_run_finishes_byte_identical(models, reference, tmp_path):
         "4",
         "--cfg-scale",
         "2",
+        "--clip-guard",
+        "0",
         "--backend",
         "eager",
     ]

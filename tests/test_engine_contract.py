@@ -10,6 +10,7 @@ with the table's own reason (``Backend.unavailable``).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from igds_fast.errors import UserError
 from igds_fast.models.critics import CriticConfig, NoiseCritic, save_critic
 from igds_fast.models.dit import DiT, DiTConfig
 from igds_fast.models.loading import save_denoiser
-from igds_fast.sampling.engine import StepEngine
+from igds_fast.sampling.engine import StepEngine, plain_path
 from igds_fast.sampling.pipeline import build_pipeline
 
 BATCH, MEMORY, STEPS = 3, 4, 4
@@ -55,18 +56,21 @@ def eager_step(models):
     return build_pipeline(models["denoiser"], "none", models["critics"], CFG).step
 
 
-@pytest.fixture(scope="module", params=list(BACKENDS))
-def engine(request, models, eager_step, tmp_path_factory) -> StepEngine:
-    name = request.param
+def make_engine(name: str, cfg: StepConfig, models: dict[str, Path], tmp: pytest.TempPathFactory) -> StepEngine:
     reason = BACKENDS[name].unavailable()
     if reason:
         pytest.skip(f"{name}: {reason}")
     if name == "eager":
-        pipe = build_pipeline(models["denoiser"], "none", models["critics"], CFG)
+        pipe = build_pipeline(models["denoiser"], "none", models["critics"], cfg)
         return EagerEngine(pipe.step, pipe.vae, memory_size=MEMORY)
-    out = tmp_path_factory.mktemp(name) / "engine"
-    spec = ExportSpec(models["denoiser"], "none", models["critics"], CFG, BATCH, MEMORY, "fp32", name, out)
+    out = tmp.mktemp(name) / "engine"
+    spec = ExportSpec(models["denoiser"], "none", models["critics"], cfg, BATCH, MEMORY, "fp32", name, out)
     return load_engine(export_engine(spec))
+
+
+@pytest.fixture(scope="module", params=list(BACKENDS))
+def engine(request, models, tmp_path_factory) -> StepEngine:
+    return make_engine(request.param, CFG, models, tmp_path_factory)
 
 
 def inputs(engine: StepEngine, seed: int, i: int | None = None) -> tuple[torch.Tensor, ...]:
@@ -173,23 +177,41 @@ def test_cache_keys_tell_a_guard_apart_and_ignore_its_old_spelling(field, on):
     assert step_identity(StepConfig(**{field: on}).to_dict())[field] == on
 
 
-def test_only_the_eager_engine_offers_a_plain_path(engine, models):
-    """Exported graphs compute the full step at every index (no plain path); the eager engine's plain
-    steps are its GuidedStep's (none under the pixel range guard) and give the full step's x_{t-1}."""
-    import dataclasses
+@pytest.fixture(scope="module", params=list(BACKENDS))
+def engine_without_range_guard(request, models, tmp_path_factory) -> StepEngine:
+    return make_engine(request.param, dataclasses.replace(CFG, range_guard=False), models, tmp_path_factory)
 
-    from igds_fast.sampling.engine import plain_path
 
+def test_no_engine_has_a_plain_path_under_the_pixel_range_guard(engine):
+    """The range guard (on in CFG, a pixel model) edits eps outside the window too: no plain steps, no plain graph."""
+    assert plain_path(engine) == (None, frozenset())
+    assert "plain" not in engine.manifest.get("graphs", {})
+
+
+def test_every_engine_runs_the_plain_step_outside_the_window(engine_without_range_guard, models):
+    """At the step indices outside the window but index 0, every engine has a plain step (eager: the
+    denoiser alone; exported: the plain graph) whose x_{t-1} is the full eager step's: bit-identical
+    on eager, fp32 parity (< 1e-4) on an exported graph, on fresh inputs at every such index."""
+    engine = engine_without_range_guard
+    ref = build_pipeline(
+        models["denoiser"], "none", models["critics"], dataclasses.replace(CFG, range_guard=False)
+    ).step
     plain, steps = plain_path(engine)
-    if engine.backend != "eager":
-        assert plain is None and steps == frozenset()
-        return
-    assert steps == frozenset()  # pixel model, range guard on: it edits eps outside the window too
-    pipe = build_pipeline(models["denoiser"], "none", models["critics"], dataclasses.replace(CFG, range_guard=False))
-    eager = EagerEngine(pipe.step, pipe.vae, memory_size=MEMORY)
-    plain, steps = plain_path(eager)
-    t = [int(v) for v in pipe.step.tab_timestep]
+    t = [int(v) for v in ref.tab_timestep]
     assert steps == frozenset(k for k in range(1, STEPS) if not 100 <= t[k] <= 750) and steps
-    for k in steps:
-        args = inputs(eager, seed=20 + k, i=k)
-        assert torch.equal(plain(*args)[0], eager.step(*args)[0])
+    assert steps == ref.plain_steps
+    for k in sorted(steps):
+        args = inputs(engine, seed=20 + k, i=k)
+        with torch.no_grad():
+            want = ref(*args)[0]
+        got = plain(*args)[0]
+        assert got.shape == want.shape and got.device == engine.device
+        if engine.backend == "eager":
+            assert torch.equal(got, want)
+        else:
+            assert rel_error(got, want) < 1e-4, rel_error(got, want)
+    if engine.backend != "eager":
+        wrong = list(inputs(engine, seed=30))
+        wrong[1] = torch.tensor([STEPS], dtype=torch.int32)
+        with pytest.raises(UserError, match="outside this engine's schedule"):
+            plain(*wrong)

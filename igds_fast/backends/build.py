@@ -16,7 +16,7 @@ from ..guidance.step import GuidedStep
 from ..models.embedded import resolve_models
 from ..models.labels import model_class_names
 from ..models.vae import PixelSpace
-from ..sampling.engine import StepEngine
+from ..sampling.engine import StepEngine, plain_path
 from ..sampling.pipeline import build_pipeline
 from . import onnx_export as ox
 from .backend import ExportInputs, LoadOptions
@@ -252,6 +252,8 @@ def export_engine(spec: ExportSpec) -> Path:
                 "labels": example_labels(pipe.step),
                 "opset": spec.graph_opset if backend_row(spec.backend).onnx else None,
                 "device": torch.device(spec.device).type,  # compiled code is for this device type
+                # where the plain graph stands in for the step (the engine runs it at these indices)
+                "plain_steps": sorted(pipe.step.plain_steps) if "plain" in graphs else [],
                 **spec.extra,
             },
         )
@@ -277,18 +279,31 @@ def verify_engine(
     engine: StepEngine, step: GuidedStep, steps: list[int] | None = None, seed: int = 1
 ) -> list[dict[str, Any]]:
     """Relative error of every output against the eager GuidedStep on fresh random inputs (made on
-    the CPU: the engine moves them to its device)."""
+    the CPU: the engine moves them to its device). An engine with a plain graph also gets a row for it
+    ("graph": "plain") at its first and last plain index: its x_{t-1} against the full eager step's
+    (its other outputs are zeros by design)."""
     shapes = StepShapes(engine.batch_size, *engine.shape, engine.memory_size, engine.feat_dim)
     n = len(step.schedule)
     dev = step.tab_timestep.device
+    plain, plain_steps = plain_path(engine)
+    checks = [("step", i) for i in (steps if steps is not None else sorted({n - 1, n // 2, 0}, reverse=True))]
+    checks += [("plain", i) for i in sorted({max(plain_steps), min(plain_steps)}, reverse=True)] if plain else []
     rows = []
-    for k, i in enumerate(steps if steps is not None else sorted({n - 1, n // 2, 0}, reverse=True)):
+    for k, (graph, i) in enumerate(checks):
         args = random_inputs(shapes, n, example_labels(step), seed=seed + k, i=i)
         with torch.no_grad():
             ref = step(*(a.to(dev) for a in args))
+        if graph == "plain":
+            rows.append({"i": i, "graph": graph, "x_prev": rel_error(plain(*args)[0], ref[0])})
+            continue
         out = engine.step(*args)
         rows.append({"i": i, **{name: rel_error(o, r) for name, o, r in zip(STEP_OUTPUTS, out, ref, strict=True)}})
     return rows
+
+
+def worst_error(rows: list[dict[str, Any]]) -> float:
+    """The largest relative error of ``verify_engine``'s rows (inf when any output was not finite)."""
+    return max(v for r in rows for k, v in r.items() if k not in ("i", "graph"))
 
 
 def verify_export(spec: ExportSpec) -> list[dict[str, Any]]:
@@ -297,7 +312,7 @@ def verify_export(spec: ExportSpec) -> list[dict[str, Any]]:
     pipe = build_pipeline(spec.denoiser, spec.vae, spec.critics, spec.cfg, device=spec.device, dtype=spec.dtype)
     engine = load_engine(spec.out, options=LoadOptions(device=spec.device))
     rows = verify_engine(engine, pipe.step)
-    worst = max(v for r in rows for k, v in r.items() if k != "i")
+    worst = worst_error(rows)
     tol = 1e-3 if spec.precision == "fp32" else 5e-2
     if not worst <= tol:  # also catches NaN
         raise UserError(f"--verify: worst relative error {worst:.2e} exceeds {tol:g}")

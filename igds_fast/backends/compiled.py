@@ -21,8 +21,8 @@ from torch import nn
 from ..errors import UserError
 from ..models.vae import decode_images
 from .backend import Backend, ExportInputs, LoadOptions
-from .io import ExportedEngine, StepShapes
-from .onnx_export import trace, trace_step
+from .io import PLAIN_INPUTS, ExportedEngine, StepShapes
+from .onnx_export import trace, trace_plain, trace_step
 
 StepFn = Callable[..., Any]
 
@@ -55,6 +55,11 @@ def build_step_package(step: nn.Module, args: tuple[torch.Tensor, ...], path: Pa
     return aoti_package(trace_step(step, args, attention="sdpa"), args, path)
 
 
+def build_plain_package(step: nn.Module, args: tuple[torch.Tensor, ...], path: Path) -> Path:
+    plain_args = args[: len(PLAIN_INPUTS)]
+    return aoti_package(trace_plain(step, plain_args, attention="sdpa"), plain_args, path)
+
+
 def build_decoder_package(vae: nn.Module, latents: torch.Tensor, path: Path) -> Path:
     def decode(z: torch.Tensor) -> tuple[torch.Tensor]:
         return (decode_images(vae, z),)
@@ -74,20 +79,29 @@ def load_package(path: Path, device: torch.device | None = None) -> StepFn:
         raise UserError(f"cannot load AOTInductor package {path.name}: {str(e).splitlines()[0][:300]}") from None
 
 
-def jit_step(step: nn.Module, args: tuple[torch.Tensor, ...], mode: str | None = None) -> StepFn:
-    """torch.compile of the traced step (compiles on the first call; static shapes; fused denoiser
-    attention). ``mode`` "reduce-overhead" replays CUDA graphs."""
-    return torch.compile(trace_step(step, args, attention="sdpa"), mode=mode, dynamic=False, fullgraph=True)
+def jit_step(step: nn.Module, args: tuple[torch.Tensor, ...], mode: str | None = None, plain: bool = False) -> StepFn:
+    """torch.compile of the traced step, or with ``plain`` of the plain step (compiles on the first
+    call; static shapes; fused denoiser attention). ``mode`` "reduce-overhead" replays CUDA graphs."""
+    gm = trace_plain(step, args, attention="sdpa") if plain else trace_step(step, args, attention="sdpa")
+    return torch.compile(gm, mode=mode, dynamic=False, fullgraph=True)
 
 
 class CompiledEngine(ExportedEngine):
     backend = "compiled"
 
     def __init__(
-        self, fn: StepFn, manifest: dict[str, Any], decoder: StepFn | None = None, device: torch.device | str = "cpu"
+        self,
+        fn: StepFn,
+        manifest: dict[str, Any],
+        decoder: StepFn | None = None,
+        device: torch.device | str = "cpu",
+        plain_fn: StepFn | None = None,
     ):
         super().__init__(manifest, device)
         self.fn = fn
+        self.plain_fn = plain_fn
+        if plain_fn is None:
+            self.plain_steps = frozenset()
         self.decoder = decoder
         self.has_decoder = decoder is not None
 
@@ -102,27 +116,42 @@ class CompiledEngine(ExportedEngine):
                 f"this AOTInductor engine was compiled for {built_on}, not {dev.type}; "
                 f"re-export it with --device {dev.type}"
             )
-        fn = load_package(folder / manifest["graphs"]["step"], dev)
-        dec = manifest["graphs"].get("decoder")
-        return cls(fn, manifest, load_package(folder / dec, dev) if dec else None, dev)
+        graphs = manifest["graphs"]
+        fn = load_package(folder / graphs["step"], dev)
+        plain = load_package(folder / graphs["plain"], dev) if "plain" in graphs else None
+        dec = graphs.get("decoder")
+        return cls(fn, manifest, load_package(folder / dec, dev) if dec else None, dev, plain)
 
     @classmethod
     def jit(
         cls, step: nn.Module, shapes: StepShapes, example: tuple[torch.Tensor, ...], mode: str | None = None
     ) -> CompiledEngine:
         """torch.compile of the traced step in this process (no engine folder: benchmarks, tests)."""
-        manifest = {
+        manifest: dict[str, Any] = {
             "backend": "compiled",
             "mode": f"torch.compile {mode or 'default'}",
             "step": step.cfg.to_dict(),
             "shapes": shapes.as_dict(),
             "num_steps": len(step.schedule),
+            "graphs": {"step": "in-process"},
         }
-        return cls(jit_step(step, example, mode), manifest, device=example[0].device)
+        plain = None
+        if step.plain_steps:  # as an exported engine: the plain step compiled too
+            plain = jit_step(step, example[: len(PLAIN_INPUTS)], mode, plain=True)
+            manifest |= {
+                "graphs": {"step": "in-process", "plain": "in-process"},
+                "plain_steps": sorted(step.plain_steps),
+            }
+        return cls(jit_step(step, example, mode), manifest, device=example[0].device, plain_fn=plain)
 
     def _run(self, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         with torch.no_grad():
             return tuple(self.fn(*args))
+
+    def _run_plain(self, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        assert self.plain_fn is not None  # plain_steps is empty without it
+        with torch.no_grad():
+            return tuple(self.plain_fn(*args))
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -130,8 +159,11 @@ class CompiledEngine(ExportedEngine):
 
 
 def write_packages(inputs: ExportInputs) -> dict[str, Any]:
-    """AOTInductor packages of the traced step and, for latent models, of the decoder."""
+    """AOTInductor packages of the traced step, of the plain step where the step has plain indices,
+    and, for latent models, of the decoder."""
     graphs: dict[str, Any] = {"step": build_step_package(inputs.step, inputs.args, inputs.folder / "step.pt2").name}
+    if inputs.step.plain_steps:
+        graphs["plain"] = build_plain_package(inputs.step, inputs.args, inputs.folder / "plain.pt2").name
     if inputs.latents is not None:
         graphs["decoder"] = build_decoder_package(inputs.codec, inputs.latents, inputs.folder / "decoder.pt2").name
     return graphs

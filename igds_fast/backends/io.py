@@ -13,6 +13,7 @@ from ..sampling.engine import check_step_index
 
 STEP_INPUTS = ("x", "i", "y", "noise", "memory", "memory_mask")
 STEP_OUTPUTS = ("x_prev", "feats", "log_q", "h2")
+PLAIN_INPUTS = STEP_INPUTS[:4]  # the plain graph (the denoiser-only step) reads no memory
 
 
 @dataclass(frozen=True)
@@ -83,11 +84,8 @@ def prepare_inputs(
 ) -> tuple[torch.Tensor, ...]:
     """Move to the engine's device, cast to the graph dtypes, and refuse shapes the static engine was
     not built for."""
-    b, m = shapes.batch_size, shapes.memory_size
-    want = (b, shapes.channels, shapes.height, shapes.width)
-    if tuple(x.shape) != want or tuple(noise.shape) != want:
-        raise UserError(f"this engine was built for inputs {want}, got {tuple(x.shape)}; export one for this batch")
-    dev = device
+    head = prepare_plain_inputs(shapes, device, x, i, y, noise)
+    b, m, dev = shapes.batch_size, shapes.memory_size, device
     if memory is None or memory_mask is None:  # no earlier samples: an all-zero mask counts no pairs
         memory = torch.zeros(m, shapes.feat_dim, device=dev)
         memory_mask = torch.zeros(b, m, device=dev)
@@ -96,21 +94,38 @@ def prepare_inputs(
             f"this engine takes memory ({m}, {shapes.feat_dim}) and mask ({b}, {m}), got "
             f"{tuple(memory.shape)} and {tuple(memory_mask.shape)}; export with --memory-size to match"
         )
-    i_t = torch.as_tensor(i).reshape(1).to(device=dev, dtype=torch.int32)
-    return (
-        x.to(dev, torch.float32).contiguous(),
-        i_t,
-        y.to(device=dev, dtype=torch.int32).reshape(b),
-        noise.to(dev, torch.float32).contiguous(),
+    return head + (
         memory.to(dev, torch.float32).contiguous(),
         memory_mask.to(dev, torch.float32).contiguous(),
     )
 
 
+def prepare_plain_inputs(
+    shapes: StepShapes,
+    device: torch.device,
+    x: torch.Tensor,
+    i: torch.Tensor | int,
+    y: torch.Tensor,
+    noise: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """``prepare_inputs`` of the first four inputs: what the plain graph (no critic, no memory) reads."""
+    want = (shapes.batch_size, shapes.channels, shapes.height, shapes.width)
+    if tuple(x.shape) != want or tuple(noise.shape) != want:
+        raise UserError(f"this engine was built for inputs {want}, got {tuple(x.shape)}; export one for this batch")
+    return (
+        x.to(device, torch.float32).contiguous(),
+        torch.as_tensor(i).reshape(1).to(device=device, dtype=torch.int32),
+        y.to(device=device, dtype=torch.int32).reshape(shapes.batch_size),
+        noise.to(device, torch.float32).contiguous(),
+    )
+
+
 class ExportedEngine:
     """What every exported engine shares: its id, device and static shapes from the manifest, input
-    moves, checks and casts (``prepare_inputs``), and batch-padded decoding. Subclasses run the graph: ``_run``
-    (the step's six inputs -> its four outputs) and ``_decode`` (one static batch of latents)."""
+    moves, checks and casts (``prepare_inputs``), the plain path, and batch-padded decoding. Subclasses
+    run the graphs: ``_run`` (the step's six inputs -> its four outputs), ``_run_plain`` (the plain
+    graph's four inputs -> the same four outputs; only when the engine has one) and ``_decode`` (one
+    static batch of latents)."""
 
     backend = ""
     has_decoder = False
@@ -125,6 +140,10 @@ class ExportedEngine:
         self.feat_dim = self.shapes.feat_dim
         self.shape = (self.shapes.channels, self.shapes.height, self.shapes.width)
         self.num_steps = int(manifest["num_steps"])
+        # Where the plain graph gives the full step's x_{t-1} (``GuidedStep.plain_steps``, recorded at
+        # export); empty for an engine without one (exported before it existed, or nothing to skip).
+        has_plain = "plain" in manifest.get("graphs", {})
+        self.plain_steps = frozenset(int(k) for k in manifest.get("plain_steps", ())) if has_plain else frozenset()
 
     def step(
         self,
@@ -140,6 +159,18 @@ class ExportedEngine:
 
     __call__ = step
 
+    def plain(
+        self,
+        x: torch.Tensor,
+        i: torch.Tensor | int,
+        y: torch.Tensor,
+        noise: torch.Tensor,
+        *_memory: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, ...]:
+        """The plain graph: valid at the indices in ``plain_steps`` only (``sampling.engine.plain_path``)."""
+        check_step_index(i, self.num_steps)
+        return self._run_plain(prepare_plain_inputs(self.shapes, self.device, x, i, y, noise))
+
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)
         if not self.has_decoder:  # pixel space
@@ -147,6 +178,9 @@ class ExportedEngine:
         return run_in_batches(self._decode, x, self.batch_size).to(self.device)
 
     def _run(self, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def _run_plain(self, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:

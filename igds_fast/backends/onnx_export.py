@@ -22,7 +22,7 @@ from torch import nn
 from ..errors import UserError
 from ..guidance.step import step_index
 from ..models.vae import decode_images
-from .io import STEP_INPUTS, STEP_OUTPUTS
+from .io import PLAIN_INPUTS, STEP_INPUTS, STEP_OUTPUTS
 
 DEFAULT_OPSET = 18
 DOUBLE = 11  # onnx.TensorProto.DOUBLE
@@ -157,6 +157,14 @@ def trace_step(step: nn.Module, args: tuple[torch.Tensor, ...], attention: str =
         return trace(lambda *a: tuple(step(*a)), args, keep_sdpa=attention == "sdpa")
 
 
+def trace_plain(step: nn.Module, args: tuple[torch.Tensor, ...], attention: str = "math") -> torch.fx.GraphModule:
+    """``GuidedStep.plain`` (the denoiser-only step of the indices outside the window) as one FX graph
+    of the step's first four inputs (x, i, y, noise)."""
+    step.eval()
+    with denoiser_attention(step, attention), torch.no_grad():
+        return trace(lambda *a: tuple(step.plain(*a)), args[: len(PLAIN_INPUTS)], keep_sdpa=attention == "sdpa")
+
+
 def _split_fns(step: nn.Module) -> dict[str, tuple[Callable[..., Any], tuple[str, ...], tuple[str, ...]]]:
     """The step's parts (``GuidedStep.eps`` and ``.guidance_grad``) as graphs of their own, for
     comparing timings and errors part by part (not an engine)."""
@@ -208,6 +216,12 @@ def export_graph(
 def export_step(step: nn.Module, args: tuple[torch.Tensor, ...], path: Path, opset: int = DEFAULT_OPSET) -> Path:
     """The fused guided step as ONE graph: (x, i, y, noise, memory, memory_mask) -> 4 outputs."""
     return export_graph(trace_step(step, args), args, path, STEP_INPUTS, STEP_OUTPUTS, opset)
+
+
+def export_plain(step: nn.Module, args: tuple[torch.Tensor, ...], path: Path, opset: int = DEFAULT_OPSET) -> Path:
+    """The plain step as a graph of its own: (x, i, y, noise) -> the step's 4 outputs."""
+    plain_args = args[: len(PLAIN_INPUTS)]
+    return export_graph(trace_plain(step, plain_args), plain_args, path, PLAIN_INPUTS, STEP_OUTPUTS, opset)
 
 
 def export_split(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import torch
 from ..errors import UserError
 from . import onnx_export as ox
 from .backend import Backend, ExportInputs, LoadOptions
-from .io import STEP_INPUTS, ExportedEngine
+from .io import PLAIN_INPUTS, STEP_INPUTS, ExportedEngine
 
 # What --providers accepts, in the order "auto" prefers them. TensorRT EP is opt-in: its first
 # run builds an engine (minutes for a DiT), so nobody should get it by accident.
@@ -108,6 +109,20 @@ def open_session(path: Path, providers: list, threads: int | None = None) -> Any
 _NP = {torch.float32: np.float32, torch.float16: np.float16, torch.int32: np.int32, torch.int64: np.int64}
 
 
+@dataclass(frozen=True)
+class Graph:
+    """An open session with what every run needs of it, read once."""
+
+    session: Any
+    inputs: frozenset[str]  # the inputs the exporter kept (a graph without guidance may not read memory)
+    outputs: tuple[Any, ...]  # output metadata: names and static shapes
+
+    @classmethod
+    def open(cls, path: Path, providers: list, threads: int | None) -> Graph:
+        session = open_session(path, providers, threads)
+        return cls(session, frozenset(i.name for i in session.get_inputs()), tuple(session.get_outputs()))
+
+
 class OrtEngine(ExportedEngine):
     """On CUDA, inputs and outputs stay in GPU memory (IO binding) and ORT computes on torch's
     current stream of the device at load time; on CPU, tensors are shared with numpy (no copy)."""
@@ -132,54 +147,59 @@ class OrtEngine(ExportedEngine):
             device_id=device.index or 0,
             stream=self.stream.cuda_stream if self.stream is not None else None,
         )
-        self.session = open_session(folder / manifest["graphs"]["step"], plist, options.threads)
-        dec = manifest["graphs"].get("decoder")
-        self.decoder = open_session(folder / dec, plist, options.threads) if dec else None
+        graphs = manifest["graphs"]
+        self.graph = Graph.open(folder / graphs["step"], plist, options.threads)
+        self.plain_graph = Graph.open(folder / graphs["plain"], plist, options.threads) if "plain" in graphs else None
+        dec = graphs.get("decoder")
+        self.decoder = Graph.open(folder / dec, plist, options.threads) if dec else None
         self.has_decoder = self.decoder is not None
-        self.on_cuda = self.session.get_providers()[0] != "CPUExecutionProvider"
+        self.on_cuda = self.graph.session.get_providers()[0] != "CPUExecutionProvider"
         if device.type != "cuda" and self.on_cuda:
             raise UserError("an onnxruntime engine on a GPU provider needs --device cuda")
-        # Inputs the exporter kept (a graph without guidance may not read memory at all).
-        self.inputs = [i.name for i in self.session.get_inputs()]
-        self.outputs = [o.name for o in self.session.get_outputs()]
 
     def _run(self, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        named = dict(zip(STEP_INPUTS, args, strict=True))
+        return self._run_graph(self.graph, dict(zip(STEP_INPUTS, args, strict=True)))
+
+    def _run_plain(self, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        assert self.plain_graph is not None  # plain_steps is empty without it
+        return self._run_graph(self.plain_graph, dict(zip(PLAIN_INPUTS, args, strict=True)))
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        assert self.decoder is not None
+        return self._run_graph(self.decoder, {"latents": z.detach().float().contiguous()})[0]
+
+    def _run_graph(self, graph: Graph, named: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         if self.on_cuda:
-            return self._run_bound(self.session, named, self.session.get_outputs())
-        outs = self.session.run(self.outputs, {k: named[k].numpy() for k in self.inputs})
+            return self._run_bound(graph, named)
+        outs = graph.session.run(None, {k: v.numpy() for k, v in named.items() if k in graph.inputs})
         return tuple(torch.from_numpy(o) for o in outs)
 
-    def _run_bound(self, session: Any, args: dict[str, torch.Tensor], outputs: list[Any]) -> tuple[torch.Tensor, ...]:
+    def _run_bound(self, graph: Graph, args: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """IO binding: ORT reads and writes our CUDA tensors in place (no host round trip per step)."""
         dev = self.device
         if torch.cuda.current_stream(dev) != self.stream:
             # ORT computes on the stream it was opened with; make it wait for work queued elsewhere.
             torch.cuda.current_stream(dev).synchronize()
-        binding = session.io_binding()
+        binding = graph.session.io_binding()
         for name, t in args.items():
-            if name in {i.name for i in session.get_inputs()}:
+            if name in graph.inputs:
                 binding.bind_input(name, "cuda", dev.index or 0, _NP[t.dtype], list(t.shape), t.data_ptr())
         outs = []
-        for meta in outputs:
+        for meta in graph.outputs:
             t = torch.empty(meta.shape, dtype=torch.float32, device=dev)
             binding.bind_output(meta.name, "cuda", dev.index or 0, np.float32, list(t.shape), t.data_ptr())
             outs.append(t)
-        session.run_with_iobinding(binding)
+        graph.session.run_with_iobinding(binding)
         return tuple(outs)
-
-    def _decode(self, z: torch.Tensor) -> torch.Tensor:
-        z = z.detach().float().contiguous()
-        if self.on_cuda:
-            return self._run_bound(self.decoder, {"latents": z}, self.decoder.get_outputs())[0]
-        (images,) = self.decoder.run(None, {"latents": z.numpy()})
-        return torch.from_numpy(images)
 
 
 def write_onnx(inputs: ExportInputs) -> dict[str, Any]:
-    """The fused step graph and, for latent models, the decoder graph."""
+    """The fused step graph, the plain graph where the step has plain indices, and, for latent models,
+    the decoder graph."""
     ox.export_step(inputs.step, inputs.args, inputs.folder / "step.onnx", inputs.opset)
     graphs: dict[str, Any] = {"step": "step.onnx"}
+    if inputs.step.plain_steps:
+        graphs["plain"] = ox.export_plain(inputs.step, inputs.args, inputs.folder / "plain.onnx", inputs.opset).name
     if inputs.latents is not None:
         graphs["decoder"] = ox.export_decoder(
             inputs.codec, inputs.latents, inputs.folder / "decoder.onnx", inputs.opset

@@ -17,7 +17,7 @@ import torch
 from ..config import PRECISIONS
 from ..errors import UserError
 from .backend import Backend, ExportInputs, LoadOptions
-from .io import STEP_INPUTS, STEP_OUTPUTS, ExportedEngine
+from .io import PLAIN_INPUTS, STEP_INPUTS, STEP_OUTPUTS, ExportedEngine
 from .onnxruntime import write_onnx
 
 
@@ -193,13 +193,20 @@ class TrtEngine(ExportedEngine):
         dev = torch.device(options.device if options.device != "cpu" else "cuda")
         super().__init__(manifest, dev)
         folder = Path(engine_dir)
-        self.runner = TrtRunner(folder / manifest["graphs"]["step"], dev, options.cuda_graph)
-        dec = manifest["graphs"].get("decoder")
+        graphs = manifest["graphs"]
+        self.runner = TrtRunner(folder / graphs["step"], dev, options.cuda_graph)
+        self.plain_runner = TrtRunner(folder / graphs["plain"], dev, options.cuda_graph) if "plain" in graphs else None
+        dec = graphs.get("decoder")
         self.decoder = TrtRunner(folder / dec, dev, options.cuda_graph) if dec else None
         self.has_decoder = self.decoder is not None
 
     def _run(self, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         outs = self.runner(dict(zip(STEP_INPUTS, args, strict=True)))
+        return tuple(outs[name] for name in STEP_OUTPUTS)
+
+    def _run_plain(self, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        assert self.plain_runner is not None  # plain_steps is empty without it
+        outs = self.plain_runner(dict(zip(PLAIN_INPUTS, args, strict=True)))
         return tuple(outs[name] for name in STEP_OUTPUTS)
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -211,7 +218,7 @@ def write_plans(inputs: ExportInputs) -> dict[str, Any]:
     import_tensorrt()  # fail before minutes of export
     onnx = write_onnx(inputs)
     folder, cache = inputs.folder, inputs.folder / "timing.cache"
-    graphs: dict[str, Any] = {"onnx": {"step": onnx["step"], "decoder": onnx.get("decoder")}}
+    graphs: dict[str, Any] = {"onnx": {part: onnx.get(part) for part in ("step", "plain", "decoder")}}
     for part, name in onnx.items():
         plan = folder / (Path(name).stem + ".plan")
         graphs[part] = build_plan(folder / name, plan, inputs.precision, cache).name

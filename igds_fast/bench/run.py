@@ -107,8 +107,10 @@ def run_e2e(ctx: BenchContext, runner: Runner) -> dict[str, float]:
 
 
 def parity(ctx: BenchContext, runner: Runner, n: int) -> dict[str, float]:
-    """Largest relative error of each output against the eager fp32 GuidedStep, fresh inputs."""
+    """Largest relative error of each output against the eager fp32 GuidedStep, fresh inputs; with a
+    plain step, also its x_{t-1} at plain indices against the full step's ("plain_x_prev")."""
     ref_step = ctx.pipeline("fp32").step
+    plain, plain_steps = plain_path(runner.engine)
     worst: dict[str, float] = {}
     for k in range(n):
         args = ctx.inputs(10_000 + k)
@@ -117,6 +119,11 @@ def parity(ctx: BenchContext, runner: Runner, n: int) -> dict[str, float]:
         out = runner.engine.step(*args)
         for name, o, r in zip(STEP_OUTPUTS, out, ref, strict=True):
             worst[name] = max(worst.get(name, 0.0), rel_error(o, r))
+        if plain is not None:
+            args = ctx.inputs(20_000 + k, i=sorted(plain_steps)[k % len(plain_steps)])
+            with torch.no_grad():
+                ref = ref_step(*args)
+            worst["plain_x_prev"] = max(worst.get("plain_x_prev", 0.0), rel_error(plain(*args)[0], ref[0]))
     return worst
 
 

@@ -66,8 +66,8 @@ class BenchContext:
             self._pipes[dtype] = pipe
         return self._pipes[dtype]
 
-    def inputs(self, seed: int) -> tuple[torch.Tensor, ...]:
-        args = random_inputs(self.shapes, self.cfg.steps, self.labels, seed=self.cfg.seed * 7919 + seed)
+    def inputs(self, seed: int, i: int | None = None) -> tuple[torch.Tensor, ...]:
+        args = random_inputs(self.shapes, self.cfg.steps, self.labels, seed=self.cfg.seed * 7919 + seed, i=i)
         return tuple(a.to(self.device) for a in args)
 
 
@@ -199,7 +199,7 @@ def exported(ctx: BenchContext, name: str, precision: str | None = None) -> Runn
     notes = ["fused step only (one graph): no per-stage split", "built by export_engine, opened by load_engine"]
     notes.append("denoiser attention: " + ("spelled out (ONNX graph)" if row.onnx else "fused sdpa"))
     if name == "onnxruntime":
-        notes.append("providers: " + ", ".join(engine.session.get_providers()))
+        notes.append("providers: " + ", ".join(engine.graph.session.get_providers()))
     return Runner(engine, precision, notes)
 
 

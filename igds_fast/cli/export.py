@@ -54,7 +54,9 @@ def export(
     if verify:
         typer.echo("relative error ||engine - eager|| / ||eager|| on random inputs:")
         for r in verify_export(spec):
-            typer.echo(f"  step {r['i']:>4}: " + "  ".join(f"{k} {v:.2e}" for k, v in r.items() if k != "i"))
+            name = "plain" if r.get("graph") == "plain" else "step"
+            errors = "  ".join(f"{k} {v:.2e}" for k, v in r.items() if k not in ("i", "graph"))
+            typer.echo(f"  {name} {r['i']:>4}: {errors}")
 
 
 def doctor() -> None:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import step_identity, step_spellings
+from ..config import complete_step, step_identity, step_spellings
 from ..errors import UserError
 from ..imageio import encode_image, labelled_sheet, to_uint8, write_atomic
 from ..sampling import StepEngine, WorkUnit, class_units, run_class, shard_classes
@@ -165,13 +165,20 @@ def write_job_file(out: Path, cfg: DistillConfig, request: str | None, job: str 
     write_atomic(out / JOB_FILE, json.dumps(body, sort_keys=True).encode())
 
 
-def _differences(have: dict[str, Any], want: dict[str, Any]) -> str:
+def _differences(have: dict[str, Any], want: dict[str, Any], prefix: str = "") -> str:
+    """What differs, field by field (the step's fields one by one, an added field at its old value
+    where a record leaves it out): "step.clip_guard: 0.0 there, 0.5 here"."""
     parts = []
     for k in sorted(set(have) | set(want)):
-        if have.get(k) != want.get(k):
-            a, b = have.get(k), want.get(k)
+        a, b = have.get(k), want.get(k)
+        if k == "step" and isinstance(a, dict) and isinstance(b, dict):
+            a, b = complete_step(a), complete_step(b)
+            if a != b:
+                parts.append(_differences(a, b, "step."))
+        elif a != b:
             simple = all(isinstance(v, (str, int, float, type(None))) for v in (a, b))
-            parts.append(f"{k}: {a!r} there, {b!r} here" if simple and len(repr(a) + repr(b)) < 60 else k)
+            name = prefix + k
+            parts.append(f"{name}: {a!r} there, {b!r} here" if simple and len(repr(a) + repr(b)) < 60 else name)
     return "; ".join(parts)
 
 
@@ -238,8 +245,8 @@ def prepare_out(
             else:
                 why = "units of another configuration (its job file is missing or damaged)"
             raise UserError(
-                f"'{out}' holds a distill run with {why}; use another --out, the same options, "
-                "or --overwrite to replace it"
+                f"'{out}' holds a distill run with {why}; use another --out, the options it was begun "
+                "with (a default may have changed since), or --overwrite to replace it"
             )
         if locks is not None and not locks.alone():
             raise UserError(

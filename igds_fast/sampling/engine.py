@@ -46,8 +46,8 @@ class StepEngine(Protocol):
 
 def plain_path(engine: Any) -> tuple[Any, frozenset[int]]:
     """An engine's cheaper step for the indices where guidance adds nothing (``GuidedStep.plain_steps``):
-    (its ``plain`` step, those indices); (None, empty) for engines without one (every exported graph
-    computes the full step at every index)."""
+    (its ``plain`` step, those indices); (None, empty) for engines without one (an exported engine
+    without a plain graph: built before it existed, or a step with no plain indices)."""
     steps = getattr(engine, "plain_steps", frozenset())
     return (engine.plain, steps) if steps else (None, frozenset())
 
