@@ -29,7 +29,7 @@ GUIDANCE_WINDOW_HI = 300
 # (StepConfig.clip_guard): the judge's clipped share 0.067 -> 0.037 (guidance off 0.065, real images
 # 0.034) at no measurable downstream cost. It differentiates the VAE decoder at every guided step:
 # ~2x the embedded model's full step; for DiT-XL/2 with the SD VAE at 256 px the decoder's forward and
-# input-gradient are ~4x the CFG denoiser pass (FLOP count, never timed). --clip-guard 0 turns it off.
+# input-gradient are ~2.6x the CFG denoiser pass (a FLOP count, never timed). --clip-guard 0 turns it off.
 CLIP_GUARD = 0.5
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

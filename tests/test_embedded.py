@@ -177,7 +177,7 @@ def test_default_guidance_beats_guidance_off_under_an_independent_judge(tmp_path
     (guidance at t <= 300 only, the clip guard at 0.5) raises accuracy over guidance off, keeps coverage
     and the within-class spread at least at guidance off's, and clips fewer pixels: per image (the same
     noise in both sets) the mean difference of the share of values at 0 or 255 is below zero by more
-    than two paired standard errors. Without the clip guard (the default before 2026-12-05) it is level
+    than two paired standard errors. Without the clip guard (the default until session 11) it is level
     with off (within two paired standard errors; the full-window guidance of earlier releases, s 0.1
     beta 0.05: +0.021 against 2 x 0.009, which fails), and so is ``--moment-guard``. No image is
     near-constant.

@@ -46,6 +46,7 @@ class BenchConfig:
     backends: list[str] = field(default_factory=lambda: list(DEFAULT_BACKENDS))
     e2e_backends: list[str] | None = None  # None: every backend runs the full chain
     guidance: str = "igds"
+    clip_guard: float | None = None  # None: the step's default (config.CLIP_GUARD)
     warmup: int = 2
     repeats: int = 5
     device: str = "cpu"

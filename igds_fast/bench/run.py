@@ -70,6 +70,9 @@ def step_flops(models: BenchModels, cfg: BenchConfig, step: GuidedStep, step_cfg
         out["critic_vs_dit_xl2_cfg"] = 3 * crit / (2 * xl)
     if not isinstance(models.codec, PixelSpace):
         out["decode_per_image"] = decoder_flops(models.codec, step.shape)
+        if step.decoder is not None:  # the clip guard: the decoder's forward and input-gradient (~ a forward)
+            out["clip_guard_decoder_per_image"] = 2 * out["decode_per_image"]
+            out["per_step"] += b * out["clip_guard_decoder_per_image"]
     return out
 
 
@@ -233,6 +236,7 @@ def _run_bench(
         "machine": machine_facts(dev),
         "versions": library_versions(),
         "config": asdict(cfg),
+        "step": None,
         "models": None,
         "flops": None,
         "peak": None,
@@ -242,6 +246,7 @@ def _run_bench(
         models = build_models(cfg, Path(tmp))
         result["models"] = models.info
         ctx = BenchContext(cfg, models, Path(tmp))
+        result["step"] = ctx.step_cfg.to_dict()
         result["flops"] = step_flops(models, cfg, ctx.pipeline("fp32").step, ctx.step_cfg)
         if cfg.peak_tflops is not None:
             peak, how = cfg.peak_tflops * 1e12, "given (--peak-tflops)"

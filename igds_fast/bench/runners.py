@@ -49,7 +49,8 @@ class BenchContext:
         self.cfg, self.models, self.tmp = cfg, models, tmp
         self.device = torch.device(cfg.device)
         # beta > 0 so that the entropy term's gradient is part of what is timed
-        self.step_cfg: StepConfig = step_config(None, {"steps": str(cfg.steps), "guidance": cfg.guidance, "beta": 0.5})
+        options = {"steps": str(cfg.steps), "guidance": cfg.guidance, "beta": 0.5, "clip_guard": cfg.clip_guard}
+        self.step_cfg: StepConfig = step_config(None, options)
         self._pipes: dict[str, Pipeline] = {}
         self.labels = list(models.critic.config.class_ids) if models.critic is not None else CRITIC_CLASSES
         self.shapes = step_shapes(self.pipeline("fp32").step, cfg.batch_size, cfg.memory_size)

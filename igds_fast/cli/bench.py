@@ -9,6 +9,7 @@ import typer
 
 from ..bench.config import DEFAULT_BACKENDS, variant_names
 from ..errors import UserError
+from . import options as opt
 
 
 def parse_list(text: str, option: str) -> list[str]:
@@ -53,6 +54,7 @@ def register(app: typer.Typer) -> None:
             None, help="Backends that also run the full chain + decode + PNG (default: all; 'none' for none)."
         ),
         guidance: str = typer.Option("igds", help="igds (critic gradient in the step) or off."),
+        clip_guard: float | None = opt.clip_guard(),
         warmup: int = typer.Option(2, help="Untimed calls before timing."),
         repeats: int = typer.Option(5, help="Timed calls (median reported), fresh inputs each."),
         device: str = typer.Option("cpu", help="cpu or cuda[:N]."),
@@ -87,6 +89,7 @@ def register(app: typer.Typer) -> None:
             backends=parse_list(backends, "--backends"),
             e2e_backends=e2e,
             guidance=guidance,
+            clip_guard=clip_guard,
             warmup=warmup,
             repeats=repeats,
             device=device,
