@@ -32,7 +32,12 @@ igds-fast train-dit --data "$DATA/train" "${SUBSET_ARGS[@]}" --vae "$VAE" --reso
 dit=$!
 # The critics need only the denoiser's input space and class names: start once the first checkpoint exists.
 while [ ! -f "$OUT/dit/denoiser.safetensors" ]; do sleep 20; kill -0 $dit 2>/dev/null || { cat "$OUT/dit.log"; exit 1; }; done
-igds-fast train-critics --data "$DATA/train" --val "$DATA/val" "${SUBSET_ARGS[@]}" --denoiser "$OUT/dit/denoiser.safetensors" \
-  --vae "$VAE" --steps "$CRITIC_STEPS" --batch-size 64 --lr 2e-3 --width 128 --depth 3 --heads 4 --precision "$PRECISION" --out "$OUT/critic" \
-  "${CRITIC_AUG_ARGS[@]}" > "$OUT/critic.log" 2>&1
+# A finished critic (critic.json written, its train_state.pt removed) is kept: train-critics refuses to overwrite it.
+if [ -f "$OUT/critic/critic.json" ] && [ ! -f "$OUT/critic/train_state.pt" ]; then
+  echo "critics: $OUT/critic is finished; kept"
+else
+  igds-fast train-critics --data "$DATA/train" --val "$DATA/val" "${SUBSET_ARGS[@]}" --denoiser "$OUT/dit/denoiser.safetensors" \
+    --vae "$VAE" --steps "$CRITIC_STEPS" --batch-size 64 --lr 2e-3 --width 128 --depth 3 --heads 4 --precision "$PRECISION" \
+    --out "$OUT/critic" "${CRITIC_AUG_ARGS[@]}" > "$OUT/critic.log" 2>&1
+fi
 wait $dit

@@ -287,7 +287,11 @@ def test_train_autoencoder_few_steps(tmp_path: Path) -> None:
     with torch.no_grad():
         z = codec.encode(x)
     assert abs(float(z.std()) - 1) < 0.9  # scaled latents are O(1) (these inputs are not the training images)
-    # resuming continues the step count; another architecture in the same folder is refused
+    # a rerun of the finished run writes nothing (distill records the folder's hash; a rewrite gave another
+    # one on CIFAR-10); resuming continues the step count; another architecture in the same folder is refused
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert train_autoencoder(cfg, progress=False) == folder
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.is_file()} == written
     train_autoencoder(dataclasses.replace(cfg, steps=140), progress=False)
     logs = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs if "loss" in r][-2:] == [120, 140]

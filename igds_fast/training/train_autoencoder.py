@@ -175,6 +175,8 @@ def train_autoencoder(cfg: TrainAutoencoderConfig, progress: bool = True) -> Pat
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, elapsed = int(state["step"]), float(state["elapsed"])
+    if step >= cfg.steps and (out / "report.json").is_file() and (out / "vae").is_dir():
+        return out / "vae"  # finished: a rerun leaves the folder (and every hash taken of it) as it was
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)  # a resume gets a fresh stream
     pixels = cfg.resolution**2 * 3
     log = open(out / "log.jsonl", "a")  # noqa: SIM115 - held for the whole loop, closed at the end
