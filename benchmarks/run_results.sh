@@ -224,6 +224,12 @@ for (ipc, used, proto), counts in sorted(seen.items()):
     print(f"| {ipc} | {used} | {proto} | {seeds} |")
 EOF
 )
+# the evaluation precision of the results reported (REPORT_ONLY may report results trained in another)
+eval_precisions=$(python - "${RESULTS[@]}" <<'EOF'
+import json, sys
+print(" / ".join(sorted({json.load(open(p)).get("precision", "fp32") for p in sys.argv[1:]})) or "fp32")
+EOF
+)
 model="the embedded default ($(python -c 'import json; from igds_fast.models.embedded import embedded_path; print("latent DiT + its VAE + critics" if json.loads(embedded_path("embedded.json").read_text()).get("vae") else "pixel-space DiT + critics")'), igds_fast/data/MODEL_CARD.md)"
 [[ -n $DENOISER ]] && model="denoiser \`$DENOISER\`${CRITICS:+, critics \`$CRITICS\`}"
 engine_note="ONNX Runtime engines exported once per (method, IPC)"
@@ -236,7 +242,7 @@ Made by \`benchmarks/run_results.sh\` (commands at the end; per-stage seconds in
 \`$WORK/timings*.json\`, and each seed's in its results file). Imagenette, 10 classes; sets from $model, sampled with $STEPS respaced DDPM
 steps on $engine_note; distill seed $SEED. **Scaled down for a CPU** from the MinimaxDiffusion
 protocol (DESIGN §2, docs/evaluation.md): $NET at $RESOLUTION px instead of ConvNet-6 / ResNetAP-10 at
-224 px, evaluation training in $EVAL_PRECISION, and the epochs below (milestones at 2/3 and 5/6 of the epochs used):
+224 px, evaluation training in $eval_precisions (per cell: the note under the tables), and the epochs below (milestones at 2/3 and 5/6 of the epochs used):
 
 | IPC | epochs used | protocol epochs | seeds |
 |---|---|---|---|
