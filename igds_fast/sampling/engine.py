@@ -3,6 +3,8 @@
 An engine runs the guided step of ``igds_fast.guidance.step.GuidedStep`` (eager runs the module
 itself; the others run what was exported from it) plus the decoder, for one static configuration,
 on one device. It moves its inputs to that device itself, so callers may hand it CPU tensors.
+Optionally it also offers a plain step (``plain_steps``, ``plain``: the denoiser alone, where the full
+step adds exactly nothing), which ``plain_path`` hands to ``run_chain``.
 """
 
 from __future__ import annotations
