@@ -56,7 +56,7 @@ def export(
         for r in verify_export(spec):
             name = "plain" if r.get("graph") == "plain" else "step"
             errors = "  ".join(f"{k} {v:.2e}" for k, v in r.items() if k not in ("i", "graph"))
-            typer.echo(f"  {name} {r['i']:>4}: {errors}")
+            typer.echo(f"  {name:<5} {r['i']:>4}: {errors}")
 
 
 def doctor() -> None:
