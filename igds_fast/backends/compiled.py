@@ -99,9 +99,7 @@ class CompiledEngine(ExportedEngine):
     ):
         super().__init__(manifest, device)
         self.fn = fn
-        self.plain_fn = plain_fn
-        if plain_fn is None:
-            self.plain_steps = frozenset()
+        self.plain_fn = plain_fn  # present exactly when the manifest lists graphs.plain (load, jit)
         self.decoder = decoder
         self.has_decoder = decoder is not None
 

@@ -166,15 +166,16 @@ def write_job_file(out: Path, cfg: DistillConfig, request: str | None, job: str 
 
 
 def _differences(have: dict[str, Any], want: dict[str, Any], prefix: str = "") -> str:
-    """What differs, field by field (the step's fields one by one, an added field at its old value
-    where a record leaves it out): "step.clip_guard: 0.0 there, 0.5 here"."""
+    """What differs, field by field, nested records included (the step with its added fields at their
+    old values where a record leaves them out): "step.clip_guard: 0.0 there, 0.5 here", "models.vae"."""
     parts = []
     for k in sorted(set(have) | set(want)):
         a, b = have.get(k), want.get(k)
-        if k == "step" and isinstance(a, dict) and isinstance(b, dict):
+        if prefix == "" and k == "step" and isinstance(a, dict) and isinstance(b, dict):
             a, b = complete_step(a), complete_step(b)
+        if isinstance(a, dict) and isinstance(b, dict):
             if a != b:
-                parts.append(_differences(a, b, "step."))
+                parts.append(_differences(a, b, f"{prefix}{k}."))
         elif a != b:
             simple = all(isinstance(v, (str, int, float, type(None))) for v in (a, b))
             name = prefix + k
