@@ -22,6 +22,20 @@ def available_memory() -> int | None:
     return None
 
 
+def device_free_memory(device: object) -> int | None:
+    """Memory free where ``device`` (a torch.device) computes: the GPU's free memory on CUDA, the host's
+    available memory on the CPU; None where unknown (not checked)."""
+    kind = getattr(device, "type", str(device))
+    if kind == "cpu":
+        return available_memory()
+    if kind == "cuda":
+        import torch
+
+        with contextlib.suppress(RuntimeError):
+            return int(torch.cuda.mem_get_info(device)[0])
+    return None
+
+
 def gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 

@@ -17,9 +17,10 @@ import torch
 from PIL import Image
 
 from igds_fast import machine
+from igds_fast.augment import random_resized_crop_flip
 from igds_fast.cli import main
 from igds_fast.errors import UserError
-from igds_fast.evaluation.data import cutmix, random_resized_crop_flip
+from igds_fast.evaluation.data import cutmix
 from igds_fast.evaluation.networks import build_net, count_parameters
 from igds_fast.evaluation.report import README_BEGIN, README_END, write_report
 from igds_fast.evaluation.train import (

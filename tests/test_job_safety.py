@@ -18,9 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from igds_fast import cli as cli_module
 from igds_fast import machine
+from igds_fast.backends.eager import EagerEngine
+from igds_fast.config import StepConfig
 from igds_fast.errors import UserError
 from igds_fast.jobs import engine_cache, limits
 from igds_fast.jobs import job as job_mod
@@ -29,6 +33,10 @@ from igds_fast.jobs.image_manifest import read_image_manifest as read_manifest
 from igds_fast.jobs.lock import WriterLocks
 from igds_fast.jobs.run import run_job as run_request
 from igds_fast.jobs.verify import verify_set
+from igds_fast.models.embedded import resolve_models
+from igds_fast.models.flops import decoder_grad_bytes
+from igds_fast.models.vae import decode_unclipped
+from igds_fast.sampling.pipeline import build_pipeline
 
 from .test_distill import TWO, WNIDS, models, request, snapshot  # noqa: F401 (models is a fixture)
 
@@ -324,6 +332,54 @@ def test_the_issues_huge_ipc_is_refused_at_once_with_the_embedded_model(tmp_path
     code, _, stderr = main("distill", "--ipc", "10000000", "--out", tmp_path / "x", "--backend", "eager")
     assert code == 2 and "GiB" in stderr and len(stderr.strip().splitlines()) == 1, stderr
     assert time.perf_counter() - t0 < 20 and not (tmp_path / "x").exists()
+
+
+def test_a_batch_the_clip_guard_cannot_hold_is_refused_before_sampling(tmp_path, monkeypatch):
+    """The clip guard differentiates the decoder for the whole batch 35 steps into the first chunk: a
+    batch whose activations do not fit is refused once the engine is built, before any sampling."""
+    seen = []
+
+    def free(device):
+        seen.append(str(device))
+        return 64 * 2**20
+
+    monkeypatch.setattr(limits, "device_free_memory", free)
+    monkeypatch.setattr(limits, "available_memory", lambda: 128 * 2**30)  # the host checks pass
+    out = tmp_path / "x"
+    code, _, stderr = main("distill", "--ipc", "20", "--batch-size", "20", "--classes", "n01440764", "--out", out)
+    assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
+    for words in ("clip guard", "--batch-size 20", "per image", "64 MiB", "--clip-guard 0", "fits"):
+        assert words in stderr, stderr
+    assert seen == ["cpu"] and not out.exists()
+
+
+def test_clip_guard_memory_counts_what_autograd_keeps():
+    """The meta-device count per image equals what autograd saves decoding real latents (batch 2 minus
+    batch 1); the check needs batch x that with the guard, nothing without it, and names what fits."""
+    paths = resolve_models(None, None, None, "igds")
+    pipes = {c: build_pipeline(paths.denoiser, paths.vae, paths.critics, StepConfig(clip_guard=c)) for c in (0.5, 0)}
+    engines = {c: EagerEngine(p.step, p.vae) for c, p in pipes.items()}
+    vae = engines[0.5].codec
+
+    def saved(batch: int) -> int:
+        storages: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        z = torch.randn(batch, *engines[0.5].shape, requires_grad=True)
+        with sdpa_kernel(SDPBackend.MATH), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            decode_unclipped(vae, z)
+        return sum(storages.values())
+
+    per_image = decoder_grad_bytes(vae, engines[0.5].shape)
+    assert per_image == saved(2) - saved(1) and per_image > 4 * 3 * 64 * 64  # more than the fp32 image
+    assert limits.check_clip_guard_memory(engines[0.5], 7, have=1 << 40) == 7 * per_image
+    assert limits.check_clip_guard_memory(engines[0.0], 7, have=0) == 0  # no guard: nothing to refuse
+    have = int(1.5 * per_image / limits.MEMORY_HEADROOM)
+    with pytest.raises(UserError, match=r"--batch-size 7 on cpu .*about 1 fits"):
+        limits.check_clip_guard_memory(engines[0.5], 7, have=have)
 
 
 def test_disk_estimate_refuses_a_job_that_cannot_fit(models, tmp_path, monkeypatch):  # noqa: F811

@@ -94,6 +94,10 @@ def train_critics_cmd(
     ),
     shift: int = typer.Option(0, help="Augment: translate inputs by up to this many input positions (latent cells)."),
     t_power: float = typer.Option(1.0, help="Draw t = 1000 u^p: 1 uniform, 2 favours low noise (55%% below 300)."),
+    crops: int = typer.Option(
+        0, help="Augment: random-resized crops (scale 0.5-1) of each image, encoded once and cached beside it."
+    ),
+    ema: float = typer.Option(0.0, help="Decay of an exponential moving average of the weights, saved (0 = off)."),
 ) -> None:
     """Train the noise-conditional critics (class head + feature head) and fit kernel widths."""
     from ..models.embedded import resolve_models
@@ -104,7 +108,7 @@ def train_critics_cmd(
     from ..training.train_critic import TrainCriticConfig, train_critic
 
     # Everything that can be checked is checked before --out is created.
-    check_critic_options(steps, batch_size, lr, width, depth, heads, eval_images, feat_dim, shift, t_power)
+    check_critic_options(steps, batch_size, lr, width, depth, heads, eval_images, feat_dim, shift, t_power, crops, ema)
     check_precision(precision)
     check_folder(data, "--data")
     if val is not None:
@@ -144,6 +148,8 @@ def train_critics_cmd(
         compile=compile_model,
         shift=shift,
         t_power=t_power,
+        crops=crops,
+        ema=ema,
     )
     try:
         path = usual_mode(train_critic(cfg, model, codec, overwrite=overwrite))
@@ -200,6 +206,8 @@ def check_critic_options(
     feat_dim: int,
     shift: int = 0,
     t_power: float = 1.0,
+    crops: int = 0,
+    ema: float = 0.0,
 ) -> None:
     if steps < 1:
         raise UserError(f"--steps must be >= 1, got {steps}")
@@ -218,6 +226,10 @@ def check_critic_options(
         raise UserError(f"--shift must be >= 0 (input positions), got {shift}")
     if not (math.isfinite(t_power) and t_power > 0):
         raise UserError(f"--t-power must be a positive number (1 = uniform t), got {t_power}")
+    if crops < 0:
+        raise UserError(f"--crops must be >= 0 (crops per image), got {crops}")
+    if not (math.isfinite(ema) and 0 <= ema < 1):
+        raise UserError(f"--ema must be in [0, 1) (0 = off; e.g. 0.999), got {ema}")
 
 
 def pack_data_cmd(

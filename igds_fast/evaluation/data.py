@@ -1,4 +1,4 @@
-"""The evaluation's input pipeline as batched torch ops: normalisation and the protocol's augmentation.
+"""The evaluation's input pipeline as batched torch ops: normalisation and CutMix (the crop: ``augment``).
 
 The augmentation runs on whole batches on the training device, with every random draw from one
 CPU ``torch.Generator`` so that a seed fixes a run whatever the device.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -20,34 +19,6 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
     return (images.float() / 255.0 - mean) / std
-
-
-def random_resized_crop_flip(
-    images: torch.Tensor,
-    gen: torch.Generator,
-    scale: tuple[float, float] = (0.5, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-) -> torch.Tensor:
-    """RandomResizedCrop + horizontal flip for a batch, as one affine resampling (bilinear), same size out.
-
-    Crop area and log aspect ratio are drawn as torchvision draws them; a side that would exceed the
-    image is clamped instead of redrawn (torchvision retries 10 times, then center-crops).
-    """
-    n = images.shape[0]
-    area = torch.empty(n).uniform_(*scale, generator=gen)
-    aspect = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen).exp()
-    w = (area * aspect).sqrt().clamp(max=1.0)  # fractions of the image side
-    h = (area / aspect).sqrt().clamp(max=1.0)
-    cx = w / 2 + (1 - w) * torch.rand(n, generator=gen)
-    cy = h / 2 + (1 - h) * torch.rand(n, generator=gen)
-    flip = torch.rand(n, generator=gen) < 0.5
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = torch.where(flip, -w, w)  # a negative x scale mirrors the crop
-    theta[:, 0, 2] = 2 * cx - 1
-    theta[:, 1, 1] = h
-    theta[:, 1, 2] = 2 * cy - 1
-    grid = F.affine_grid(theta.to(images.device), list(images.shape), align_corners=False)
-    return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def cutmix(images: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:

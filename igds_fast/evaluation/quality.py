@@ -34,11 +34,12 @@ from PIL import Image, ImageOps
 from torch import nn
 from tqdm import tqdm
 
+from ..augment import random_resized_crop_flip
 from ..config import resolve_device
 from ..errors import UserError
 from ..imagefolder import IMAGE_SUFFIXES, check_decode_memory
 from ..machine import library_versions
-from .data import normalize, random_resized_crop_flip
+from .data import normalize
 from .networks import NET_NAMES, build_net
 
 K = 5  # the papers' k for the k-NN manifolds

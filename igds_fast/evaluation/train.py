@@ -15,12 +15,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..augment import random_resized_crop_flip
 from ..config import resolve_device
 from ..errors import UserError
 from ..imagefolder import load_split, match_classes, scan_image_folder
 from ..imageio import write_atomic
 from ..machine import library_versions
-from .data import cutmix, normalize, random_resized_crop_flip
+from .data import cutmix, normalize
 from .networks import build_net
 
 

@@ -6,6 +6,8 @@ step, so the feature memory of a class is ``steps x IPC x features x 4 B``, held
 chunks and the engine's padded memory input). Each image writer thread holds one resized image and
 its encoded bytes (``2 x R^2 x 3 B``). Disk: every image (PNG at most its raw size plus headers,
 JPEG about a quarter), the stored features of every unit, and a manifest row per image.
+The clip guard's decoder gradient (``check_clip_guard_memory``) is checked once the engine is built,
+against the memory where it computes (a GPU's included), before the first chunk.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..memory import available_memory, check_memory, gib
+from ..memory import MEMORY_HEADROOM, available_memory, check_memory, device_free_memory, gib
+from ..models.flops import decoder_grad_bytes
+from ..sampling.engine import StepEngine
 
 WRITER_THREADS = 2
 MANIFEST_ROW_BYTES = 256
@@ -94,3 +98,28 @@ def check_limits(
             "each guided against all earlier ones (work grows with IPC squared); use a smaller --ipc"
         )
     return {"memory_bytes": need_mem, "disk_bytes": need_disk}
+
+
+def check_clip_guard_memory(engine: StepEngine, batch: int, have: int | None = -1) -> int:
+    """Refuse a batch whose clip guard would not fit: at every guided step it differentiates the decoder
+    for the whole batch, keeping its activations (``decoder_grad_bytes`` per image; ~1.4 GiB fp32 for
+    the SD VAE at 256 px). Without this check an over-large batch fails at the first guided step, 35 of
+    50 steps into the first chunk. ``have``: the memory to compare with (default: free where the engine
+    computes). Returns the bytes needed (0: no clip guard, or an exported engine, which allocates its own)."""
+    decoder = getattr(getattr(engine, "module", None), "decoder", None)  # eager: the GuidedStep's
+    if decoder is None:
+        return 0
+    shape = tuple(engine.shape)
+    per_image = decoder_grad_bytes(decoder, shape)
+    need = batch * per_image
+    have = device_free_memory(engine.device) if have == -1 else have
+    if have is not None:
+        fits = max(1, int(MEMORY_HEADROOM * have) // max(per_image, 1))
+        check_memory(
+            need,
+            f"the activations the clip guard keeps for --batch-size {batch} on {engine.device} "
+            f"({gib(per_image)} per image)",
+            f"lower --batch-size (about {fits} fits) or pass --clip-guard 0",
+            have=have,
+        )
+    return need

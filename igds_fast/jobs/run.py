@@ -15,7 +15,7 @@ from ..errors import UserError
 from .distill import finalize, is_finished, run_distill
 from .events import QUIET, Events, show_progress
 from .job import DistillJob, build_engine, choose, distill_config, job_shape, model_hashes, request_key, run_info
-from .limits import check_limits
+from .limits import check_clip_guard_memory, check_limits
 from .lock import WriterLocks
 from .ray_runner import run_on_ray
 
@@ -55,6 +55,7 @@ def run_job(job: DistillJob, events: Events = QUIET) -> dict[str, Any]:
     engine = build_engine(job, choice, log=log)
     dcfg = distill_config(job, engine, choice, hashes)
     check_limits(job_shape(job, engine), job.out)
+    check_clip_guard_memory(engine, job.batch)
     if job.ray is not None:
         return base | run_on_ray(job, dcfg, run_info(job), request=request, events=events)
     try:

@@ -1,4 +1,5 @@
-"""FLOP counts of the models, from their configs (formulas) or counted by torch on the meta device."""
+"""FLOP counts of the models, from their configs (formulas) or counted by torch on the meta device, and
+the activation memory of the decoder's input-gradient (the clip guard's), counted the same way."""
 
 from __future__ import annotations
 
@@ -50,3 +51,37 @@ def decoder_flops(codec: nn.Module, shape: tuple[int, int, int]) -> int:
         return counted_flops(lambda: meta.decode(z))
     except Exception:  # some diffusers ops refuse meta tensors: count for real on one image
         return counted_flops(lambda: codec.decode(torch.zeros(1, *shape)))
+
+
+def decoder_grad_bytes(codec: nn.Module, shape: tuple[int, int, int]) -> int:
+    """Per-image bytes of the activations that the decoder's input-gradient keeps for its backward
+    (the clip guard's, at each guided step), in the codec's weights' dtype: the tensors autograd saves
+    while decoding a batch of 2 minus a batch of 1 (weights saved by the ops cancel), counted on the
+    meta device (no real compute). A lower bound of the peak: the backward's own buffers come on top."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from .vae import decode_unclipped
+
+    if not any(True for _ in codec.parameters()):
+        return 0  # pixel space: nothing to differentiate
+    meta = copy.deepcopy(codec).to("meta")
+
+    def saved(batch: int) -> int:
+        storages: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            s = t.untyped_storage()
+            storages[s._cdata] = s.nbytes()  # a tensor saved by several ops counts once
+            return t
+
+        z = torch.zeros(batch, *shape, device="meta", requires_grad=True)
+        with (
+            torch.enable_grad(),
+            sdpa_kernel(SDPBackend.MATH),
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        ):
+            out = decode_unclipped(meta, z)
+        del out
+        return sum(storages.values())
+
+    return saved(2) - saved(1)

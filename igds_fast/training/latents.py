@@ -1,6 +1,6 @@
 """Training images in the denoiser's space: [-1, 1] pixels, or a VAE's scaled latents, encoded once
 and cached under a key of the exact images and VAE weights (another VAE or image set never reuses
-them). train-dit and train-critics both read their data through ``encoded`` / ``encoded_pairs``."""
+them). train-dit and train-critics both read their data through ``encoded`` / ``encoded_views``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..augment import random_resized_crop_flip
 from ..imagefolder import to_model_range
 from ..models.vae import PixelSpace
 
@@ -41,9 +42,16 @@ def encoded(images: torch.Tensor, vae: nn.Module, cache: Path | None) -> torch.T
     return z
 
 
-def encoded_pairs(images: torch.Tensor, vae: nn.Module, cache: Path | None) -> torch.Tensor:
-    """(N, 2, C, H, W): every image and its mirror image in the denoiser's space. Both are encoded: a
-    mirrored latent is not the latent of the mirrored image, so a flip is only label-preserving here."""
-    both = torch.stack([images, images.flip(-1)], dim=1)
-    z = encoded(both.flatten(0, 1), vae, cache)
-    return z.reshape(len(images), 2, *z.shape[1:])
+def encoded_views(
+    images: torch.Tensor, vae: nn.Module, cache: Path | None, crops: int = 0, seed: int = 0
+) -> torch.Tensor:
+    """(N, 2 + crops, C, H, W): every image, its mirror image and ``crops`` random-resized crops (scale
+    0.5-1, randomly mirrored, drawn from ``seed``) in the denoiser's space. All are encoded: a mirrored
+    or resampled latent is not the latent of the mirrored or cropped image, so augmentation happens in
+    pixels, once, and the latents are cached."""
+    views = [images, images.flip(-1)]
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(crops):
+        views.append(random_resized_crop_flip(images, gen).round().clamp(0, 255).to(torch.uint8))
+    z = encoded(torch.stack(views, dim=1).flatten(0, 1), vae, cache)
+    return z.reshape(len(images), len(views), *z.shape[1:])

@@ -12,6 +12,7 @@ forward pass runs under bf16 autocast (losses in fp32) and the critic is compile
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -31,7 +32,7 @@ from ..models.labels import class_labels
 from ..models.vae import PixelSpace
 from .accel import autocast, autocast_dtype, compiled_forward
 from .data_pack import load_training_images
-from .latents import encoded, encoded_pairs
+from .latents import encoded, encoded_views
 from .losses import q_sample
 
 
@@ -63,6 +64,11 @@ class TrainCriticConfig:
     # t = floor(1000 u^t_power), u uniform: 1 = uniform t; 2 puts 55% of the draws at t < 300, where the
     # guidance's weight (the held-out bound) lies, instead of 30%.
     t_power: float = 1.0
+    # Augmentation: this many random-resized crops (scale 0.5-1, mirrored at random) of every training
+    # image, encoded once beside the image and its mirror image; each step draws one of the views.
+    crops: int = 0
+    # Exponential moving average of the weights (0 = off): the averaged critic is evaluated and saved.
+    ema: float = 0.0
 
 
 def load_encoded(
@@ -173,7 +179,7 @@ def train_critic(
     size, chans = int(denoiser.input_size), int(denoiser.in_channels)
     resolution = size * getattr(vae, "downsample", 1)
     images, y = load_training_images(cfg.data, cfg.wnids, resolution, cache_dir=out / "cache")
-    x = encoded_pairs(images, vae, out / "cache")  # (N, 2, C, H, W): each image and its mirror image
+    x = encoded_views(images, vae, out / "cache", cfg.crops, cfg.seed)  # (N, 2 + crops, C, H, W)
     if x.shape[2:] != (chans, size, size):
         raise UserError(f"encoded data has shape {tuple(x.shape[2:])}, the denoiser expects {(chans, size, size)}")
     if cfg.val is not None:
@@ -198,6 +204,7 @@ def train_critic(
     critic = NoiseCritic(ccfg).to(dev)
     tab = Schedule.create(1000).tables()
     untrained = evaluate_critic(critic.eval(), xv, yv, tab)
+    ema = copy.deepcopy(critic) if cfg.ema > 0 else None
     opt = torch.optim.AdamW(critic.parameters(), lr=cfg.lr, weight_decay=0.05)
     warm = max(1, cfg.steps // 20)  # linear warm-up over 5% of the steps, then cosine decay to 0
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -213,6 +220,8 @@ def train_critic(
         opt.load_state_dict(st["opt"])
         sched.load_state_dict(st["sched"])
         step = int(st["step"])
+        if ema is not None:
+            ema.load_state_dict(st["ema"])
     gen = torch.Generator(dev).manual_seed(cfg.seed * 7919 + step)
     amp = autocast_dtype(cfg.precision, dev)
     forward = compiled_forward(critic, cfg.compile, dev)
@@ -222,8 +231,11 @@ def train_critic(
     critic.train()
     while step < cfg.steps:
         idx = torch.randint(len(x), (cfg.batch_size,), generator=gen, device=dev)
-        flip = (torch.rand(len(idx), generator=gen, device=dev) < 0.5).long()  # the image or its mirror
-        x0, yb = random_shift(x[idx, flip], cfg.shift, gen), y[idx]
+        if x.shape[1] == 2:  # image or mirror: the draw of the recipe before --crops, so its critics reproduce
+            view = (torch.rand(len(idx), generator=gen, device=dev) < 0.5).long()
+        else:  # image, mirror or one of the crops
+            view = torch.randint(x.shape[1], (len(idx),), generator=gen, device=dev)
+        x0, yb = random_shift(x[idx, view], cfg.shift, gen), y[idx]
         t1, t2 = (sample_t(len(x0), cfg.t_power, gen, dev) for _ in range(2))
         v1 = q_sample(x0, t1, torch.randn(x0.shape, generator=gen, device=dev), tab_dev)
         v2 = q_sample(x0, t2, torch.randn(x0.shape, generator=gen, device=dev), tab_dev)
@@ -240,6 +252,9 @@ def train_critic(
         loss.backward()
         opt.step()
         sched.step()
+        if ema is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(list(ema.parameters()), list(critic.parameters()), 1 - cfg.ema)
         step += 1
         bar.update(1)
         if step % 25 == 0 or step == cfg.steps:  # .item() waits for the device: not every step
@@ -253,10 +268,12 @@ def train_critic(
                 "step": step,
                 "config": cfg_key,
             }
+            if ema is not None:
+                st["ema"] = ema.state_dict()
             torch.save(st, state_path.with_suffix(".tmp"))
             state_path.with_suffix(".tmp").replace(state_path)
     bar.close()
-    critic.eval()
+    critic = (critic if ema is None else ema).eval()
     fit_kernel_widths(critic, xv, yv, tab)
     trained = evaluate_critic(critic, xv, yv, tab)
     metrics = {

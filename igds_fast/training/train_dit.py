@@ -31,7 +31,7 @@ from ..models.loading import save_denoiser
 from ..models.vae import load_vae
 from .accel import autocast, autocast_dtype, compiled_forward
 from .data_pack import load_training_images
-from .latents import encoded_pairs
+from .latents import encoded_views
 from .losses import hybrid_loss, q_sample
 
 # Presets for small pixel/latent models (name -> hidden, depth, heads, patch).
@@ -107,7 +107,7 @@ def build_model(cfg: TrainDiTConfig, in_channels: int, input_size: int) -> DiT:
 
 def training_data(images: torch.Tensor, vae: str | None, cache: Path) -> torch.Tensor:
     """(N, 2, C, H, W): every image and its mirror image in the VAE's scaled latents."""
-    return encoded_pairs(images, load_vae(vae).eval(), cache)
+    return encoded_views(images, load_vae(vae).eval(), cache)
 
 
 def _save_state(path: Path, state: dict) -> None:
