@@ -408,6 +408,47 @@ def test_train_critics_from_a_pack(image_folder: Path, tmp_path: Path) -> None:
     assert critic.config.wnids == WNIDS
 
 
+def test_encoded_views_are_the_image_its_mirror_and_seeded_crops() -> None:
+    """Views 0 and 1 are what train-dit always encoded (so its cache keys hold); the crops are encoded
+    crops of the image (not resampled latents), fixed by the seed."""
+    from igds_fast.imagefolder import to_model_range
+    from igds_fast.models.vae import PixelSpace
+    from igds_fast.training.latents import encoded_views
+
+    images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    plain = encoded_views(images, PixelSpace(), None)
+    assert plain.shape == (3, 2, 3, 16, 16)
+    assert torch.equal(plain[:, 0], to_model_range(images)) and torch.equal(
+        plain[:, 1], to_model_range(images.flip(-1))
+    )
+    a, b, c = (encoded_views(images, PixelSpace(), None, crops=2, seed=s) for s in (0, 0, 1))
+    assert a.shape == (3, 4, 3, 16, 16) and torch.equal(a[:, :2], plain)
+    assert torch.equal(a, b) and not torch.equal(a[:, 2:], c[:, 2:])
+    assert all(not torch.equal(a[:, k], a[:, j]) for k in (2, 3) for j in (0, 1))
+
+
+def test_critic_ema_saves_the_averaged_weights(image_folder: Path, tmp_path: Path) -> None:
+    """With --ema near 1 the saved critic stays at its initial weights while the trained one moves."""
+    from igds_fast.models.critics import NoiseCritic, load_critic
+    from igds_fast.models.dit import DiT, DiTConfig
+    from igds_fast.models.vae import PixelSpace
+    from igds_fast.training.train_critic import TrainCriticConfig, train_critic
+
+    den = DiT(DiTConfig(input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2,
+                        num_classes=2, wnids=WNIDS))  # fmt: skip
+    critics = {}
+    for ema in (0.0, 1 - 1e-9):
+        cfg = TrainCriticConfig(data=str(image_folder), wnids=WNIDS, out=str(tmp_path / f"c{ema}"), steps=3,
+                                batch_size=4, lr=1e-2, width=16, depth=1, heads=2, feat_dim=4, eval_images=4,
+                                crops=1, ema=ema)  # fmt: skip
+        critics[ema] = load_critic(train_critic(cfg, den, PixelSpace(), progress=False))
+    torch.manual_seed(0)  # the trainer's seed: the initial weights
+    init = dict(NoiseCritic(critics[0.0].config).named_parameters())
+    averaged, trained = (dict(critics[e].named_parameters()) for e in (1 - 1e-9, 0.0))
+    assert all(torch.allclose(averaged[n], w, atol=1e-6) for n, w in init.items())
+    assert any(not torch.allclose(trained[n], w) for n, w in init.items())
+
+
 @pytest.mark.slow
 def test_train_dit_compiled_on_the_cpu(image_folder: Path, tmp_path: Path) -> None:
     """--compile (the CUDA default) through torch.compile on the CPU: trains, and saves plain keys."""
