@@ -160,7 +160,7 @@ fi
 # ---- Stage 1 ---------------------------------------------------------------------------------------
 echo "== Stage 1: ${S1_MODEL[*]}, $DEV, $DTYPE, IGDS every step, $S1_STEPS steps, decode + PNG"
 # --clip-guard 0: the default clip guard differentiates the VAE decoder at 256 px in every guided step
-# (~2.6x the CFG pass in FLOPs, 0.9 GB of bf16 activations per image kept for the gradient: b256 would not
+# (~2.6x the CFG pass in FLOPs, 0.71 GiB of bf16 activations per image kept for the gradient: b256 would not
 # fit); stage 0 runs the default guard on the GPU, and these rows stay comparable with earlier designs.
 COMMON=("${S1_MODEL[@]}" --random-weights --steps "$S1_STEPS" --device "$DEV" --dtype "$DTYPE" --parity-inputs 1
   --clip-guard 0)
