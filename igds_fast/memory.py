@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+import torch
+
 from .errors import UserError
 
 MEMORY_HEADROOM = 0.8  # refuse work estimated past this share of the memory available now
@@ -29,8 +31,6 @@ def device_free_memory(device: object) -> int | None:
     if kind == "cpu":
         return available_memory()
     if kind == "cuda":
-        import torch
-
         with contextlib.suppress(RuntimeError):
             return int(torch.cuda.mem_get_info(device)[0])
     return None

@@ -9,8 +9,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .dit import DiTConfig
+from .vae import decode_unclipped
 
 
 def dit_forward_flops(c: DiTConfig) -> int:
@@ -58,10 +60,6 @@ def decoder_grad_bytes(codec: nn.Module, shape: tuple[int, int, int]) -> int:
     (the clip guard's, at each guided step), in the codec's weights' dtype: the tensors autograd saves
     while decoding a batch of 2 minus a batch of 1 (weights saved by the ops cancel), counted on the
     meta device (no real compute). A lower bound of the peak: the backward's own buffers come on top."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    from .vae import decode_unclipped
-
     if not any(True for _ in codec.parameters()):
         return 0  # pixel space: nothing to differentiate
     meta = copy.deepcopy(codec).to("meta")
