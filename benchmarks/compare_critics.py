@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from igds_fast.diffusion.schedule import Schedule
@@ -67,36 +68,42 @@ def training_rows(paths: dict[str, Path], train: Path, images: int, cache: Path)
     return out
 
 
-def gap_table(rows: dict[str, dict], train: dict[str, dict]) -> str:
+def bucket_table(
+    rows: dict[str, dict], columns: tuple[str, str], cell: Callable[[str, int], str], totals: list[tuple[str, Callable]]
+) -> str:
+    """Markdown: one line per t bucket, two columns per critic (``cell(name, bucket)`` -> "a | b"), then ``totals``."""
     names = list(rows)
-    lines = ["| t | " + " | ".join(f"{n} train acc | {n} held-out acc" for n in names) + " |"]
+    lines = ["| t | " + " | ".join(f"{n} {columns[0]} | {n} {columns[1]}" for n in names) + " |"]
     lines.append("|---" * (1 + 2 * len(names)) + "|")
     for k, b in enumerate(rows[names[0]]["buckets"]):
-        cells = [f"{train[n]['buckets'][k]['acc']:.3f} | {rows[n]['buckets'][k]['acc']:.3f}" for n in names]
-        lines.append(f"| {b['t'][0]}-{b['t'][1]} | " + " | ".join(cells) + " |")
-    cells = [f"{train[n]['acc_t_below_300']:.3f} | {rows[n]['acc_t_below_300']:.3f}" for n in names]
-    lines.append("| t < 300 (mean of buckets) | " + " | ".join(cells) + " |")
+        lines.append(f"| {b['t'][0]}-{b['t'][1]} | " + " | ".join(cell(n, k) for n in names) + " |")
+    for label, total in totals:
+        lines.append(f"| {label} | " + " | ".join(total(n) for n in names) + " |")
     return "\n".join(lines)
+
+
+def pair(a: float, b: float) -> str:
+    return f"{a:.3f} | {b:.3f}"
+
+
+LOW_T = "t < 300 (mean of buckets)"
+
+
+def gap_table(rows: dict[str, dict], train: dict[str, dict]) -> str:
+    acc = ("train acc", "held-out acc")
+    cell = lambda n, k: pair(train[n]["buckets"][k]["acc"], rows[n]["buckets"][k]["acc"])  # noqa: E731
+    return bucket_table(
+        rows, acc, cell, [(LOW_T, lambda n: pair(train[n]["acc_t_below_300"], rows[n]["acc_t_below_300"]))]
+    )
 
 
 def markdown(rows: dict[str, dict]) -> str:
-    names = list(rows)
-    lines = ["| t | " + " | ".join(f"{n} acc | {n} bound" for n in names) + " |"]
-    lines.append("|---" * (1 + 2 * len(names)) + "|")
-    for k, b in enumerate(rows[names[0]]["buckets"]):
-        cells = [f"{rows[n]['buckets'][k]['acc']:.3f} | {rows[n]['buckets'][k]['ba_bound_nats']:.3f}" for n in names]
-        lines.append(f"| {b['t'][0]}-{b['t'][1]} | " + " | ".join(cells) + " |")
-    lines.append(
-        "| t < 300 (mean of buckets) | "
-        + " | ".join(f"{rows[n]['acc_t_below_300']:.3f} | {rows[n]['bound_t_below_300']:.3f}" for n in names)
-        + " |"
-    )
-    lines.append(
-        "| all (mean acc, pooled bound) | "
-        + " | ".join(f"{rows[n]['acc_mean']:.3f} | {rows[n]['ba_bound_nats']:.3f}" for n in names)
-        + " |"
-    )
-    return "\n".join(lines)
+    cell = lambda n, k: pair(rows[n]["buckets"][k]["acc"], rows[n]["buckets"][k]["ba_bound_nats"])  # noqa: E731
+    totals = [
+        (LOW_T, lambda n: pair(rows[n]["acc_t_below_300"], rows[n]["bound_t_below_300"])),
+        ("all (mean acc, pooled bound)", lambda n: pair(rows[n]["acc_mean"], rows[n]["ba_bound_nats"])),
+    ]
+    return bucket_table(rows, ("acc", "bound"), cell, totals)
 
 
 def main() -> None:
