@@ -348,9 +348,18 @@ def test_a_batch_the_clip_guard_cannot_hold_is_refused_before_sampling(tmp_path,
     out = tmp_path / "x"
     code, _, stderr = main("distill", "--ipc", "20", "--batch-size", "20", "--classes", "n01440764", "--out", out)
     assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
-    for words in ("clip guard", "--batch-size 20", "per image", "64 MiB", "--clip-guard 0", "fits"):
+    for words in ("clip guard", "a batch of 20", "per image", "64 MiB", "lower --batch-size", "--clip-guard 0", "fits"):
         assert words in stderr, stderr
     assert seen == ["cpu"] and not out.exists()
+
+
+def test_sample_checks_the_clip_guards_memory_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(limits, "device_free_memory", lambda device: 32 * 2**20)
+    out = tmp_path / "grid.png"
+    args = ["--classes", "0", "--n-per-class", "12", "--batch-size", "12", "--guidance", "igds", "--out", out]
+    code, _, stderr = main("sample", *args)
+    assert code == 2 and "a batch of 12" in stderr and "--clip-guard 0" in stderr, stderr
+    assert not out.exists()
 
 
 def test_clip_guard_memory_counts_what_autograd_keeps():
@@ -378,7 +387,7 @@ def test_clip_guard_memory_counts_what_autograd_keeps():
     assert limits.check_clip_guard_memory(engines[0.5], 7, have=1 << 40) == 7 * per_image
     assert limits.check_clip_guard_memory(engines[0.0], 7, have=0) == 0  # no guard: nothing to refuse
     have = int(1.5 * per_image / limits.MEMORY_HEADROOM)
-    with pytest.raises(UserError, match=r"--batch-size 7 on cpu .*about 1 fits"):
+    with pytest.raises(UserError, match=r"a batch of 7 on cpu .*about 1 fits"):
         limits.check_clip_guard_memory(engines[0.5], 7, have=have)
 
 

@@ -102,10 +102,11 @@ def check_limits(
 
 def check_clip_guard_memory(engine: StepEngine, batch: int, have: int | None = -1) -> int:
     """Refuse a batch whose clip guard would not fit: at every guided step it differentiates the decoder
-    for the whole batch, keeping its activations (``decoder_grad_bytes`` per image; ~1.4 GiB fp32 for
-    the SD VAE at 256 px). Without this check an over-large batch fails at the first guided step, 35 of
-    50 steps into the first chunk. ``have``: the memory to compare with (default: free where the engine
-    computes). Returns the bytes needed (0: no clip guard, or an exported engine, which allocates its own)."""
+    for the whole batch (a chunk of one class: at most --batch-size and IPC), keeping its activations
+    (``decoder_grad_bytes`` per image; ~1.4 GiB fp32 for the SD VAE at 256 px). Without this check an
+    over-large batch fails at the first guided step, 35 of 50 steps into the first chunk. ``have``: the
+    memory to compare with (default: free where the engine computes). Returns the bytes needed (0: no
+    clip guard, or an exported engine, which allocates its own)."""
     decoder = getattr(getattr(engine, "module", None), "decoder", None)  # eager: the GuidedStep's
     if decoder is None:
         return 0
@@ -117,7 +118,7 @@ def check_clip_guard_memory(engine: StepEngine, batch: int, have: int | None = -
         fits = max(1, int(MEMORY_HEADROOM * have) // max(per_image, 1))
         check_memory(
             need,
-            f"the activations the clip guard keeps for --batch-size {batch} on {engine.device} "
+            f"the activations the clip guard keeps for a batch of {batch} on {engine.device} "
             f"({gib(per_image)} per image)",
             f"lower --batch-size (about {fits} fits) or pass --clip-guard 0",
             have=have,

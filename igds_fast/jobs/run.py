@@ -55,7 +55,7 @@ def run_job(job: DistillJob, events: Events = QUIET) -> dict[str, Any]:
     engine = build_engine(job, choice, log=log)
     dcfg = distill_config(job, engine, choice, hashes)
     check_limits(job_shape(job, engine), job.out)
-    check_clip_guard_memory(engine, job.batch)
+    check_clip_guard_memory(engine, min(job.batch, job.ipc))  # a chunk never mixes classes
     if job.ray is not None:
         return base | run_on_ray(job, dcfg, run_info(job), request=request, events=events)
     try:

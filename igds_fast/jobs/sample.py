@@ -14,6 +14,7 @@ from ..errors import UserError
 from ..memory import check_memory
 from ..sampling import class_units, run_class
 from ..sampling.pipeline import Pipeline, build_pipeline
+from .limits import check_clip_guard_memory
 
 
 def sample_pipeline(
@@ -63,6 +64,7 @@ def sample_classes(
     if init_noise is not None and not np.isfinite(init_noise).all():
         raise UserError("--init-noise holds NaN or infinite values")
     engine = EagerEngine(pipe.step, pipe.vae)
+    check_clip_guard_memory(engine, min(batch_size, n_per_class))  # a chunk never mixes classes
     bar = tqdm(total=total * engine.num_steps, desc="sampling", unit="step", disable=not progress, leave=False)
     latents, images, log_q, h2 = [], [], [], []
     for k, label in enumerate(labels):
