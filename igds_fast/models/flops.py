@@ -43,11 +43,22 @@ def counted_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
+def meta_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose parameters and buffers live on the meta device (shapes and dtypes, no
+    storage): counting on it neither computes nor duplicates the weights (on a GPU, not even briefly)."""
+    memo: dict[int, Any] = {}
+    for p in module.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+    for b in module.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(module, memo)
+
+
 def decoder_flops(codec: nn.Module, shape: tuple[int, int, int]) -> int:
     """Per-image decode FLOPs, counted on the meta device (no real compute)."""
     if not any(True for _ in codec.parameters()):
         return 0
-    meta = copy.deepcopy(codec).to("meta")
+    meta = meta_copy(codec)
     z = torch.zeros(1, *shape, device="meta")
     try:
         return counted_flops(lambda: meta.decode(z))
@@ -62,7 +73,7 @@ def decoder_grad_bytes(codec: nn.Module, shape: tuple[int, int, int]) -> int:
     meta device (no real compute). A lower bound of the peak: the backward's own buffers come on top."""
     if not any(True for _ in codec.parameters()):
         return 0  # pixel space: nothing to differentiate
-    meta = copy.deepcopy(codec).to("meta")
+    meta = meta_copy(codec)
 
     def saved(batch: int) -> int:
         storages: dict[int, int] = {}

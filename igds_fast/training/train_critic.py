@@ -231,7 +231,7 @@ def train_critic(
     critic.train()
     while step < cfg.steps:
         idx = torch.randint(len(x), (cfg.batch_size,), generator=gen, device=dev)
-        if x.shape[1] == 2:  # image or mirror: the draw of the recipe before --crops, so its critics reproduce
+        if cfg.crops == 0:  # image or mirror: the draw of the recipe before --crops, so its critics reproduce
             view = (torch.rand(len(idx), generator=gen, device=dev) < 0.5).long()
         else:  # image, mirror or one of the crops
             view = torch.randint(x.shape[1], (len(idx),), generator=gen, device=dev)
@@ -254,7 +254,8 @@ def train_critic(
         sched.step()
         if ema is not None:
             with torch.no_grad():
-                torch._foreach_lerp_(list(ema.parameters()), list(critic.parameters()), 1 - cfg.ema)
+                for avg, p in zip(ema.parameters(), critic.parameters(), strict=True):
+                    avg.lerp_(p, 1 - cfg.ema)
         step += 1
         bar.update(1)
         if step % 25 == 0 or step == cfg.steps:  # .item() waits for the device: not every step
