@@ -128,6 +128,16 @@ def test_dit_flops_formula():
     assert dit_forward_flops(c) - counted == 2 * c.depth * c.num_heads * n * n
 
 
+@pytest.mark.parametrize("arch", ["vit", "conv"])
+def test_critic_flops_formula_matches_torchs_counter(arch):
+    """Matmuls, attention and convolutions exactly as torch counts them."""
+    cfg = CriticConfig(in_channels=4, input_size=16, patch_size=2, width=32, depth=2, heads=2, arch=arch,
+                       class_ids=CRITIC_CLASSES)  # fmt: skip
+    critic = random_critic(cfg, 0)
+    counted = counted_flops(lambda: critic(torch.zeros(1, 4, 16, 16), torch.zeros(1)))
+    assert critic.flops_per_image() == counted > 0
+
+
 def test_critic_is_small_next_to_xl2():
     cfg = BenchConfig(model="dit-xl2", resolution=256).validate()
     critic = random_critic(

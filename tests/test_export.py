@@ -64,6 +64,16 @@ def tiny_critic(seed: int) -> NoiseCritic:
     return critic
 
 
+def tiny_conv_critic(seed: int) -> NoiseCritic:
+    torch.manual_seed(seed)
+    cfg = CriticConfig(in_channels=3, input_size=16, width=8, depth=1, feat_dim=8, arch="conv", class_ids=CLASSES)
+    critic = NoiseCritic(cfg)
+    for m in critic.modules():  # the t-modulation starts at zero: randomise so t matters
+        if hasattr(m, "ada"):
+            torch.nn.init.normal_(m.ada.weight, std=0.05)
+    return critic
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("models")
@@ -139,6 +149,21 @@ def test_ort_step_matches_eager(models, engines, guidance: str, batch: int) -> N
         if guidance == "igds":  # the graph really carries the critic gradient
             unguided = eager_step(models, OFF)(*args)[0]
             assert rel_error(unguided, ref[0]) > 100 * errs[0]
+
+
+def test_conv_critic_step_exports_as_the_eager_step(models, tmp_path: Path) -> None:
+    """A conv critic's input-gradient (transposed convolutions, GroupNorm backward) is part of the one graph."""
+    conv = {**models, "critics": save_critic(tiny_conv_critic(3), tmp_path / "conv.safetensors")}
+    step = eager_step(conv, GUIDED)
+    engine = load_engine(export_engine(spec(conv, tmp_path / "e", GUIDED, 2)))
+    shapes = step_shapes(step, 2, 6)
+    for k, i in enumerate((45, 3)):
+        args = random_inputs(shapes, 50, example_labels(step), seed=200 + k, i=i)
+        with torch.no_grad():
+            ref = step(*args)
+        errs = [rel_error(o, r) for o, r in zip(engine.step(*args), ref, strict=True)]
+        assert max(errs) < 1e-4, (i, errs)
+        assert rel_error(eager_step(conv, OFF)(*args)[0], ref[0]) > 100 * errs[0]
 
 
 def test_nan_never_passes() -> None:

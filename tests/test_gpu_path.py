@@ -392,7 +392,8 @@ def test_train_dit_from_a_pack_is_the_image_folder_run(image_folder: Path, tmp_p
         train_dit(tiny_dit_config(pack, tmp_path / "d", precision="fp8"), progress=False)
 
 
-def test_train_critics_from_a_pack(image_folder: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("arch", ["vit", "conv"])
+def test_train_critics_from_a_pack(image_folder: Path, tmp_path: Path, arch: str) -> None:
     from igds_fast.models.critics import load_critic
     from igds_fast.models.dit import DiT, DiTConfig
     from igds_fast.models.vae import PixelSpace
@@ -403,9 +404,9 @@ def test_train_critics_from_a_pack(image_folder: Path, tmp_path: Path) -> None:
     den = DiT(DiTConfig(input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2,
                         num_classes=2, wnids=WNIDS))  # fmt: skip
     cfg = TrainCriticConfig(data=str(pack), wnids=WNIDS, out=str(tmp_path / "c"), steps=2, batch_size=4, width=16,
-                            depth=1, heads=2, feat_dim=4, eval_images=4, precision="bf16")  # fmt: skip
+                            depth=1, heads=2, feat_dim=4, eval_images=4, precision="bf16", arch=arch)  # fmt: skip
     critic = load_critic(train_critic(cfg, den, PixelSpace(), progress=False))
-    assert critic.config.wnids == WNIDS
+    assert critic.config.wnids == WNIDS and critic.config.arch == arch
 
 
 def test_encoded_views_are_the_image_its_mirror_and_seeded_crops() -> None:

@@ -4,6 +4,7 @@ the bounds the right way with a critic trained on real Imagenette."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -28,7 +29,7 @@ from igds_fast.guidance.step import (
     prototype_weights,
     unit_rms,
 )
-from igds_fast.models.critics import CriticConfig, NoiseCritic, load_critic
+from igds_fast.models.critics import CriticConfig, NoiseCritic, load_critic, save_critic
 from igds_fast.models.dit import DiT, DiTConfig
 from igds_fast.sampling import run_chain
 from igds_fast.seeds import SampleNoise, sample_seed
@@ -76,15 +77,16 @@ class GaussianDenoiser(torch.nn.Module):
         return torch.cat([eps, torch.zeros_like(eps)], dim=1)
 
 
-def random_critic(size: int = 16, seed: int = 1) -> NoiseCritic:
+def random_critic(size: int = 16, seed: int = 1, arch: str = "vit") -> NoiseCritic:
     c = NoiseCritic(
         CriticConfig(
             in_channels=3,
             input_size=size,
             patch_size=4,
-            width=32,
+            width=32 if arch == "vit" else 8,
             depth=1,
             heads=2,
+            arch=arch,
             feat_dim=8,
             class_ids=list(range(10)),
             wnids=WNIDS,
@@ -105,10 +107,11 @@ def _fd_check(fn, z: torch.Tensor, grad: torch.Tensor, g: torch.Generator) -> No
         assert abs(fd - analytic) <= 1e-6 * max(1.0, abs(float(analytic)))
 
 
+@pytest.mark.parametrize("arch", ["vit", "conv"])
 @pytest.mark.parametrize("diversity", ["x0", "collision"])
-def test_guidance_gradients_match_float64_finite_differences(diversity):
+def test_guidance_gradients_match_float64_finite_differences(diversity, arch):
     cfg = StepConfig(steps="10", guidance="igds", guidance_scale=1.0, beta=0.7, diversity=diversity)
-    step = GuidedStep(small_dit(), cfg, random_critic()).double()
+    step = GuidedStep(small_dit(), cfg, random_critic(arch=arch)).double()
     g = torch.Generator().manual_seed(torch.seed() % 2**31)  # fresh inputs every run
     x = torch.randn(6, 3, 16, 16, generator=g, dtype=torch.float64)
     eps = torch.randn(6, 3, 16, 16, generator=g, dtype=torch.float64)
@@ -127,6 +130,26 @@ def test_guidance_gradients_match_float64_finite_differences(diversity):
     else:
         _fd_check(lambda z: step.diversity_objective(z, t, y, cidx, mem, mask), x, g_div, g)
     assert float(g_div.abs().sum()) > 0
+
+
+def test_conv_critic_roundtrips_and_files_without_an_arch_load_as_vit(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    conv = random_critic(arch="conv")
+    x, t = torch.randn(3, 3, 16, 16), torch.tensor([0.0, 500.0, 999.0])
+    back = load_critic(save_critic(conv, tmp_path / "conv.safetensors"))
+    assert back.config.arch == "conv" and hasattr(back, "stages") and not hasattr(back, "blocks")
+    assert all(torch.equal(a, b) for a, b in zip(conv(x, t), back(x, t), strict=True))
+    assert float((conv(x, t)[0] - conv(x, t.flip(0))[0]).abs().max()) > 1e-3  # t modulates the trunk
+    # A file written before --arch existed (no "arch" in its config) is the vit it always was.
+    vit = save_critic(random_critic(), tmp_path / "vit.safetensors")
+    with safe_open(str(vit), "pt") as f:
+        meta = dict(f.metadata())
+    cfg = json.loads(meta["config"])
+    del cfg["arch"]
+    save_file(load_file(str(vit)), str(tmp_path / "old.safetensors"), metadata={**meta, "config": json.dumps(cfg)})
+    assert load_critic(tmp_path / "old.safetensors").config.arch == "vit"
 
 
 def test_guided_eps_is_cfg_eps_minus_normalised_terms():

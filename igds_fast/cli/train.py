@@ -80,9 +80,10 @@ def train_critics_cmd(
     steps: int = typer.Option(3000, help="Optimizer steps."),
     batch_size: int = typer.Option(128, help="Images per step (two noisings each)."),
     lr: float = typer.Option(1e-3, help="Peak AdamW learning rate (one-cycle)."),
-    width: int = typer.Option(192, help="Critic width."),
-    depth: int = typer.Option(4, help="Critic transformer blocks."),
-    heads: int = typer.Option(4, help="Attention heads (must divide --width)."),
+    arch: str = typer.Option("vit", help="Critic trunk: vit (patch transformer) or conv (residual convolutions)."),
+    width: int = typer.Option(192, help="Critic width (vit: tokens; conv: first stage's channels)."),
+    depth: int = typer.Option(4, help="vit: transformer blocks; conv: residual blocks per stage."),
+    heads: int = typer.Option(4, help="Attention heads of a vit critic (must divide --width)."),
     eval_images: int = typer.Option(1000, help="Held-out images scored per t bucket for the reported metrics."),
     feat_dim: int = typer.Option(64, help="Feature size of the entropy term's space."),
     seed: int = typer.Option(0, help="Seed."),
@@ -108,7 +109,9 @@ def train_critics_cmd(
     from ..training.train_critic import TrainCriticConfig, train_critic
 
     # Everything that can be checked is checked before --out is created.
-    check_critic_options(steps, batch_size, lr, width, depth, heads, eval_images, feat_dim, shift, t_power, crops, ema)
+    check_critic_options(
+        steps, batch_size, lr, width, depth, heads, eval_images, feat_dim, shift, t_power, crops, ema, arch
+    )
     check_precision(precision)
     check_folder(data, "--data")
     if val is not None:
@@ -137,6 +140,7 @@ def train_critics_cmd(
         steps=steps,
         batch_size=batch_size,
         lr=lr,
+        arch=arch,
         width=width,
         depth=depth,
         heads=heads,
@@ -208,7 +212,12 @@ def check_critic_options(
     t_power: float = 1.0,
     crops: int = 0,
     ema: float = 0.0,
+    arch: str = "vit",
 ) -> None:
+    from ..models.critics import CRITIC_ARCHS
+
+    if arch not in CRITIC_ARCHS:
+        raise UserError(f"unknown --arch '{arch}': use {' or '.join(CRITIC_ARCHS)}")
     if steps < 1:
         raise UserError(f"--steps must be >= 1, got {steps}")
     if batch_size < 2:
@@ -218,7 +227,7 @@ def check_critic_options(
     for name, v in (("--width", width), ("--depth", depth), ("--heads", heads), ("--feat-dim", feat_dim)):
         if v < 1:
             raise UserError(f"{name} must be >= 1, got {v}")
-    if width % heads:
+    if arch == "vit" and width % heads:
         raise UserError(f"--heads {heads} must divide --width {width}")
     if eval_images < 1:
         raise UserError(f"--eval-images must be >= 1, got {eval_images}")

@@ -133,7 +133,7 @@ class GuidedStep(nn.Module):
     def critic_outputs(self, z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, features) in z's dtype of the critic run in its weights' dtype (a bf16 critic:
         the gradient w.r.t. the fp32 input flows back through the casts)."""
-        logits, feats = self.critic(z.to(self.critic.patch_in.weight.dtype), t)
+        logits, feats = self.critic(z.to(self.critic.dtype), t)
         return logits.to(z.dtype), feats.to(z.dtype)
 
     def prototype_objective(

@@ -45,6 +45,7 @@ class TrainCriticConfig:
     steps: int = 3000
     batch_size: int = 128
     lr: float = 1e-3
+    arch: str = "vit"  # the critic's trunk: vit or conv (models.critics)
     width: int = 192
     depth: int = 4
     heads: int = 4
@@ -173,7 +174,7 @@ def train_critic(
     out.mkdir(parents=True, exist_ok=True)
     if cfg.batch_size < 2 or cfg.steps <= 0:
         raise UserError("--batch-size must be >= 2 and --steps >= 1")
-    if cfg.width % cfg.heads:
+    if cfg.arch == "vit" and cfg.width % cfg.heads:
         raise UserError(f"--heads {cfg.heads} must divide --width {cfg.width}")
     ids = class_labels(denoiser, cfg.wnids)
     size, chans = int(denoiser.input_size), int(denoiser.in_channels)
@@ -195,6 +196,7 @@ def train_critic(
         width=cfg.width,
         depth=cfg.depth,
         heads=cfg.heads,
+        arch=cfg.arch,
         feat_dim=cfg.feat_dim,
         class_ids=ids,
         wnids=list(cfg.wnids),
