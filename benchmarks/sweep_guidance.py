@@ -96,6 +96,9 @@ CONFIGS: dict[str, dict] = {
     "clip0.25 hi300 s0.4 b0.3": {"clip_guard": 0.25, "window_hi": 300, "guidance_scale": 0.4, "beta": 0.3},
     "clip0.5 hi300 s0.4 b0.3": {"clip_guard": 0.5, "window_hi": 300, "guidance_scale": 0.4, "beta": 0.3},
     "clip1 hi300 s0.4 b0.3": {"clip_guard": 1.0, "window_hi": 300, "guidance_scale": 0.4, "beta": 0.3},
+    # the default (clip0.5 hi300 s0.4 b0.3) with more diversity or a weaker prototype term (a critic that knows more)
+    "clip0.5 hi300 s0.4 b0.6": {"clip_guard": 0.5, "window_hi": 300, "guidance_scale": 0.4, "beta": 0.6},
+    "clip0.5 hi300 s0.3 b0.3": {"clip_guard": 0.5, "window_hi": 300, "guidance_scale": 0.3, "beta": 0.3},
 }
 # The order a sweep runs them in when --only is not given (most informative first).
 ORDER = [
