@@ -117,16 +117,20 @@ class NoiseCritic(nn.Module):
         self.config = cfg
         if cfg.num_classes < 2:
             raise ValueError("a critic needs at least two classes")
-        self.t_mlp = nn.Sequential(nn.Linear(256, cfg.width), nn.SiLU(), nn.Linear(cfg.width, cfg.width))
+        if cfg.arch not in CRITIC_ARCHS:
+            raise ValueError(f"unknown critic architecture '{cfg.arch}' ({' or '.join(CRITIC_ARCHS)})")
+        # Modules are created in the order of the first (vit) critics: the same seed, the same initial weights.
         if cfg.arch == "vit":
             p, g = cfg.patch_size, cfg.input_size // cfg.patch_size
             if g * p != cfg.input_size:
                 raise ValueError(f"critic input {cfg.input_size} is not a multiple of patch {p}")
             self.patch_in = nn.Linear(cfg.in_channels * p * p, cfg.width)
             self.pos = nn.Parameter(torch.randn(1, g * g, cfg.width) * 0.02)
+        self.t_mlp = nn.Sequential(nn.Linear(256, cfg.width), nn.SiLU(), nn.Linear(cfg.width, cfg.width))
+        if cfg.arch == "vit":
             self.blocks = nn.ModuleList([_Block(cfg.width, cfg.heads) for _ in range(cfg.depth)])
             out_width = cfg.width
-        elif cfg.arch == "conv":
+        else:
             chans = conv_stage_channels(cfg)
             self.stem = nn.Conv2d(cfg.in_channels, chans[0], 3, padding=1)
             self.stages = nn.ModuleList(
@@ -134,8 +138,6 @@ class NoiseCritic(nn.Module):
                 for i, c in enumerate(chans)
             )
             out_width = chans[-1]
-        else:
-            raise ValueError(f"unknown critic architecture '{cfg.arch}' ({' or '.join(CRITIC_ARCHS)})")
         self.norm = nn.LayerNorm(out_width)
         self.class_head = nn.Linear(out_width, cfg.num_classes)
         self.feat_head = nn.Linear(out_width, cfg.feat_dim)
