@@ -150,6 +150,15 @@ def test_conv_critic_roundtrips_and_files_without_an_arch_load_as_vit(tmp_path):
     del cfg["arch"]
     save_file(load_file(str(vit)), str(tmp_path / "old.safetensors"), metadata={**meta, "config": json.dumps(cfg)})
     assert load_critic(tmp_path / "old.safetensors").config.arch == "vit"
+    # A vit critic draws its initial weights in the first critics' order (patch_in, pos, t_mlp, blocks),
+    # so a seed gives the weights it always gave and the shipped recipe retrains to the same critic.
+    cfg = CriticConfig(in_channels=4, input_size=8, patch_size=2, width=16, depth=1, heads=2, class_ids=[0, 1])
+    torch.manual_seed(0)
+    critic = NoiseCritic(cfg)
+    torch.manual_seed(0)
+    patch_in, pos, t_in = torch.nn.Linear(16, 16), torch.randn(1, 16, 16) * 0.02, torch.nn.Linear(256, 16)
+    assert torch.equal(critic.patch_in.weight, patch_in.weight) and torch.equal(critic.pos, pos)
+    assert torch.equal(critic.t_mlp[0].weight, t_in.weight)
 
 
 def test_guided_eps_is_cfg_eps_minus_normalised_terms():
