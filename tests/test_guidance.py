@@ -161,6 +161,19 @@ def test_conv_critic_roundtrips_and_files_without_an_arch_load_as_vit(tmp_path):
     assert torch.equal(critic.t_mlp[0].weight, t_in.weight)
 
 
+def test_critic_training_resumes_a_vit_state_saved_before_arch_existed():
+    from igds_fast.training.train_critic import config_key, resumable_config
+
+    vit = random_critic().config
+    old = json.loads(config_key(vit))
+    del old["arch"]
+    old = json.dumps(old, sort_keys=True)
+    assert resumable_config(config_key(vit), vit) and resumable_config(old, vit)
+    conv = dataclasses.replace(vit, arch="conv")
+    assert not resumable_config(old, conv) and not resumable_config(config_key(vit), conv)
+    assert not resumable_config(config_key(dataclasses.replace(vit, width=64)), vit)
+
+
 def test_guided_eps_is_cfg_eps_minus_normalised_terms():
     """x_prev = DDPM(eps_cfg - sqrt(1-abar) w_t (s n(g_proto) + beta n(g_div))), and only in the window."""
     dit, critic = small_dit(), random_critic()

@@ -224,7 +224,8 @@ def check_critic_options(
         raise UserError(f"--batch-size must be >= 2 (the contrastive term pairs samples), got {batch_size}")
     if not (math.isfinite(lr) and lr > 0):
         raise UserError(f"--lr must be a positive number, got {lr}")
-    for name, v in (("--width", width), ("--depth", depth), ("--heads", heads), ("--feat-dim", feat_dim)):
+    sizes = [("--width", width), ("--depth", depth), ("--feat-dim", feat_dim)] + [("--heads", heads)] * (arch == "vit")
+    for name, v in sizes:
         if v < 1:
             raise UserError(f"{name} must be >= 1, got {v}")
     if arch == "vit" and width % heads:

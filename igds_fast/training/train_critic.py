@@ -140,6 +140,20 @@ def fit_kernel_widths(critic: NoiseCritic, x: torch.Tensor, labels: torch.Tensor
             critic.kernel_sigma[b, c] = off.median().clamp_min(1e-3)
 
 
+def config_key(ccfg: CriticConfig) -> str:
+    """What a training state records of the critic it trains (compared on resume)."""
+    return json.dumps(asdict(ccfg), sort_keys=True)
+
+
+def resumable_config(saved: str, ccfg: CriticConfig) -> bool:
+    """Whether a training state's config is this critic's; a vit state saved before ``arch`` existed is."""
+    if saved == config_key(ccfg):
+        return True
+    return ccfg.arch == "vit" and saved == json.dumps(
+        {k: v for k, v in asdict(ccfg).items() if k != "arch"}, sort_keys=True
+    )
+
+
 def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
     """Translate each (C, H, W) sample by its own offsets in [-max_shift, max_shift], reflecting at the border."""
     if max_shift == 0:
@@ -216,7 +230,7 @@ def train_critic(
     step, state_path = 0, out / "train_state.pt"
     if state_path.exists():
         st = torch.load(state_path, map_location=dev, weights_only=True)
-        if st["config"] != json.dumps(asdict(ccfg), sort_keys=True):
+        if not resumable_config(st["config"], ccfg):
             raise UserError(f"{state_path} belongs to another critic configuration; use a new --out")
         critic.load_state_dict(st["critic"])
         opt.load_state_dict(st["opt"])
@@ -263,7 +277,7 @@ def train_critic(
         if step % 25 == 0 or step == cfg.steps:  # .item() waits for the device: not every step
             bar.set_postfix(ce=f"{ce.item():.3f}", nce=f"{nce.item():.3f}")
         if step % cfg.ckpt_every == 0 and step < cfg.steps:
-            cfg_key = json.dumps(asdict(ccfg), sort_keys=True)
+            cfg_key = config_key(ccfg)
             st = {
                 "critic": critic.state_dict(),
                 "opt": opt.state_dict(),
