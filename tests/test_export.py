@@ -132,38 +132,40 @@ def eager_step(models: dict[str, Path], cfg: StepConfig):  # noqa: ANN201
     return build_pipeline(models["denoiser"], None, models["critics"], cfg).step
 
 
+def assert_matches_eager(
+    models: dict[str, Path], cfg: StepConfig, engine: Any, batch: int, indices: tuple[int, ...], seed: int,
+    differs_from: StepConfig | None = None,
+) -> None:  # fmt: skip
+    """The engine's step equals the eager step of ``cfg`` (< 1e-4 on every output) at these step indices
+    on fresh random inputs; with ``differs_from``, that config's eager step lies > 100x the error away
+    from x_prev (what tells the two apart is really in the graph)."""
+    step = eager_step(models, cfg)
+    other = eager_step(models, differs_from) if differs_from is not None else None
+    shapes = step_shapes(step, batch, 6)
+    for k, i in enumerate(indices):
+        args = random_inputs(shapes, 50, example_labels(step), seed=seed + k, i=i)
+        with torch.no_grad():
+            ref = step(*args)
+            errs = [rel_error(o, r) for o, r in zip(engine.step(*args), ref, strict=True)]
+            assert max(errs) < 1e-4, (i, errs)
+            if other is not None:
+                assert rel_error(other(*args)[0], ref[0]) > 100 * errs[0], i
+
+
 @pytest.mark.parametrize("guidance", ["igds", "off"])
 @pytest.mark.parametrize("batch", [1, 8])
 def test_ort_step_matches_eager(models, engines, guidance: str, batch: int) -> None:
     cfg = GUIDED if guidance == "igds" else OFF
-    step = eager_step(models, cfg)
     engine = load_engine(engines[(guidance, batch)])
-    shapes = step_shapes(step, batch, 6)
-    for k, i in enumerate((49, 30, 7, 0)):
-        args = random_inputs(shapes, 50, example_labels(step), seed=100 + k, i=i)
-        with torch.no_grad():
-            ref = step(*args)
-        out = engine.step(*args)
-        errs = [rel_error(o, r) for o, r in zip(out, ref, strict=True)]
-        assert max(errs) < 1e-4, (i, errs)
-        if guidance == "igds":  # the graph really carries the critic gradient
-            unguided = eager_step(models, OFF)(*args)[0]
-            assert rel_error(unguided, ref[0]) > 100 * errs[0]
+    # guided: the graph really carries the critic gradient
+    assert_matches_eager(models, cfg, engine, batch, (49, 30, 7, 0), 100, OFF if guidance == "igds" else None)
 
 
 def test_conv_critic_step_exports_as_the_eager_step(models, tmp_path: Path) -> None:
     """A conv critic's input-gradient (transposed convolutions, GroupNorm backward) is part of the one graph."""
     conv = {**models, "critics": save_critic(tiny_conv_critic(3), tmp_path / "conv.safetensors")}
-    step = eager_step(conv, GUIDED)
     engine = load_engine(export_engine(spec(conv, tmp_path / "e", GUIDED, 2)))
-    shapes = step_shapes(step, 2, 6)
-    for k, i in enumerate((45, 3)):
-        args = random_inputs(shapes, 50, example_labels(step), seed=200 + k, i=i)
-        with torch.no_grad():
-            ref = step(*args)
-        errs = [rel_error(o, r) for o, r in zip(engine.step(*args), ref, strict=True)]
-        assert max(errs) < 1e-4, (i, errs)
-        assert rel_error(eager_step(conv, OFF)(*args)[0], ref[0]) > 100 * errs[0]
+    assert_matches_eager(conv, GUIDED, engine, 2, (45, 3), 200, OFF)
 
 
 def test_nan_never_passes() -> None:
@@ -198,17 +200,8 @@ def test_guards_export_as_the_eager_step(models, tmp_path: Path, guard: str, on:
     # tighter than the envelope (random x0_hat spans more than [-1, 1]) and would hide it
     cfg = StepConfig(**{**GUIDED.to_dict(), guard: on, "guidance_scale": 20.0, "range_guard": False})
     unguarded_cfg = StepConfig(**{**cfg.to_dict(), guard: type(on)(0)})
-    step = eager_step(models, cfg)
     engine = load_engine(export_engine(spec(models, tmp_path / "moments", cfg, 4)))
-    shapes = step_shapes(step, 4, 6)
-    for k, i in enumerate((40, 5)):
-        args = random_inputs(shapes, 50, example_labels(step), seed=300 + k, i=i)
-        with torch.no_grad():
-            ref = step(*args)
-            unguarded = eager_step(models, unguarded_cfg)(*args)[0]
-        out = engine.step(*args)
-        assert rel_error(out[0], ref[0]) < 1e-4
-        assert rel_error(unguarded, ref[0]) > 100 * rel_error(out[0], ref[0])
+    assert_matches_eager(models, cfg, engine, 4, (40, 5), 300, unguarded_cfg)
     assert read_manifest(tmp_path / "moments")["step"][guard] == on
 
 

@@ -224,7 +224,9 @@ def check_critic_options(
         raise UserError(f"--batch-size must be >= 2 (the contrastive term pairs samples), got {batch_size}")
     if not (math.isfinite(lr) and lr > 0):
         raise UserError(f"--lr must be a positive number, got {lr}")
-    sizes = [("--width", width), ("--depth", depth), ("--feat-dim", feat_dim)] + [("--heads", heads)] * (arch == "vit")
+    sizes = [("--width", width), ("--depth", depth), ("--feat-dim", feat_dim)]
+    if arch == "vit":  # a conv critic has no heads
+        sizes.append(("--heads", heads))
     for name, v in sizes:
         if v < 1:
             raise UserError(f"{name} must be >= 1, got {v}")

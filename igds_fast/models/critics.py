@@ -89,7 +89,7 @@ class _ResBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, t_width: int):
         super().__init__()
-        self.c_in = c_in
+        self.widths = [c_in, c_in, c_out, c_out]  # the split of ``ada``'s output
         self.norm1 = nn.GroupNorm(_groups(c_in), c_in, affine=False)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.norm2 = nn.GroupNorm(_groups(c_out), c_out, affine=False)
@@ -98,9 +98,7 @@ class _ResBlock(nn.Module):
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        c = self.c_in
-        ada = self.ada(temb)[:, :, None, None]
-        s1, c1, (s2, c2) = ada[:, :c], ada[:, c : 2 * c], ada[:, 2 * c :].chunk(2, dim=1)
+        s1, c1, s2, c2 = self.ada(temb)[:, :, None, None].split(self.widths, dim=1)
         a = self.conv1(F.silu(self.norm1(h) * (1 + c1) + s1))
         return self.skip(h) + self.conv2(F.silu(self.norm2(a) * (1 + c2) + s2))
 
@@ -196,16 +194,16 @@ class NoiseCritic(nn.Module):
         """Forward FLOPs (2 per multiply-add) for one image: matmuls, convolutions and attention only."""
         c = self.config
         if c.arch == "conv":
-            chans, total, size, prev = conv_stage_channels(c), 0, c.input_size, c.in_channels
-            total += size * size * c.in_channels * chans[0] * 9
+            chans = conv_stage_channels(c)
+            total = c.input_size**2 * c.in_channels * chans[0] * 9  # stem
             prev = chans[0]
             for i, ch in enumerate(chans):
-                size = c.input_size >> i
-                for _ in range(c.depth):
-                    total += size * size * 9 * (prev * ch + ch * ch) + (size * size * prev * ch if prev != ch else 0)
+                cells = (c.input_size >> i) ** 2
+                for _ in range(c.depth):  # two 3x3 convs, the 1x1 skip where the width changes, ada
+                    total += cells * (9 * (prev * ch + ch * ch) + (prev * ch if prev != ch else 0))
                     total += c.width * 2 * (prev + ch)
                     prev = ch
-            total += 256 * c.width + c.width * c.width + prev * (c.num_classes + c.feat_dim)
+            total += 256 * c.width + c.width * c.width + prev * (c.num_classes + c.feat_dim)  # t_mlp, heads
             return 2 * total
         n = (c.input_size // c.patch_size) ** 2
         w = c.width
