@@ -48,15 +48,24 @@ README_BEGIN = "<!-- results table: written by igds-fast report --readme; edit b
 README_END = "<!-- end of results table -->"
 
 
-def cell(r: dict[str, Any]) -> str:
-    """Final-epoch top-1 mean ± std over seeds, then the best of the val readings (if recorded)."""
+def precision_of(r: dict[str, Any]) -> str:
+    """The evaluation training precision of a result (files written before it was recorded: fp32)."""
+    return r.get("precision", "fp32")
+
+
+def cell(r: dict[str, Any], show_precision: bool = False) -> str:
+    """Final-epoch top-1 mean ± std over seeds, then the best of the val readings (if recorded); in square
+    brackets the seed count when it is not 3 and, with ``show_precision``, the evaluation precision."""
     scaled = "*" if r["epochs"] != r["epochs_protocol"] else ""
     n = len(r["accuracies"])
     text = f"{100 * r['mean']:.1f}" + (f" ± {100 * r['std']:.1f}" if n > 1 else "") + scaled
     if "best_mean" in r:
         text += f" ({100 * r['best_mean']:.1f})"
-    if n != 3:
-        text += f" [{n} seed{'s' if n != 1 else ''}]"
+    tags = [f"{n} seed{'s' if n != 1 else ''}"] if n != 3 else []
+    if show_precision:
+        tags.append(precision_of(r))
+    if tags:
+        text += f" [{', '.join(tags)}]"
     return text
 
 
@@ -70,6 +79,8 @@ def markdown_tables(results: list[dict[str, Any]], heading: str = "##") -> str:
     by_net: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         by_net[(r["net"], r["resolution"])].append(r)
+    precisions = sorted({precision_of(r) for r in results})
+    per_cell = len(precisions) > 1  # mixed: each cell names its own
     lines = []
     for (net, res), rs in sorted(by_net.items()):
         ipcs = sorted({r["ipc"] for r in rs})
@@ -80,19 +91,25 @@ def markdown_tables(results: list[dict[str, Any]], heading: str = "##") -> str:
         for method in sorted(
             {r["method"] for r in rs}, key=lambda m: (order.index(m) if m in order else len(order), m)
         ):
-            cells = [cell(grid[(method, i)]) if (method, i) in grid else "—" for i in ipcs]
+            cells = [cell(grid[(method, i)], per_cell) if (method, i) in grid else "—" for i in ipcs]
             lines.append(f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(cells) + " |")
         lines.append("")
+    # The std is the one evaluate stored: numpy's np.std over the seeds' final accuracies (ddof=0).
     lines.append(
-        "Top-1 accuracy (%) on the real val set at the final epoch, mean ± std over 3 seeds unless a cell says "
-        "[n seeds]; in brackets, the mean of each seed's best of its 10 val readings (chosen on the test set, "
-        "so optimistic; the papers often report it)."
+        "Top-1 accuracy (%) on the real val set at the final epoch: mean ± population std (ddof=0) over 3 seeds "
+        "unless a cell's square brackets give another count; in round brackets, the mean of each seed's best of "
+        "its 10 val readings (chosen on the test set, so optimistic; the papers often report it)."
     )
     if any(r["epochs"] != r["epochs_protocol"] for r in results):
         lines.append("\\* trained for fewer epochs than the protocol prescribes (scaled down).")
-    precisions = sorted({r.get("precision", "fp32") for r in results})
-    if precisions != ["fp32"]:
-        lines.append(f"Evaluation training precision: {' / '.join(precisions)} (bf16: autocast, fp32 weights).")
+    if per_cell:
+        lines.append(
+            "Evaluation training precision: per cell, in square brackets (bf16: autocast, fp32 weights; "
+            "fp32: no autocast)."
+        )
+    else:
+        what = " (autocast, fp32 weights)" if precisions == ["bf16"] else ""
+        lines.append(f"Evaluation training precision: {precisions[0]}{what}, every cell.")
     return "\n".join(lines) + "\n"
 
 
