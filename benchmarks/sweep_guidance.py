@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from igds_fast.config import step_config
-from igds_fast.evaluation.quality import judge_samples, load_or_train_judge
+from igds_fast.evaluation.judge import load_or_train_judge
+from igds_fast.evaluation.scoring import judge_samples
 from igds_fast.imageio import encode_image, to_uint8, write_atomic
 from igds_fast.jobs.image_manifest import image_name, pixel_stats
 from igds_fast.jobs.sample import sample_classes

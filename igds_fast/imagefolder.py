@@ -6,9 +6,14 @@ ImageFolder and a paper's class list can never be silently misaligned. No torchv
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -19,34 +24,57 @@ from .memory import check_memory
 from .names import CLASS_NAME, WNID
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+T = TypeVar("T")
 
 
-def scan_image_folder(root: Path, what: str) -> dict[str, list[Path]]:
+def scan_image_folder(root: str | Path, what: str) -> dict[str, list[Path]]:
     """``root/<class>/<image>`` -> {class: sorted image files}.
 
-    When any folder is named by a WNID, the WNID folders are the classes (each must hold images) and
-    other folders are not (e.g. a set's contact sheets). A dataset without WNID folders (CIFAR-10's
-    ``airplane/``, ...) names its classes by folder: each visible folder holding images is one. Hidden
-    files (temporary names of interrupted writes) are skipped.
+    Every visible folder holding images is a class, named by a WNID (ImageNet) or by its folder name
+    (CIFAR-10's ``airplane/``). A folder of images whose name is neither is refused, never skipped,
+    so no class goes missing unnoticed. A folder without images is not a class (a set's other
+    folders), except a WNID folder, which must hold some. Hidden files and folders (temporary names
+    of interrupted writes) are skipped.
     """
+    root = Path(root)
     if root.exists() and not root.is_dir():
         raise UserError(f"{what} folder '{root}' is a file; give an ImageFolder root (<class>/<image>)")
     if not root.is_dir():
         raise UserError(f"{what} folder '{root}' does not exist")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and CLASS_NAME.fullmatch(p.name))
-    by_wnid = [p for p in folders if WNID.fullmatch(p.name)]
     found = {}
-    for folder in by_wnid or folders:
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."))
-        if files:
+        if not files:
+            if WNID.fullmatch(folder.name):
+                raise UserError(f"class folder '{folder}' has no images")
+        elif CLASS_NAME.fullmatch(folder.name):  # a WNID is a class name too
             found[folder.name] = files
-        elif by_wnid:
-            raise UserError(f"class folder '{folder}' has no images")
+        else:
+            raise UserError(
+                f"class folder '{folder}' holds images but its name is not a WNID or a class name "
+                "(letters, digits, '_', '.', '+', '-'; no leading '_', '.', '+', '-'): rename it"
+            )
     if not found:
         raise UserError(
             f"{what} folder '{root}' has no class folders with images: expected {root}/<wnid or class name>/<image>"
         )
     return found
+
+
+def listing(files: dict[str, list[Path]], classes: list[str]) -> list[str]:
+    """'class/name:size:mtime_ns' per file of ``classes``: what cache keys hash (stat only, no reading),
+    so touching, replacing or adding a file makes a new key."""
+    out = []
+    for c in classes:
+        for p in files[c]:
+            st = p.stat()
+            out.append(f"{c}/{p.name}:{st.st_size}:{st.st_mtime_ns}")
+    return out
+
+
+def digest(obj: Any) -> str:
+    """A short, stable digest of JSON-able data: cache keys here, configurations and requests in ``jobs``."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def match_classes(order: list[str] | None, train: set[str], val: set[str]) -> list[str]:
@@ -71,17 +99,45 @@ def match_classes(order: list[str] | None, train: set[str], val: set[str]) -> li
     return classes
 
 
-def read_image(path: Path, resolution: int | None = None) -> np.ndarray:
-    """RGB uint8 HWC; with ``resolution``, resized (bicubic, shorter side) and center-cropped to a square."""
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """A file PIL cannot read is a UserError naming it."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if resolution is not None and im.size != (resolution, resolution):
-                im = ImageOps.fit(im, (resolution, resolution), Image.Resampling.BICUBIC)
-            return np.asarray(im, dtype=np.uint8)
+        yield
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         # PIL reports broken files as OSError, or SyntaxError/ValueError for some malformed headers
         raise UserError(f"cannot read image '{path}': {e}") from None
+
+
+def _fit(im: Image.Image, resolution: int | None) -> np.ndarray:
+    if resolution is not None and im.size != (resolution, resolution):
+        im = ImageOps.fit(im, (resolution, resolution), Image.Resampling.BICUBIC)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def read_image(path: Path, resolution: int | None = None) -> np.ndarray:
+    """RGB uint8 HWC; with ``resolution``, resized (bicubic, shorter side) and center-cropped to a square.
+
+    PIL widens the bicubic kernel by the scale factor when it shrinks, so a downsample is antialiased
+    (like area averaging, sharper)."""
+    with _reading(path), Image.open(path) as im:
+        return _fit(im.convert("RGB"), resolution)
+
+
+def read_image_saturation(path: Path, resolution: int) -> tuple[np.ndarray, int, int]:
+    """(``read_image(path, resolution)``, stored values at exactly 0 or 255, all stored values): the
+    saturation counts the file's own pixels, before any resizing blurs them."""
+    with _reading(path), Image.open(path) as im:
+        rgb = im.convert("RGB")
+        stored = np.asarray(rgb, dtype=np.uint8)
+        saturated = int(np.count_nonzero((stored == 0) | (stored == 255)))
+        return _fit(rgb, resolution), saturated, stored.size
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file, from its header."""
+    with _reading(path), Image.open(path) as im:
+        return im.size
 
 
 def check_decode_memory(n: int, resolution: int, workers: int = 4) -> None:
@@ -94,17 +150,34 @@ def check_decode_memory(n: int, resolution: int, workers: int = 4) -> None:
     )
 
 
+def read_images(paths: list[Path], read: Callable[[Path], T], resolution: int, workers: int = 4) -> list[T]:
+    """``read`` of every path, in order, on ``workers`` threads (PIL decodes without the GIL, so the
+    threads overlap the decoding); refused up front when the images cannot fit in memory."""
+    check_decode_memory(len(paths), resolution, workers)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(read, paths))
+
+
+def stack_images(arrays: list[np.ndarray]) -> torch.Tensor:
+    """HWC uint8 arrays -> one (N, 3, H, W) uint8 tensor."""
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write to a temporary name unique to the process, then rename: a cache file is whole or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
 def load_split(
     files: dict[str, list[Path]], classes: list[str], resolution: int, workers: int = 4
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 images (N, 3, R, R), int64 labels (N,)), label = position of the WNID in ``classes``."""
     paths = [p for wnid in classes for p in files[wnid]]
     labels = [label for label, wnid in enumerate(classes) for _ in files[wnid]]
-    check_decode_memory(len(paths), resolution, workers)
-    # PIL decodes without the GIL, so threads overlap the decoding
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        arrays = list(pool.map(lambda p: read_image(p, resolution), paths))
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    images = stack_images(read_images(paths, lambda p: read_image(p, resolution), resolution, workers))
     return images, torch.tensor(labels, dtype=torch.int64)
 
 
@@ -112,24 +185,20 @@ def load_imagefolder(
     root: str | Path, wnids: list[str], resolution: int, cache_dir: str | Path | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(images uint8 (N, 3, R, R), labels int64 (N,)) of the given classes; cached as .npz keyed
-    by the file list."""
+    by the folder and its file list."""
     root = Path(root)
     files = scan_image_folder(root, "image")
     missing = [w for w in wnids if w not in files]
     if missing:
         raise UserError(f"'{root}' has no folder for class {missing[0]}")
-    listing = [f"{p}:{p.stat().st_size}" for w in wnids for p in files[w]]
-    key = hashlib.sha256("\n".join([str(resolution), *wnids, *listing]).encode()).hexdigest()[:16]
+    key = digest({"root": str(root.resolve()), "res": resolution, "classes": wnids, "files": listing(files, wnids)})
     cache = Path(cache_dir) / f"images_{resolution}px_{key}.npz" if cache_dir is not None else None
     if cache is not None and cache.exists():
         with np.load(cache) as z:
             return torch.from_numpy(z["images"]), torch.from_numpy(z["labels"])
     images, labels = load_split(files, wnids, resolution)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp.npz")
-        np.savez(tmp, images=images.numpy(), labels=labels.numpy())
-        tmp.replace(cache)
+        save_npz(cache, {"images": images.numpy(), "labels": labels.numpy()})
     return images, labels
 
 

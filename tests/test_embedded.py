@@ -185,7 +185,8 @@ def test_default_guidance_beats_guidance_off_under_an_independent_judge(tmp_path
     if not JUDGE_DATA.is_dir():
         pytest.skip(f"real data not found at {JUDGE_DATA} (set IGDS_DATA)")
     from igds_fast.config import step_config
-    from igds_fast.evaluation.quality import judge_samples, load_or_train_judge
+    from igds_fast.evaluation.judge import load_or_train_judge
+    from igds_fast.evaluation.scoring import judge_samples
     from igds_fast.imageio import encode_image, to_uint8
     from igds_fast.jobs.sample import sample_classes
     from igds_fast.models.embedded import resolve_models

@@ -179,8 +179,11 @@ def make_folder(root: Path, wnids: list[str], n: int, split: str = "train", skip
 @needs_data
 def test_labels_follow_the_given_wnid_order(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "d", WNIDS, 2)
-    (root / "contact_sheets").mkdir()  # not a WNID: not a class
+    (root / "contact_sheets").mkdir()  # a folder of images is a class: outside the list, it is named
     shutil.copy(next((root / WNIDS[0]).iterdir()), root / "contact_sheets" / "sheet.jpg")
+    with pytest.raises(UserError, match="outside the class list: contact_sheets"):
+        match_classes(WNIDS, set(scan_image_folder(root, "train")), set(WNIDS))
+    shutil.rmtree(root / "contact_sheets")
     files = scan_image_folder(root, "train")
     classes = match_classes(WNIDS, set(files), set(files))
     images, labels = load_split(files, classes, 16)
@@ -502,10 +505,20 @@ def test_class_folders_named_by_name(tmp_path: Path) -> None:
     write_pngs(root / "airplane", 3, 0)
     write_pngs(root / "cat", 3, 1)
     (root / "notes").mkdir()  # no images: not a class
+    (root / "my notes").mkdir()
+    write_pngs(root / ".tmp", 1, 3)  # hidden: an interrupted write, not a class
     assert sorted(scan_image_folder(root, "train")) == ["airplane", "cat"]
-    write_pngs(root / "n01440764", 2, 2)  # once a WNID folder is there, only WNID folders are classes
-    assert sorted(scan_image_folder(root, "train")) == ["n01440764"]
+    write_pngs(root / "n01440764", 2, 2)  # WNID and named class folders side by side: all are classes
+    assert sorted(scan_image_folder(root, "train")) == ["airplane", "cat", "n01440764"]
     shutil.rmtree(root / "n01440764")
+    (root / "n01443537").mkdir()
+    with pytest.raises(UserError, match="n01443537' has no images"):  # a WNID folder must hold images
+        scan_image_folder(root, "train")
+    (root / "n01443537").rmdir()
+    write_pngs(root / "sea lion", 1, 4)  # never skipped: refused, by name
+    with pytest.raises(UserError, match="class folder '.*sea lion' holds images but its name is not"):
+        scan_image_folder(root, "train")
+    shutil.rmtree(root / "sea lion")
 
     plane, cat = resolve_classes(wnids="airplane,cat")
     assert (plane.wnid, plane.name, plane.imagenet_index) == ("airplane", "airplane", NO_IMAGENET_INDEX)

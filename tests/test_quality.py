@@ -1,5 +1,5 @@
-"""The quality judge (igds_fast.evaluation.quality): PRDC against hand-computed cases, saturation,
-within-class distance, and a judge trained for a few steps on a tiny temporary ImageFolder."""
+"""The quality judge (igds_fast.evaluation: judge, quality_metrics, scoring): PRDC against hand-computed
+cases, saturation, within-class distance, and a judge trained for a few steps on a tiny temporary ImageFolder."""
 
 from __future__ import annotations
 
@@ -12,17 +12,10 @@ import torch
 from PIL import Image
 
 from igds_fast.errors import UserError
-from igds_fast.evaluation import quality
-from igds_fast.evaluation.quality import (
-    METRICS,
-    Judge,
-    judge_samples,
-    knn_radii,
-    load_images,
-    mean_pairwise_distance,
-    prdc,
-    saturation,
-)
+from igds_fast.evaluation import judge as judge_module
+from igds_fast.evaluation.judge import Judge, load_images, load_or_train_judge
+from igds_fast.evaluation.quality_metrics import knn_radii, mean_pairwise_distance, prdc, saturation
+from igds_fast.evaluation.scoring import METRICS, format_table, judge_samples
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -137,13 +130,13 @@ def folders(tmp_path_factory):
 def judged(folders):
     """The first call trains (counted); the second must load the cached judge."""
     calls = []
-    real_train = quality.train_judge
+    real_train = judge_module.train_judge
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real_train(*args, **kwargs)
 
-    quality.train_judge = counting
+    judge_module.train_judge = counting
     try:
         kw = dict(epochs=EPOCHS, cache_dir=folders["cache"], progress=False)
         first = judge_samples(folders["real"], folders["train"], folders["val"], **kw)
@@ -151,7 +144,7 @@ def judged(folders):
         mtime = weights[0].stat().st_mtime_ns
         second = judge_samples(folders["noise"], folders["train"], folders["val"], **kw)
     finally:
-        quality.train_judge = real_train
+        judge_module.train_judge = real_train
     return {"real": first, "noise": second, "calls": calls, "weights": weights, "mtime": mtime}
 
 
@@ -164,7 +157,7 @@ def test_judge_is_cached(judged, folders):
     # the second call read the judge's real-val outputs from the cache the first one wrote
     assert len(list((folders["cache"] / "features").glob("val_*.npz"))) == 1
     # another setting is another judge
-    key = quality.load_or_train_judge(folders["train"], SIDE, epochs=1, cache_dir=folders["cache"], progress=False)
+    key = load_or_train_judge(folders["train"], SIDE, epochs=1, cache_dir=folders["cache"], progress=False)
     assert key.info["cache_key"] != judged["real"]["judge"]["cache_key"]
 
 
@@ -183,7 +176,7 @@ def test_json_keys(judged):
     assert r["per_class"]["blue"]["n"] == 8 and r["n"] == 24
     assert r["reference"]["random_real_train"]["n"] == 24  # as many per class as the samples
     assert r["reference"]["real_val"]["n"] == 36 and r["reference"]["real_val"]["prdc_n"] == 18
-    table = quality.format_table(r)
+    table = format_table(r)
     assert table.count("\n| ") == 3 and "real val" in table and "random real train" in table
 
 
@@ -211,9 +204,9 @@ def test_judge_object_and_reuse(judged, folders):
     again = judge_samples(folders["real"], folders["train"], folders["val"], **kw)
     assert again["accuracy"] == judged["real"]["accuracy"]
     assert again["precision"] == pytest.approx(judged["real"]["precision"])
-    refs = judge._memo["references"][1]
+    refs = judge.memo["references"][1]
     judge_samples(folders["noise"], folders["train"], folders["val"], **kw)
-    assert judge._memo["references"][1] is refs
+    assert judge.memo["references"][1] is refs
 
 
 def test_errors(judged, folders, tmp_path):
@@ -227,6 +220,10 @@ def test_errors(judged, folders, tmp_path):
     (tmp_path / "odd_extra" / "blue").rename(odd / "n09999999")
     with pytest.raises(UserError, match="n09999999 missing from real train"):
         judge_samples(odd, folders["train"], folders["val"], **kw)
+    misnamed = write_folder(tmp_path / "misnamed", 2, 4, classes=("blue",))
+    (misnamed / "blue").rename(misnamed / "sea blue")  # refused by name, never skipped
+    with pytest.raises(UserError, match="'.*sea blue' holds images but its name is not"):
+        judge_samples(misnamed, folders["train"], folders["val"], **kw)
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no class folders"):
         judge_samples(tmp_path / "empty", folders["train"], folders["val"], **kw)

@@ -135,7 +135,7 @@ def quality(
 ) -> None:
     """Judge a sample set with an independent classifier trained on real data: accuracy, precision, recall,
     density, coverage, saturation, within-class feature distance, next to real val and random real images."""
-    from ..evaluation.quality import format_table, judge_samples
+    from ..evaluation.scoring import format_table, judge_samples
     from ..imageio import write_atomic
 
     if json_out is not None and not json_out.parent.is_dir():

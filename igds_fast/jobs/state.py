@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..imagefolder import digest as digest  # defined below jobs so evaluation shares it; re-exported here
 from ..sampling import WorkUnit
 from .image_manifest import MANIFEST_SCHEMA
 
@@ -37,11 +38,6 @@ RECORD_FORMAT = "igds-fast/unit-v2"
 # Names a distill run writes into a class folder (what --overwrite and a new configuration may remove).
 OUR_IMAGE = re.compile(r"\d{5}\.(png|jpg)")
 OUR_TEMP = re.compile(r"\..+\.\d+(-\d+)?\.tmp")
-
-
-def digest(obj: Any) -> str:
-    """A short, stable digest of JSON-able data (configurations, requests)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def sha256_bytes(data: bytes) -> str:
