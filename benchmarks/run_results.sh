@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The pipeline behind docs/results.md (DESIGN §2 protocol, scaled down for a CPU).
+# The pipeline behind docs/results.md (MinimaxDiffusion's evaluation protocol, scaled down for a CPU).
 #
 # Imagenette (the 64 px copy in $IGDS_DATA/imagenette-64), the embedded default (v2: latent DiT + VAE) and its
 # critics, IPC in $IPCS; per IPC three sets:
@@ -241,7 +241,7 @@ engine_note="ONNX Runtime engines exported once per (method, IPC)"
 Made by \`benchmarks/run_results.sh\` (commands at the end; per-stage seconds in
 \`$WORK/timings*.json\`, and each seed's in its results file). Imagenette, 10 classes; sets from $model, sampled with $STEPS respaced DDPM
 steps on $engine_note; distill seed $SEED. **Scaled down for a CPU** from the MinimaxDiffusion
-protocol (DESIGN §2, docs/evaluation.md): $NET at $RESOLUTION px instead of ConvNet-6 / ResNetAP-10 at
+protocol (docs/evaluation.md): $NET at $RESOLUTION px instead of ConvNet-6 / ResNetAP-10 at
 224 px, evaluation training in $eval_precisions (per cell: the note under the tables), and the epochs below (milestones at 2/3 and 5/6 of the epochs used):
 
 | IPC | epochs used | protocol epochs | seeds |
