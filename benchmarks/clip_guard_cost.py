@@ -40,7 +40,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     steps = {}
     for name, opts in (("default", {}), ("clip_guard", {"clip_guard": args.clip_guard})):
-        cfg = step_config(args.batch, opts)
+        cfg = step_config(opts)
         m = resolve_models(None, None, None, cfg.guidance)
         steps[name] = build_pipeline(m.denoiser, m.vae, m.critics, cfg).step
     step = steps["default"]

@@ -145,7 +145,7 @@ epochs_for() { # the scaled-down evaluate epochs for an IPC
 # The beta distill uses when BETA is unset (a constant, igds_fast/config.py), from the library itself: the engine must be
 # exported with exactly this float or distill refuses it.
 default_beta() {
-  python -c 'from igds_fast.config import resolve_beta; print(repr(resolve_beta(None, "igds")))' 
+  python -c 'from igds_fast.config import StepConfig; print(repr(StepConfig().beta))'
 }
 
 # The settings of this run, as the one line that repeats it.

@@ -10,7 +10,8 @@ it imports nothing of the package but ``errors``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -38,51 +39,36 @@ PRECISIONS = ("fp32", "fp16", "bf16", "fp8")  # what an engine may be built in (
 
 @dataclass
 class StepConfig:
+    """The guided step. ``StepConfig()`` is the shipped default; ``step_config`` applies a recipe and flags."""
+
     steps: str = "50"
     sampler: str = "ddpm"  # ddpm | ddim
     eta: float = 0.0  # DDIM only
     cfg_scale: float = 4.0
     cfg_channels: int | None = 3  # None = all channels (diffusers)
     guidance: str = "igds"  # igds | off
-    guidance_scale: float = 1.0
-    beta: float = 0.0
+    guidance_scale: float = GUIDANCE_SCALE
+    beta: float = DIVERSITY_WEIGHT
     # Guide only where the training timestep t lies in [window_lo, window_hi].
     window_lo: int = 0
-    window_hi: int = 999  # the dataclass guides everywhere; the command line's default is GUIDANCE_WINDOW_HI
-    # The prototype term's weight over t: "ba" = the critic's held-out I(X;Y) bound at t (normalised),
+    window_hi: int = GUIDANCE_WINDOW_HI
+    # The weight of both terms over t: "ba" = the critic's held-out I(X;Y) bound at t (normalised),
     # "flat" = 1 inside the window.
     weighting: str = "ba"
-    # The diversity term: "x0" (nearest-neighbour repulsion of the clean estimate's features from the
-    # class's other samples), "collision" (H2 of same-step noisy features), "knn" (eager only).
-    diversity: str = "x0"
     # Pixel-space models: guidance may not push the clean estimate outside [-1, 1] (no effect on latents).
     range_guard: bool = True
-    # Guidance may not move the clean estimate's per-channel mean, nor widen its per-channel spatial
-    # spread beyond the unguided estimate's (both spaces): it may reshape the picture, not recolour it
-    # or raise its contrast. Off by default: it takes the judge's saturation back to guidance off's but
-    # costs 1.7-2.5 points of downstream accuracy at IPC 1 and 10 (docs/sweep_guidance.md).
-    moment_guard: bool = False
-    # The spread half of the moment guard alone: guidance may not widen the clean estimate's
-    # per-channel spatial spread beyond the unguided estimate's, and may move its mean (implied by
-    # moment_guard). Off by default until its downstream accuracy is measured (docs/sweep_guidance.md).
-    spread_guard: bool = False
-    # Guidance may not take the clean estimate beyond the unguided estimate's per-channel spatial range
-    # [min, max] (both spaces; for latents, the closest thing to the pixel range guard): it may
-    # redistribute values inside the denoiser's own envelope, not add new extremes (docs/sweep_guidance.md).
-    envelope_guard: bool = False
     # Inside the guidance window, move the clean estimate against its decoded pixels' excess beyond
     # [-1, 1] (the part that would be clipped), by this fraction of the step that would remove it all
     # were the decoder a scaled isometry (1 on a pixel model: clamp x0_hat). 0 = off. Unlike the range
     # guard it also acts on the denoiser's own excess, so it can clip less than guidance off does.
-    clip_guard: float = 0.0
+    clip_guard: float = CLIP_GUARD
 
     def validate(self) -> StepConfig:
+        """The checked step; without guidance it carries no guidance weights (one identity for "off")."""
         if self.sampler not in ("ddpm", "ddim"):
             raise UserError(f"unknown sampler '{self.sampler}': use ddpm or ddim")
         if self.guidance not in ("igds", "off"):
             raise UserError(f"unknown guidance '{self.guidance}': use igds or off")
-        if self.diversity not in ("x0", "collision", "knn"):
-            raise UserError(f"unknown --diversity '{self.diversity}': use x0, collision or knn")
         if self.weighting not in ("ba", "flat"):
             raise UserError(f"unknown --weighting '{self.weighting}': use ba (the critic's bound per t) or flat")
         for name in ("eta", "cfg_scale", "guidance_scale", "beta", "clip_guard"):
@@ -103,7 +89,7 @@ class StepConfig:
             raise UserError(f"empty guidance window [{self.window_lo}, {self.window_hi}]")
         if not 0 <= self.clip_guard <= 1:
             raise UserError(f"--clip-guard must lie in [0, 1] (0 = off, 1 = the full step), got {self.clip_guard}")
-        return self
+        return self if self.guidance == "igds" else replace(self, beta=0.0, clip_guard=0.0)
 
     def to_dict(self) -> dict[str, Any]:
         """Every field: what run.json and engine manifests record."""
@@ -113,61 +99,71 @@ class StepConfig:
         """What digests and cache keys hash (``step_identity``)."""
         return step_identity(self.to_dict())
 
+    @classmethod
+    def from_record(cls, recorded: dict[str, Any]) -> StepConfig:
+        """The step a job file, engine manifest or identity recorded (``complete_step``: a field it
+        leaves out is its old value, not today's default)."""
+        return cls(**complete_step(recorded)).validate()
 
-# Step fields added after runs were first recorded, each with the value that reproduces those runs: a
-# job file, request key, engine manifest or cache key made before a field existed reads as that value,
-# so upgrading igds-fast neither orphans a half-finished set nor re-exports a cached engine.
-ADDED_STEP_FIELDS: dict[str, Any] = {
+
+STEP_FIELDS = tuple(f.name for f in fields(StepConfig))
+
+# How a recorded step (a job file, an engine manifest, a cache key) is read across releases.
+# Added fields: each with the value that reproduces the runs recorded before it existed, in the order
+# they were added; a record without the field reads as that value, so upgrading igds-fast neither
+# orphans a half-finished set nor re-exports a cached engine. Retired fields: options that were tried
+# and removed from the product; a record holding one at its neutral value (what every shipped default
+# used) reads as today's step, any other value is refused (that step no longer exists).
+_ADDED_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("moment_guard", False),
+    ("spread_guard", False),
+    ("envelope_guard", False),
+    ("clip_guard", 0.0),
+)
+RETIRED_STEP_FIELDS: dict[str, Any] = {
+    "diversity": "x0",
     "moment_guard": False,
     "spread_guard": False,
     "envelope_guard": False,
-    "clip_guard": 0.0,
 }
+ADDED_STEP_FIELDS: dict[str, Any] = {k: v for k, v in _ADDED_FIELDS if k not in RETIRED_STEP_FIELDS}
+
+
+def drop_retired(recorded: dict[str, Any], where: str = "the recorded step") -> dict[str, Any]:
+    """``recorded`` without the retired fields (at their neutral values); a UserError names a retired
+    option used with another value."""
+    for name, neutral in RETIRED_STEP_FIELDS.items():
+        if name in recorded and recorded[name] != neutral:
+            raise UserError(
+                f"{where} uses {name}={recorded[name]!r}, an option igds-fast no longer has "
+                f"(only {name}={neutral!r} is supported); start it again in another folder"
+            )
+    return {k: v for k, v in recorded.items() if k not in RETIRED_STEP_FIELDS}
 
 
 def complete_step(recorded: dict[str, Any]) -> dict[str, Any]:
-    """A recorded step dict with the fields added since it was written, at their old behaviour."""
-    return ADDED_STEP_FIELDS | recorded
+    """A recorded step as today's fields: the added ones at their old behaviour, retired ones dropped."""
+    return ADDED_STEP_FIELDS | drop_retired(recorded)
 
 
 def step_spellings(step: dict[str, Any]) -> list[dict[str, Any]]:
     """The step as each release may have recorded it: its identity (today's spelling), and the spelling
-    of a release that wrote the added fields out, up to the newest one it knew (fields are added in
-    ``ADDED_STEP_FIELDS`` order), at their old values."""
-    out, known = [step_identity(step)], {}
-    for name, old in ADDED_STEP_FIELDS.items():
+    of each earlier release, which wrote the retired fields at their neutral values and the added fields
+    out, up to the newest one it knew, at their old values (where the step's own value is the old one)."""
+    today = step_identity(step)
+    known = {"diversity": RETIRED_STEP_FIELDS["diversity"]}  # every earlier release wrote it
+    out = [today, known | today]
+    for name, old in _ADDED_FIELDS:
         known[name] = old
-        out.append(known | out[0])  # the step's own value wins where it is not the old one
+        out.append(known | today)  # the step's own value wins where it is not the old one
     return out
 
 
 def step_identity(step: dict[str, Any]) -> dict[str, Any]:
-    """The step as digests and keys see it: an added field at its old value is left out, so a run
-    recorded before the field existed and the same options today have one identity."""
-    return {k: v for k, v in step.items() if k not in ADDED_STEP_FIELDS or v != ADDED_STEP_FIELDS[k]}
-
-
-# The step options as the command line and recipes spell them, with their defaults. ``beta`` None
-# means the default diversity weight; ``cfg_channels`` is "3" or "all".
-STEP_DEFAULTS: dict[str, Any] = {
-    "steps": "50",
-    "sampler": "ddpm",
-    "eta": 0.0,
-    "cfg_scale": 4.0,
-    "cfg_channels": "3",
-    "guidance": "igds",
-    "guidance_scale": GUIDANCE_SCALE,
-    "beta": None,
-    "window_lo": 0,
-    "window_hi": GUIDANCE_WINDOW_HI,
-    "weighting": "ba",
-    "diversity": "x0",
-    "range_guard": True,
-    "moment_guard": False,
-    "spread_guard": False,
-    "envelope_guard": False,
-    "clip_guard": CLIP_GUARD,
-}
+    """The step as digests and keys see it: retired fields dropped, an added field at its old value left
+    out, so a run recorded before the field existed and the same options today have one identity."""
+    kept = drop_retired(step)
+    return {k: v for k, v in kept.items() if k not in ADDED_STEP_FIELDS or v != ADDED_STEP_FIELDS[k]}
 
 
 def parse_cfg_channels(text: str | int | None) -> int | None:
@@ -182,44 +178,34 @@ def parse_cfg_channels(text: str | int | None) -> int | None:
     return n
 
 
-def resolve_beta(beta: float | None, guidance: str) -> float:
-    if guidance == "off":
-        return 0.0
-    if beta is not None:
-        if not beta >= 0:  # also NaN
-            raise UserError(f"--beta must be >= 0, got {beta}")
-        return float(beta)
-    return DIVERSITY_WEIGHT
+# How a value as typed (flag or recipe) becomes the field's type.
+_PARSE: dict[str, Callable[[Any], Any]] = {
+    "steps": str,
+    "sampler": str,
+    "eta": float,
+    "cfg_scale": float,
+    "cfg_channels": parse_cfg_channels,
+    "guidance": str,
+    "guidance_scale": float,
+    "beta": float,
+    "window_lo": int,
+    "window_hi": int,
+    "weighting": str,
+    "range_guard": bool,
+    "clip_guard": float,
+}
 
 
-def step_config(ipc: int | None, *layers: dict[str, Any] | None) -> StepConfig:
-    """The step for these options: ``STEP_DEFAULTS``, then each layer in order (a recipe, the flags),
-    where a layer's None values mean "not given". ``ipc``: the job's IPC (callers check it; the
-    defaults no longer depend on it)."""
-    s = dict(STEP_DEFAULTS)
+def step_config(*layers: Mapping[str, Any] | None) -> StepConfig:
+    """The step for these options: ``StepConfig()`` (the shipped default), then each layer in order (a
+    recipe, the flags), where a layer's None values mean "not given". A layer may hold other keys
+    (export settings); a retired step option is accepted at its neutral value and refused otherwise."""
+    given: dict[str, Any] = {}
     for layer in layers:
-        s.update({k: v for k, v in (layer or {}).items() if k in STEP_DEFAULTS and v is not None})
-    cfg = StepConfig(
-        steps=str(s["steps"]),
-        sampler=str(s["sampler"]),
-        eta=float(s["eta"]),
-        cfg_scale=float(s["cfg_scale"]),
-        cfg_channels=parse_cfg_channels(s["cfg_channels"]),
-        guidance=str(s["guidance"]),
-        guidance_scale=float(s["guidance_scale"]),
-        beta=resolve_beta(None if s["beta"] is None else float(s["beta"]), str(s["guidance"])),
-        window_lo=int(s["window_lo"]),
-        window_hi=int(s["window_hi"]),
-        weighting=str(s["weighting"]),
-        diversity=str(s["diversity"]),
-        range_guard=bool(s["range_guard"]),
-        moment_guard=bool(s["moment_guard"]),
-        spread_guard=bool(s["spread_guard"]),
-        envelope_guard=bool(s["envelope_guard"]),
-        clip_guard=float(s["clip_guard"]),
-    ).validate()
-    # checked as given, then, as beta, nothing without guidance (one engine and one digest for guidance off)
-    return cfg if cfg.guidance == "igds" else replace(cfg, clip_guard=0.0)
+        present = {k: v for k, v in (layer or {}).items() if v is not None}
+        drop_retired(present, "the options")
+        given.update({k: _PARSE[k](v) for k, v in present.items() if k in _PARSE})
+    return replace(StepConfig(), **given).validate()
 
 
 def resolve_device(name: str) -> torch.device:

@@ -220,7 +220,7 @@ def test_bf16_pipeline_decodes_in_bf16(tmp_path):
     out = {}
     for dtype in ("fp32", "bf16"):
         pipe = build_pipeline(
-            tmp_path / "dit.safetensors", tmp_path / "vae", None, step_config(1, {"guidance": "off"}), dtype=dtype
+            tmp_path / "dit.safetensors", tmp_path / "vae", None, step_config({"guidance": "off"}), dtype=dtype
         )
         out[dtype] = pipe.decode(z)
         assert next(pipe.vae.parameters()).dtype == (torch.bfloat16 if dtype == "bf16" else torch.float32)
@@ -389,15 +389,32 @@ def test_cli_waits_passively_unless_the_user_chose_an_openmp_policy(given, expec
 
 
 def test_every_step_option_is_a_flag_of_sample_distill_and_export():
-    """One list of step options (config.STEP_DEFAULTS): a field added there and forgotten in a command
-    would silently run at its default there."""
+    """One list of step options (the fields of config.StepConfig): a field added there and forgotten in a
+    command would silently run at its default there. Retired options are flags of none."""
     import inspect
 
     from igds_fast.cli.distill import distill
     from igds_fast.cli.export import export
     from igds_fast.cli.sample import sample
-    from igds_fast.config import STEP_DEFAULTS
+    from igds_fast.config import RETIRED_STEP_FIELDS, STEP_FIELDS
 
     for command in (sample, distill, export):
-        missing = set(STEP_DEFAULTS) - set(inspect.signature(command).parameters)
-        assert not missing, (command.__name__, missing)
+        params = set(inspect.signature(command).parameters)
+        assert set(STEP_FIELDS) <= params, (command.__name__, set(STEP_FIELDS) - params)
+        assert not set(RETIRED_STEP_FIELDS) & params, command.__name__
+
+
+def test_step_flags_reach_the_step_and_the_help_names_the_shipped_defaults(tmp_path):
+    """A flag given on the command line is what the job runs; flags not given take StepConfig()'s values;
+    --help shows no retired option and every step default unmangled."""
+    from typer.testing import CliRunner
+
+    from igds_fast.cli import app
+
+    res = CliRunner().invoke(app, ["distill", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    for gone in ("--moment-guard", "--spread-guard", "--envelope-guard", "--diversity"):
+        assert gone not in res.output
+    assert all(f"(default {v})" in res.output for v in ("0.4", "0.3", "300", "ba", "50"))
+    res = CliRunner().invoke(app, ["distill", "--moment-guard", "--out", str(tmp_path / "x")])
+    assert res.exit_code != 0 and not (tmp_path / "x").exists()

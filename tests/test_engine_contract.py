@@ -29,7 +29,7 @@ from igds_fast.sampling.engine import StepEngine, plain_path
 from igds_fast.sampling.pipeline import build_pipeline
 
 BATCH, MEMORY, STEPS = 3, 4, 4
-CFG = StepConfig(steps=str(STEPS), beta=0.5, guidance_scale=10.0, window_lo=100, window_hi=750)
+CFG = StepConfig(steps=str(STEPS), beta=0.5, guidance_scale=10.0, window_lo=100, window_hi=750, clip_guard=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -143,38 +143,51 @@ def example_labels_of(engine: StepEngine) -> list[int]:
     )
 
 
-GUARDS_ON = [("moment_guard", True), ("spread_guard", True), ("envelope_guard", True), ("clip_guard", 0.5)]
+# Step fields added after engines were first exported, each with a value that turns it on.
+ADDED_ON = {"clip_guard": 0.5}
+UNGUARDED = StepConfig(clip_guard=0.0)
 
 
-@pytest.mark.parametrize(("field", "on"), GUARDS_ON)
+@pytest.mark.parametrize(("field", "on"), ADDED_ON.items())
 def test_an_engine_exported_before_a_step_field_existed_reads_as_its_old_behaviour(field, on):
-    """A manifest without a guard field (exported before the flag) serves jobs without the guard, and
-    is refused, naming the field, for a job that asks for it."""
+    """A manifest without an added field (exported before the option) serves jobs at the field's old
+    value, and is refused, naming the field, for a job that asks for another."""
     from igds_fast.backends.engine_manifest import check_manifest
 
-    old = StepConfig().to_dict()
+    old = UNGUARDED.to_dict()
     del old[field]
     manifest = {"step": old}
-    check_manifest(manifest, {"step": StepConfig().to_dict()})
+    check_manifest(manifest, {"step": UNGUARDED.to_dict()})
     was = ADDED_STEP_FIELDS[field]
     with pytest.raises(UserError, match=rf"step\.{field} is {was} in the engine, {on} was asked for"):
         check_manifest(manifest, {"step": StepConfig(**{field: on}).to_dict()})
 
 
-@pytest.mark.parametrize(("field", "on"), GUARDS_ON)
-def test_cache_keys_tell_a_guard_apart_and_ignore_its_old_spelling(field, on):
-    """The cache key hashes the step's identity: the guard on is another engine; the guard off is the
-    engine a release before the flag cached."""
+@pytest.mark.parametrize(("field", "on"), ADDED_ON.items())
+def test_cache_keys_tell_an_added_field_apart_and_ignore_its_old_spelling(field, on):
+    """The cache key hashes the step's identity: the field on is another engine; the field at its old
+    value is the engine a release before the option cached."""
     from igds_fast.config import step_identity
     from igds_fast.jobs.engine_cache import cache_key
 
     def key(step: StepConfig) -> str:
         return cache_key({"denoiser": "a"}, step, 2, 4, "onnxruntime", "fp32", "cpu")
 
-    assert key(StepConfig()) != key(StepConfig(**{field: on}))
-    old = {k: v for k, v in StepConfig().to_dict().items() if k not in ADDED_STEP_FIELDS}
-    assert step_identity(StepConfig().to_dict()) == old
+    assert key(UNGUARDED) != key(StepConfig(**{field: on}))
+    old = {k: v for k, v in UNGUARDED.to_dict().items() if k not in ADDED_STEP_FIELDS}
+    assert step_identity(UNGUARDED.to_dict()) == old
     assert step_identity(StepConfig(**{field: on}).to_dict())[field] == on
+
+
+def test_an_engine_manifest_with_a_retired_option_reads_at_its_neutral_value_and_is_refused_otherwise():
+    """Engines exported while the step still had the retired options record them; at the value every
+    shipped step used they serve today's jobs, at any other value they are refused in one line."""
+    from igds_fast.backends.engine_manifest import check_manifest
+
+    recorded = UNGUARDED.to_dict() | {"diversity": "x0", "moment_guard": False}
+    check_manifest({"step": recorded}, {"step": UNGUARDED.to_dict()})
+    with pytest.raises(UserError, match="moment_guard=True.*no longer has"):
+        check_manifest({"step": recorded | {"moment_guard": True}}, {"step": UNGUARDED.to_dict()})
 
 
 @pytest.fixture(scope="module", params=list(BACKENDS))

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..config import PRECISIONS, STEP_DEFAULTS, StepConfig, check_count, step_config
+from ..config import PRECISIONS, RETIRED_STEP_FIELDS, STEP_FIELDS, StepConfig, check_count, step_config
 from ..errors import UserError
 from ..guidance.step import GuidedStep
 from ..models.embedded import resolve_models
@@ -25,7 +25,7 @@ from .io import STEP_OUTPUTS, StepShapes, random_inputs, rel_error
 from .registry import backend as backend_row
 from .registry import load_engine
 
-# Export settings of a recipe (export/*.toml) or the flags, besides the step's (config.STEP_DEFAULTS).
+# Export settings of a recipe (export/*.toml) or the flags, besides the step's (config.StepConfig).
 EXPORT_DEFAULTS: dict[str, Any] = {
     "denoiser": None,
     "vae": None,
@@ -58,8 +58,8 @@ def read_recipe(path: Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid TOML ({e})") from None
     data = {k.replace("-", "_"): v for k, v in data.items()}
-    known = {**EXPORT_DEFAULTS, **STEP_DEFAULTS}
-    unknown = sorted(set(data) - set(known))
+    known = [*EXPORT_DEFAULTS, *STEP_FIELDS]
+    unknown = sorted(set(data) - set(known) - set(RETIRED_STEP_FIELDS))  # retired: read at the neutral value
     if unknown:
         raise UserError(f"{path}: unknown recipe key '{unknown[0]}' (known: {', '.join(known)})")
     return data
@@ -72,7 +72,8 @@ def export_spec(recipe: Path | None, flags: dict[str, Any], out: Path, overwrite
     s = dict(EXPORT_DEFAULTS)
     for layer in layers:
         s.update({k: v for k, v in layer.items() if k in EXPORT_DEFAULTS and v is not None})
-    cfg = step_config(check_count(int(s["ipc"]), "--ipc"), *layers)
+    check_count(int(s["ipc"]), "--ipc")
+    cfg = step_config(*layers)
     m = resolve_models(s["denoiser"], s["vae"], s["critics"], cfg.guidance)
     return ExportSpec(
         denoiser=m.denoiser,
@@ -143,8 +144,6 @@ class ExportSpec:
                     f"{option} {value} is more than an engine's static shapes allow ({most}): "
                     "tracing would allocate example inputs of that size; choose a smaller value"
                 )
-        if self.cfg.diversity == "knn":
-            raise UserError("--diversity knn is eager only; export with x0 or collision")
         if self.cfg.guidance == "igds" and self.critics is None:
             raise UserError("--guidance igds needs --critics PATH (or --guidance off)")
         if self.out.exists():

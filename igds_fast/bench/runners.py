@@ -50,7 +50,7 @@ class BenchContext:
         self.device = torch.device(cfg.device)
         # beta > 0 so that the entropy term's gradient is part of what is timed
         options = {"steps": str(cfg.steps), "guidance": cfg.guidance, "beta": 0.5, "clip_guard": cfg.clip_guard}
-        self.step_cfg: StepConfig = step_config(None, options)
+        self.step_cfg: StepConfig = step_config(options)
         self._pipes: dict[str, Pipeline] = {}
         self.labels = list(models.critic.config.class_ids) if models.critic is not None else CRITIC_CLASSES
         self.shapes = step_shapes(self.pipeline("fp32").step, cfg.batch_size, cfg.memory_size)

@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
             None, help="Backends that also run the full chain + decode + PNG (default: all; 'none' for none)."
         ),
         guidance: str = typer.Option("igds", help="igds (critic gradient in the step) or off."),
-        clip_guard: float | None = opt.clip_guard(),
+        clip_guard: float | None = opt.step_flag("clip_guard"),
         warmup: int = typer.Option(2, help="Untimed calls before timing."),
         repeats: int = typer.Option(5, help="Timed calls (median reported), fresh inputs each."),
         device: str = typer.Option("cpu", help="cpu or cuda[:N]."),

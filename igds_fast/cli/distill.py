@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -11,6 +12,7 @@ from ..errors import UserError
 from . import options as opt
 
 
+@opt.step_options()
 def distill(
     out: Path = typer.Option(Path("distilled"), help="Output ImageFolder (<wnid>/<index>.png) + manifest + run.json."),
     subset: str | None = typer.Option(None, help="imagenette (default), imagewoof, imageidc, imagenet100, imagenet1k."),
@@ -29,23 +31,6 @@ def distill(
     denoiser: Path | None = opt.denoiser(),
     vae: str | None = opt.vae(),
     critics: Path | None = opt.critics(),
-    guidance: str | None = opt.guidance("igds"),
-    guidance_scale: float | None = opt.guidance_scale(),
-    beta: float | None = opt.beta(),
-    window_lo: int | None = opt.window_lo(),
-    window_hi: int | None = opt.window_hi(),
-    weighting: str | None = opt.weighting(),
-    diversity: str | None = opt.diversity(),
-    range_guard: bool | None = opt.range_guard(),
-    moment_guard: bool | None = opt.moment_guard(),
-    spread_guard: bool | None = opt.spread_guard(),
-    envelope_guard: bool | None = opt.envelope_guard(),
-    clip_guard: float | None = opt.clip_guard(),
-    steps: str | None = opt.steps(),
-    sampler: str | None = opt.sampler(),
-    eta: float | None = opt.eta(),
-    cfg_scale: float | None = opt.cfg_scale(),
-    cfg_channels: str | None = opt.cfg_channels(),
     image_format: str = typer.Option("png", "--format", help="png or jpeg."),
     resolution: int | None = typer.Option(None, help="Resize written images to R px (default: model output size)."),
     shard: str | None = typer.Option(None, help="i/n: run every n-th class starting at i (array jobs)."),
@@ -65,13 +50,13 @@ def distill(
     threads: int | None = typer.Option(
         None, help="CPU threads of torch and onnxruntime [all cores; 1 can be faster on a busy machine]."
     ),
+    step: dict[str, Any] | None = None,
 ) -> None:
     """Distill a class subset into IPC synthetic images per class (the main job).
 
     Events (start, unit_done, class_done, damaged, repaired, finished, error) are JSON lines on
     stdout, or in --log-json FILE. Exit codes: 0 complete, 3 incomplete (other shards' classes
     missing), 2 user error, 1 bug."""
-    options = dict(locals())  # exactly the options above: distill_job takes them by name
     from ..jobs.events import EXIT_INCOMPLETE, Events, check_log_path
     from ..jobs.job import distill_job
     from ..jobs.run import run_job
@@ -79,7 +64,33 @@ def distill(
     check_log_path(log_json)  # before any event is written there
     events = Events(path=log_json, out=out)
     try:
-        job = distill_job(options.pop("out"), **options)
+        job = distill_job(
+            out,
+            step=step,
+            subset=subset,
+            classes=classes,
+            classes_file=classes_file,
+            ipc=ipc,
+            batch_size=batch_size,
+            seed=seed,
+            engines=engines,
+            backend=backend,
+            engine_cache=engine_cache,
+            denoiser=denoiser,
+            vae=vae,
+            critics=critics,
+            image_format=image_format,
+            resolution=resolution,
+            shard=shard,
+            ray=ray,
+            overwrite=overwrite,
+            wait=wait,
+            device=device,
+            dtype=dtype,
+            log_json=log_json,
+            progress=progress,
+            threads=threads,
+        )
         summary = run_job(job, events)
         events.emit("finished", **summary)
         if log_json is not None:  # the summary also reaches stdout

@@ -1,104 +1,104 @@
 """Options several commands share, defined once (help texts name the defaults they resolve to).
 
-Step options default to None ("not given"): ``config.step_config`` fills the defaults, so a recipe
-can sit between the defaults and the flags."""
+The guided step's flags are added to a command by ``step_options``: the command receives them as one
+``step`` mapping of the flags given (a flag not given is absent), which ``config.step_config`` lays
+over ``StepConfig()`` (and a recipe), so the defaults live in one place: the dataclass.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import typer
 
-from ..config import DIVERSITY_WEIGHT, STEP_DEFAULTS
+from ..config import STEP_FIELDS, StepConfig
 
-STEP_OPTIONS = tuple(STEP_DEFAULTS)
-
-
-def steps() -> Any:
-    return typer.Option(None, help="Respaced steps: 50, sections 10,20, or ddimN [50].")
+_DEFAULT = StepConfig()
+_PANEL = "Guided step (defaults: the shipped step)"
 
 
-def sampler() -> Any:
-    return typer.Option(None, help="ddpm (ancestral, learned variance) or ddim [ddpm].")
-
-
-def eta() -> Any:
-    return typer.Option(None, help="DDIM eta in [0, 1] [0].")
-
-
-def cfg_scale() -> Any:
-    return typer.Option(None, help="Classifier-free guidance scale, 1 = off [4].")
-
-
-def cfg_channels() -> Any:
-    return typer.Option(None, help="Channels CFG applies to: 3 (DiT/Minimax) or all (diffusers) [3].")
-
-
-def guidance(default: str) -> Any:
-    return typer.Option(None, help=f"igds (our information guidance) or off [{default}].")
-
-
-def guidance_scale() -> Any:
-    return typer.Option(None, help=f"IGDS gradient scale s [{STEP_DEFAULTS['guidance_scale']:g}].")
-
-
-def beta() -> Any:
-    return typer.Option(None, help=f"Weight of the diversity term, in units of eps [{DIVERSITY_WEIGHT:g}].")
-
-
-def weighting() -> Any:
-    return typer.Option(
-        None,
-        help="Weight of the guidance over t: ba (the critic's held-out I(X;Y) bound per t) or flat "
-        f"[{STEP_DEFAULTS['weighting']}].",
-    )
-
-
-def diversity() -> Any:
-    return typer.Option(
-        None,
-        help="Diversity term: x0 (repel the clean estimate from the class's other samples), collision or "
-        f"knn (same-step estimators; knn is eager only) [{STEP_DEFAULTS['diversity']}].",
-    )
-
-
-def window_lo() -> Any:
-    return typer.Option(None, help="Guide only at timesteps t >= this [0].")
-
-
-def window_hi() -> Any:
-    return typer.Option(None, help=f"Guide only at timesteps t <= this [{STEP_DEFAULTS['window_hi']}].")
+def _step_option(help_text: str, *names: str) -> Any:
+    return typer.Option(None, *names, help=help_text, rich_help_panel=_PANEL, show_default=False)
 
 
 def _switch(name: str, what: str) -> Any:
-    """An on/off step option (``--name/--no-name``) whose help names its default."""
-    on = "on" if STEP_DEFAULTS[name] else "off"
     flag = name.replace("_", "-")
-    return typer.Option(None, f"--{flag}/--no-{flag}", help=f"{what} [{on}].")
+    on = "on" if getattr(_DEFAULT, name) else "off"
+    return _step_option(f"{what} (default {on}).", f"--{flag}/--no-{flag}")
 
 
-def range_guard() -> Any:
-    return _switch("range_guard", "Pixel models: guidance may not push the clean estimate outside [-1, 1]")
+# One definition per step flag: (type, typer option). Every field of StepConfig has one.
+STEP_FLAGS: dict[str, tuple[Any, Any]] = {
+    "steps": (str | None, _step_option(f"Respaced steps: 50, sections 10,20, or ddimN (default {_DEFAULT.steps}).")),
+    "sampler": (str | None, _step_option(f"ddpm (ancestral, learned variance) or ddim (default {_DEFAULT.sampler}).")),
+    "eta": (float | None, _step_option(f"DDIM eta in [0, 1] (default {_DEFAULT.eta:g}).")),
+    "cfg_scale": (
+        float | None,
+        _step_option(f"Classifier-free guidance scale, 1 = off (default {_DEFAULT.cfg_scale:g})."),
+    ),
+    "cfg_channels": (
+        str | None,
+        _step_option(f"Channels CFG applies to: 3 (DiT/Minimax) or all (diffusers) (default {_DEFAULT.cfg_channels})."),
+    ),
+    "guidance": (str | None, _step_option("igds (our information guidance) or off (default igds; sample: off).")),
+    "guidance_scale": (float | None, _step_option(f"Prototype term's scale s (default {_DEFAULT.guidance_scale:g}).")),
+    "beta": (float | None, _step_option(f"Diversity term's weight, in units of eps (default {_DEFAULT.beta:g}).")),
+    "window_lo": (int | None, _step_option(f"Guide only at timesteps t >= this (default {_DEFAULT.window_lo}).")),
+    "window_hi": (int | None, _step_option(f"Guide only at timesteps t <= this (default {_DEFAULT.window_hi}).")),
+    "weighting": (
+        str | None,
+        _step_option(
+            "Weight of the guidance over t: ba (the critic's held-out I(X;Y) bound per t) or flat "
+            f"(default {_DEFAULT.weighting})."
+        ),
+    ),
+    "range_guard": (
+        bool | None,
+        _switch("range_guard", "Pixel models: guidance may not push the clean estimate outside [-1, 1]"),
+    ),
+    "clip_guard": (
+        float | None,
+        _step_option(
+            "Inside the window, move the clean estimate against its decoded pixels' excess beyond [-1, 1], "
+            f"by this fraction of the full step; 0 = off (default {_DEFAULT.clip_guard:g})."
+        ),
+    ),
+}
+assert set(STEP_FLAGS) == set(STEP_FIELDS), "every step field needs exactly one flag"
 
 
-def moment_guard() -> Any:
-    return _switch("moment_guard", "Guidance keeps the clean estimate's per-channel mean and at most its spread")
+def step_flag(name: str) -> Any:
+    """The typer option of one step flag, for a command that takes only that one."""
+    return STEP_FLAGS[name][1]
 
 
-def spread_guard() -> Any:
-    return _switch("spread_guard", "Guidance may move the clean estimate's per-channel mean but not widen its spread")
+def step_options(guidance: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: add the step flags to a command, which then takes ``step``: the flags given, by field
+    name. ``guidance``: the command's own default for --guidance where it is not the step's (``sample``
+    samples unguided)."""
 
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        own = [p for p in inspect.signature(command).parameters.values() if p.name != "step"]
+        added = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+            for name, (kind, option) in STEP_FLAGS.items()
+        ]
 
-def envelope_guard() -> Any:
-    return _switch("envelope_guard", "Guidance keeps the clean estimate inside the unguided one's per-channel range")
+        @functools.wraps(command)
+        def run(**kwargs: Any) -> Any:
+            given = {name: kwargs.pop(name) for name in STEP_FLAGS}
+            own_default = {} if guidance is None else {"guidance": guidance}
+            flags = own_default | {k: v for k, v in given.items() if v is not None}
+            return command(**kwargs, step=flags)
 
+        run.__signature__ = inspect.Signature(own + added)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in own + added}
+        return run
 
-def clip_guard() -> Any:
-    return typer.Option(
-        None,
-        help="Inside the window, move the clean estimate against its decoded pixels' excess beyond [-1, 1], "
-        f"by this fraction of the full step (0 = off) [{STEP_DEFAULTS['clip_guard']}].",
-    )
+    return decorate
 
 
 def denoiser() -> Any:
@@ -117,11 +117,6 @@ def critics() -> Any:
 
 def device() -> Any:
     return typer.Option("cpu", help="cpu or cuda[:N].")
-
-
-def step_flags(values: dict[str, Any]) -> dict[str, Any]:
-    """The step options among a command's parameters (None = not given)."""
-    return {k: values[k] for k in STEP_OPTIONS if k in values}
 
 
 def warn_if_slow_bf16(precision: str, device: str) -> None:

@@ -11,29 +11,13 @@ from ..errors import UserError
 from . import options as opt
 
 
+@opt.step_options(guidance="off")
 def sample(
     classes: str = typer.Option(..., help="Class labels of the model (207,3) or WNIDs."),
     denoiser: Path | None = opt.denoiser(),
     vae: str | None = opt.vae(),
     critics: Path | None = opt.critics(),
     n_per_class: int = typer.Option(1, help="Samples per class."),
-    steps: str | None = opt.steps(),
-    sampler: str | None = opt.sampler(),
-    eta: float | None = opt.eta(),
-    cfg_scale: float | None = opt.cfg_scale(),
-    cfg_channels: str | None = opt.cfg_channels(),
-    guidance: str = typer.Option("off", help="igds (our information guidance) or off [off]."),
-    guidance_scale: float | None = opt.guidance_scale(),
-    beta: float | None = opt.beta(),
-    window_lo: int | None = opt.window_lo(),
-    window_hi: int | None = opt.window_hi(),
-    weighting: str | None = opt.weighting(),
-    diversity: str | None = opt.diversity(),
-    range_guard: bool | None = opt.range_guard(),
-    moment_guard: bool | None = opt.moment_guard(),
-    spread_guard: bool | None = opt.spread_guard(),
-    envelope_guard: bool | None = opt.envelope_guard(),
-    clip_guard: float | None = opt.clip_guard(),
     seed: int = typer.Option(0, help="Global seed; each sample's noise derives from (seed, class, index)."),
     batch_size: int = typer.Option(16, help="Samples per denoiser batch."),
     init_noise: Path | None = typer.Option(None, help="Initial noise .npy of shape (N, C, H, W)."),
@@ -44,6 +28,7 @@ def sample(
     ),
     device: str = opt.device(),
     dtype: str = typer.Option("fp32", help="Denoiser precision: fp32, fp16 or bf16."),
+    step: dict[str, Any] | None = None,
 ) -> None:
     """Sample a grid of images for some classes (the reference sampler)."""
     import numpy as np
@@ -57,7 +42,7 @@ def sample(
     from ..models.labels import model_labels
 
     labels = parse_classes(classes)
-    cfg = step_config(n_per_class, opt.step_flags(locals()))
+    cfg = step_config(step)
     models = resolve_models(denoiser, vae, critics, cfg.guidance)
     if no_images and latents_out is None:
         raise UserError("--no-images writes only the latents: pass --latents-out FILE.npy")

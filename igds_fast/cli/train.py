@@ -100,7 +100,7 @@ def train_critics_cmd(
     ),
     ema: float = typer.Option(0.0, help="Decay of an exponential moving average of the weights, saved (0 = off)."),
 ) -> None:
-    """Train the noise-conditional critics (class head + feature head) and fit kernel widths."""
+    """Train the noise-conditional critics (class head + feature head) and report their I(X;Y) bound."""
     from ..models.embedded import resolve_models
     from ..models.labels import class_labels
     from ..models.loading import load_denoiser

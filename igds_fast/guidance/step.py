@@ -2,11 +2,9 @@
 
     eps_cfg   = classifier-free guided eps of the denoiser (one pass on 2B)
     g_proto   = grad_x sum_b log q(y_b | x_t, t)                       the prototype term (I(X;Y))
-    g_div     = grad of the diversity term (``StepConfig.diversity``):
-                x0:        on the clean estimate x0_hat, features f(x0_hat, t=0) repelled from their
-                           nearest same-class neighbours (batch + the class's final samples of earlier
-                           chunks): a soft minimum of cosine distances, gradient through x0_hat
-                collision: our earlier estimator, H2_hat of same-step noisy features (kept for comparison)
+    g_div     = grad of the diversity term: on the clean estimate x0_hat, its features f(x0_hat, t=0)
+                repelled from their nearest same-class neighbours (batch + the class's final samples of
+                earlier chunks): a soft minimum of cosine distances, gradient through x0_hat
     eps_tilde = eps_cfg - sqrt(1 - alphabar_t) * w_t * (s * n(g_proto) + beta * n(g_div))
     x_{t-1}   = DDPM (learned range) or DDIM update with eps_tilde
 
@@ -14,12 +12,9 @@ n(g) scales each sample's gradient to unit RMS, so s and beta are in units of ep
 have separate, comparable scales). w_t weights both terms by the critic's held-out Barber-Agakov
 bound at t (``weighting="ba"``: 0 where the critic knows nothing, 1 where it knows most; both
 terms read the critic); both act only inside the window [window_lo, window_hi]. Two guards then
-edit eps_tilde through the clean estimate it implies: ``moment_guard`` gives x0_hat back the unguided
-estimate's per-channel mean and at most its spread, ``spread_guard`` only the spread cap (both
-``keep_moments``); ``envelope_guard`` keeps x0_hat inside the unguided estimate's per-channel
-[min, max] (``keep_in_envelope``); ``clip_guard`` moves it against the part of its decoded pixels
-beyond [-1, 1] (``keep_decoded_in_range``, through the decoder); ``range_guard`` (pixel models) keeps
-it inside [-1, 1] (``keep_in_range``).
+edit eps_tilde through the clean estimate it implies: ``clip_guard`` moves x0_hat against the part of
+its decoded pixels beyond [-1, 1] (``keep_decoded_in_range``, through the decoder); ``range_guard``
+(pixel models) keeps it inside [-1, 1] (``keep_in_range``).
 
 The critics are noise-conditional, so the gradient never flows through the denoiser (eps_cfg is a
 constant of the gradient). Gradients are taken with ``torch.func.grad``: eager runs it as is, and
@@ -39,7 +34,7 @@ from ..errors import UserError
 from ..models.critics import NoiseCritic
 from ..models.loading import denoiser_shape
 from ..models.vae import decode_unclipped
-from .bounds import class_log_prob, collision_entropy, knn_entropy, soft_nearest_similarity
+from .bounds import class_log_prob, soft_nearest_similarity
 
 
 class GuidedStep(nn.Module):
@@ -48,9 +43,8 @@ class GuidedStep(nn.Module):
     x: (B, C, H, W) float32; i: integer step index (0-d or 1 element) into the respaced schedule (N-1 first);
     y: (B,) denoiser class labels; noise: (B, C, H, W) for the ancestral update;
     memory: (M, D) critic features of the class's earlier samples; memory_mask: (B, M).
-    Returned features feed later chunks' memory: f(x0_hat, 0) for ``diversity="x0"`` (at the last
-    step, of the unguided clean estimate: the final sample before that step's guidance), f(x_t, t) for
-    the same-step estimators.
+    Returned features feed later chunks' memory: f(x0_hat, 0) (at the last step, of the unguided clean
+    estimate: the final sample before that step's guidance).
     """
 
     def __init__(
@@ -136,46 +130,6 @@ class GuidedStep(nn.Module):
         logits, feats = self.critic(z.to(self.critic.dtype), t)
         return logits.to(z.dtype), feats.to(z.dtype)
 
-    def prototype_objective(
-        self, x: torch.Tensor, t: torch.Tensor, cidx: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """sum_b log q(y_b | x_t, t), and log q per sample."""
-        logits, _ = self.critic_outputs(x, t)
-        log_q = class_log_prob(logits, cidx)
-        return log_q.sum(), log_q.detach()
-
-    def diversity_objective(
-        self,
-        z: torch.Tensor,
-        t: torch.Tensor,
-        y: torch.Tensor,
-        cidx: torch.Tensor,
-        memory: torch.Tensor,
-        memory_mask: torch.Tensor,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """The diversity term summed over the batch, and (features, per-sample value). ``z`` is the
-        clean estimate x0_hat (``diversity="x0"``, t = 0) or x_t (the same-step estimators)."""
-        _, feats = self.critic_outputs(z, t)
-        value = self.diversity_value(feats, t, y, cidx, memory, memory_mask)
-        return value.sum(), (feats.detach(), value.detach())
-
-    def diversity_value(
-        self,
-        feats: torch.Tensor,
-        t: torch.Tensor,
-        y: torch.Tensor,
-        cidx: torch.Tensor,
-        memory: torch.Tensor,
-        memory_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        """The diversity term per sample from the critic features (higher = more diverse)."""
-        mode = self.cfg.diversity
-        if mode == "x0":
-            return -soft_nearest_similarity(feats, y, memory, memory_mask)  # higher = farther from neighbours
-        if mode == "knn":
-            return knn_entropy(feats, y, memory, memory_mask)
-        return collision_entropy(feats, y, self.critic.sigma_for(t, cidx), memory, memory_mask)[0]
-
     def joint_objective(
         self,
         x: torch.Tensor,
@@ -186,13 +140,13 @@ class GuidedStep(nn.Module):
         memory: torch.Tensor,
         memory_mask: torch.Tensor,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """``diversity="x0"``: sum_b log q(y_b | x_t, t) + the diversity term of x0_hat, from one critic
+        """sum_b log q(y_b | x_t, t) + the diversity term of x0_hat, from one critic
         pass on the 2B inputs [x_t; x0_hat] (the critic treats samples independently, so the gradient
         w.r.t. x_t is the prototype term's and the one w.r.t. x0_hat the diversity term's)."""
         b = x.shape[0]
         logits, feats = self.critic_outputs(torch.cat([x, x0]), torch.cat([t, torch.zeros_like(t)]))
         log_q = class_log_prob(logits[:b], cidx)
-        value = self.diversity_value(feats[b:], torch.zeros_like(t), y, cidx, memory, memory_mask)
+        value = -soft_nearest_similarity(feats[b:], y, memory, memory_mask)  # higher = farther from neighbours
         return log_q.sum() + value.sum(), (feats[b:].detach(), log_q.detach(), value.detach())
 
     def guidance_grad(
@@ -213,18 +167,12 @@ class GuidedStep(nn.Module):
         t = self.tab_timestep[i].expand(b)
         cidx = self.label_to_critic[y]
         with torch.enable_grad():
-            if self.cfg.diversity == "x0":
-                # d x0_hat / d x_t = 1/sqrt(alphabar) (eps is a constant): a positive scalar, which the
-                # per-sample normalisation of the guided step removes; so differentiate in x0_hat.
-                x0 = predict_x0(x, eps, i, self.tables)
-                (g_proto, g_div), (feats, log_q, value) = torch.func.grad(
-                    self.joint_objective, argnums=(0, 1), has_aux=True
-                )(x, x0, t, y, cidx, memory, memory_mask)
-            else:  # same-step estimators: both terms differentiate the critic at x_t
-                g_proto, log_q = torch.func.grad(self.prototype_objective, has_aux=True)(x, t, cidx)
-                g_div, (feats, value) = torch.func.grad(self.diversity_objective, has_aux=True)(
-                    x, t, y, cidx, memory, memory_mask
-                )
+            # d x0_hat / d x_t = 1/sqrt(alphabar) (eps is a constant): a positive scalar, which the
+            # per-sample normalisation of the guided step removes; so differentiate in x0_hat.
+            x0 = predict_x0(x, eps, i, self.tables)
+            (g_proto, g_div), (feats, log_q, value) = torch.func.grad(
+                self.joint_objective, argnums=(0, 1), has_aux=True
+            )(x, x0, t, y, cidx, memory, memory_mask)
         return g_proto, g_div, feats, log_q, value
 
     def guide(self, eps: torch.Tensor, g_proto: torch.Tensor, g_div: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
@@ -240,15 +188,6 @@ class GuidedStep(nn.Module):
         x0_free = predict_x0(x, eps, i, self.tables)
         lo = torch.minimum(x0_free, torch.full_like(x0_free, -1.0))
         hi = torch.maximum(x0_free, torch.ones_like(x0_free))
-        return self.keep_within(x, guided, i, lo, hi)
-
-    def keep_in_envelope(
-        self, x: torch.Tensor, eps: torch.Tensor, guided: torch.Tensor, i: torch.Tensor
-    ) -> torch.Tensor:
-        """The guided eps, with x0_hat held inside the unguided estimate's per-channel spatial [min, max]:
-        the guidance may move values within the denoiser's own range, not past its extremes."""
-        x0_free = predict_x0(x, eps, i, self.tables)
-        lo, hi = x0_free.amin(dim=(2, 3), keepdim=True), x0_free.amax(dim=(2, 3), keepdim=True)
         return self.keep_within(x, guided, i, lo, hi)
 
     def keep_decoded_in_range(self, x: torch.Tensor, guided: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
@@ -286,27 +225,12 @@ class GuidedStep(nn.Module):
         x0 = torch.maximum(torch.minimum(predict_x0(x, guided, i, self.tables), hi), lo)
         return eps_from_x0(x, x0, i, self.tables)
 
-    def keep_moments(
-        self, x: torch.Tensor, eps: torch.Tensor, guided: torch.Tensor, i: torch.Tensor, keep_mean: bool
-    ) -> torch.Tensor:
-        """The guided eps, with the clean estimate x0_hat's per-channel spatial spread capped at the
-        unguided estimate's and, with ``keep_mean``, its per-channel mean moved back to theirs: the
-        guidance keeps its pattern, the denoiser keeps the contrast (and the colour)."""
-        x0_free, x0_guided = predict_x0(x, eps, i, self.tables), predict_x0(x, guided, i, self.tables)
-        mean_free, spread_free = channel_moments(x0_free)
-        mean_guided, spread_guided = channel_moments(x0_guided)
-        ratio = (spread_free / spread_guided.clamp_min(1e-8)).clamp(max=1.0)
-        x0 = (mean_free if keep_mean else mean_guided) + (x0_guided - mean_guided) * ratio
-        return eps_from_x0(x, x0, i, self.tables)
-
     def find_plain_steps(self, on: torch.Tensor) -> frozenset[int]:
         """``plain_steps``: the step indices where ``forward`` returns exactly what ``plain`` does for
         x_{t-1}: outside the window (``on`` 0) the guidance and the clip guard add exactly zero to eps.
-        Never index 0 (its features and log q are what a set records), and none when a guard edits eps
-        there too (the moment, spread and envelope guards and the pixel range guard recompute it
-        through x0_hat)."""
-        cfg = self.cfg
-        if self.critic is None or cfg.moment_guard or cfg.spread_guard or cfg.envelope_guard or self.range_guard:
+        Never index 0 (its features and log q are what a set records), and none when the pixel range
+        guard edits eps there too (it recomputes eps through x0_hat)."""
+        if self.critic is None or self.range_guard:
             return frozenset()
         return frozenset(k for k in range(1, len(on)) if on[k] == 0)
 
@@ -346,10 +270,6 @@ class GuidedStep(nn.Module):
         if self.critic is not None:
             g_proto, g_div, feats, log_q, h2 = self.guidance_grad(x, i, y, eps, memory, memory_mask)
             guided = self.guide(eps, g_proto, g_div, i)
-            if self.cfg.moment_guard or self.cfg.spread_guard:
-                guided = self.keep_moments(x, eps, guided, i, keep_mean=self.cfg.moment_guard)
-            if self.cfg.envelope_guard:
-                guided = self.keep_in_envelope(x, eps, guided, i)
             if self.decoder is not None:
                 guided = self.keep_decoded_in_range(x, guided, i)
             eps = self.keep_in_range(x, eps, guided, i) if self.range_guard else guided
@@ -359,12 +279,6 @@ class GuidedStep(nn.Module):
             log_q = torch.zeros(b, device=x.device)
             h2 = torch.zeros(b, device=x.device)
         return self.update(x, eps, var, i, noise), feats, log_q, h2
-
-
-def channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample and channel: the spatial mean and standard deviation of (B, C, H, W) ``x``."""
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    return mean, (x - mean).pow(2).mean(dim=(2, 3), keepdim=True).sqrt()
 
 
 def unit_rms(g: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.build import ExportSpec, export_engine
-from ..config import step_config
+from ..config import StepConfig
 from ..errors import UserError
 from ..evaluation.train import evaluate_set
 from ..models.embedded import resolve_models
@@ -33,7 +33,7 @@ def default_val_dir() -> Path | None:
 
 
 def demo_job(out: Path) -> DistillJob:
-    cfg = step_config(DEMO_IPC)
+    cfg = StepConfig()
     return DistillJob(
         out=out,
         classes=subset("imagenette"),

@@ -139,7 +139,8 @@ class NoiseCritic(nn.Module):
         self.norm = nn.LayerNorm(out_width)
         self.class_head = nn.Linear(out_width, cfg.num_classes)
         self.feat_head = nn.Linear(out_width, cfg.feat_dim)
-        # Kernel width of the collision-entropy bound per (t bucket, class), fitted on real data.
+        # Kernel widths per (t bucket, class) of a diversity estimator the step no longer has: kept as a
+        # buffer so that critic files keep one layout (files written before load as they are).
         self.register_buffer("kernel_sigma", torch.ones(cfg.num_t_buckets, cfg.num_classes))
         for m in self.modules():
             if isinstance(m, _Block | _ResBlock):  # t-modulation starts at zero
@@ -182,13 +183,6 @@ class NoiseCritic(nn.Module):
     def t_bucket(self, t: torch.Tensor) -> torch.Tensor:
         n = self.config.num_t_buckets
         return (t.float() * n / self.config.num_train_steps).floor().clamp(0, n - 1).long()
-
-    def sigma_for(self, t: torch.Tensor, class_index: torch.Tensor) -> torch.Tensor:
-        """Kernel width for each sample's (t bucket, class), via one-hot products (export-friendly)."""
-        n, k = self.kernel_sigma.shape
-        tb = (torch.arange(n, device=t.device)[None] == self.t_bucket(t)[:, None]).to(self.kernel_sigma.dtype)
-        cb = (torch.arange(k, device=t.device)[None] == class_index[:, None]).to(self.kernel_sigma.dtype)
-        return ((tb @ self.kernel_sigma) * cb).sum(-1).clamp_min(1e-3)
 
     def flops_per_image(self) -> int:
         """Forward FLOPs (2 per multiply-add) for one image: matmuls, convolutions and attention only."""

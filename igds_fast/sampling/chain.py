@@ -113,9 +113,8 @@ def run_chunk(
     # Padding rows must not enter the entropy term of the real rows: they get the next label (at
     # most the null class, a valid embedding row) and no memory.
     y[unit.count :] = unit.label + 1
-    if engine.manifest.get("step", {}).get("diversity") == "x0":
-        # The x0 term repels from the class's final samples: every step sees their last-step features.
-        memory = [np.broadcast_to(m[:1], m.shape) for m in memory]
+    # The diversity term repels from the class's final samples: every step sees their last-step features.
+    memory = [np.broadcast_to(m[:1], m.shape) for m in memory]
     mem_all, mask = memory_tensors(memory, engine.num_steps, batch, rows, engine.feat_dim, device)
     mask[unit.count :] = 0
     finite: list[torch.Tensor] = []  # one device flag per step; read once at the end (no per-step sync)

@@ -121,25 +121,6 @@ def evaluate_critic(
     }
 
 
-@torch.no_grad()
-def fit_kernel_widths(critic: NoiseCritic, x: torch.Tensor, labels: torch.Tensor, tab: dict, seed: int = 2) -> None:
-    """sigma[t bucket, class] = median pairwise feature distance of real noised samples."""
-    g = torch.Generator().manual_seed(seed)
-    n_b, k_cls = critic.kernel_sigma.shape
-    dev = next(critic.parameters()).device
-    for b in range(n_b):
-        t_mid = (2 * b + 1) * 1000 // (2 * n_b)
-        for c in range(k_cls):
-            xc = x[labels == c][:64]
-            if len(xc) < 2:
-                continue
-            t = torch.full((len(xc),), t_mid)
-            _, f = critic(q_sample(xc, t, torch.randn(xc.shape, generator=g), tab).to(dev), t.float().to(dev))
-            d = torch.cdist(f, f)
-            off = d[~torch.eye(len(f), dtype=torch.bool, device=dev)]
-            critic.kernel_sigma[b, c] = off.median().clamp_min(1e-3)
-
-
 def config_key(ccfg: CriticConfig) -> str:
     """What a training state records of the critic it trains (compared on resume)."""
     return json.dumps(asdict(ccfg), sort_keys=True)
@@ -291,7 +272,6 @@ def train_critic(
             state_path.with_suffix(".tmp").replace(state_path)
     bar.close()
     critic = (critic if ema is None else ema).eval()
-    fit_kernel_widths(critic, xv, yv, tab)
     trained = evaluate_critic(critic, xv, yv, tab)
     metrics = {
         "held_out": "val" if cfg.val else "every 10th training image",
