@@ -4,7 +4,7 @@
 # critics 1000), then IPC 10 with guidance off, the default IGDS and it without the clip guard, a
 # random-real reference, and the independent judge on each. Checks: no near-constant image (distill's manifest), and the judge's rows.
 # Resumable stage by stage (each trainer resumes; distill and baseline finish or skip).
-#   bash benchmarks/cifar10_transfer.sh [OUT]          # ~1 h on one CPU core (measured: see docs/transfer_cifar10.md)
+#   bash benchmarks/cifar10_transfer.sh [OUT]          # about an hour on one CPU core (docs/experiments/transfer_cifar10.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
@@ -19,7 +19,7 @@ DATA=$D RESOLUTION=32 CLASSES=$CL bash scripts/train_embedded_v2.sh "$OUT/ae/vae
 M=(--denoiser "$OUT/v2/dit/denoiser.safetensors" --vae "$OUT/ae/vae" --classes "$CL" --ipc 10 --batch-size 10 --no-progress)
 igds-fast distill "${M[@]}" --guidance off --out "$OUT/sets/off"
 igds-fast distill "${M[@]}" --critics "$OUT/v2/critic/critic.safetensors" --guidance igds --out "$OUT/sets/igds"
-# the default before the clip guard (session 11), same noise: the paired saturation difference
+# the default before the clip guard (2026-12-04), same noise: the paired saturation difference
 igds-fast distill "${M[@]}" --critics "$OUT/v2/critic/critic.safetensors" --guidance igds --clip-guard 0 \
   --out "$OUT/sets/igds-noclip"
 igds-fast baseline random-real --data "$D/train" --classes "$CL" --ipc 10 --out "$OUT/sets/random-real"

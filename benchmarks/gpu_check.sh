@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The staged GPU check (issue 12): every number comes from `python3 -m igds_fast.cli`, the route a
+# The staged GPU check: every number comes from `python3 -m igds_fast.cli`, the route a
 # user takes. Installs nothing. Writes JSON under $OUT (or the folder argument) and prints one
 # summary table at the end. Each stage runs under its own `timeout`, and `igds-fast bench` rewrites
 # its JSON after every backend (a row cut by the limit says "timed out", or "running" after
@@ -160,8 +160,9 @@ fi
 # ---- Stage 1 ---------------------------------------------------------------------------------------
 echo "== Stage 1: ${S1_MODEL[*]}, $DEV, $DTYPE, IGDS every step, $S1_STEPS steps, decode + PNG"
 # --clip-guard 0: the default clip guard differentiates the VAE decoder at 256 px in every guided step
-# (~2.6x the CFG pass in FLOPs, 0.71 GiB of bf16 activations per image kept for the gradient: b256 would not
-# fit); stage 0 runs the default guard on the GPU, and these rows stay comparable with earlier designs.
+# (~2.6x the CFG pass in FLOPs, 0.71 GiB of bf16 activations per image kept for the gradient, counted in
+# benchmarks/results/flops/dit-xl2-256.json: b256 would not fit); stage 0 runs the default guard on the GPU,
+# and these rows stay comparable with the bench rows recorded before the guard.
 COMMON=("${S1_MODEL[@]}" --random-weights --steps "$S1_STEPS" --device "$DEV" --dtype "$DTYPE" --parity-inputs 1
   --clip-guard 0)
 [ -n "$S1A_BACKENDS" ] && run stage1-b$S1A_BATCH "$S1A_LIMIT" "${CLI[@]}" bench "${COMMON[@]}" \

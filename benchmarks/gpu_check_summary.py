@@ -1,5 +1,5 @@
 """The summary of ``benchmarks/gpu_check.sh``: one table from the bench JSON files it wrote, the
-issue-12 goals checked against them, and the Stage 0 fail-fast check. Standard library only (it
+GPU goals checked against them, and the Stage 0 fail-fast check. Standard library only (it
 runs on a GPU machine where nothing is installed, and after a stage was killed).
 
     python3 benchmarks/gpu_check_summary.py OUT [--dry-run=0|1] [--failed REASON]
@@ -16,7 +16,7 @@ from typing import Any
 
 # The JSON files of the stages, in order (stage1-b*.json: one per batch size).
 PATTERNS = ("stage0.json", "stage1-b*.json", "stage2-aoti.json")
-GOALS = {"img_s": 20.0, "x_eager_ref": 10.0, "igds_overhead": 0.15}  # issue 12, DiT-XL/2 256 px on one H100
+GOALS = {"img_s": 20.0, "x_eager_ref": 10.0, "igds_overhead": 0.15}  # the GPU targets: DiT-XL/2 256 px on one H100
 
 
 def tolerance(precision: str | None) -> float:
@@ -109,7 +109,7 @@ def goal(text: str, value: float, where: str, met: bool, note: str) -> dict[str,
 
 
 def goals(rows: list[dict[str, Any]], dry: bool) -> list[dict[str, Any]]:
-    """The issue's targets, from the Stage 1/2 rows of one script run (never from Stage 0)."""
+    """The GPU targets, from the Stage 1/2 rows of one script run (never from Stage 0)."""
     main = [r for r in rows if r["file"] != "stage0.json" and r.get("status") == "ok"]
     best = max((r for r in main if r.get("img_s")), key=lambda r: r["img_s"], default=None)
     refs = [r for r in main if r["row"] == "eager-ref" and r.get("img_s")]

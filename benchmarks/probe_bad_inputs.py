@@ -1,4 +1,4 @@
-"""Bad inputs to every ``igds-fast`` command, run as a new user would (issue 15's final check).
+"""Bad inputs to every ``igds-fast`` command, run as a new user would.
 
 Each case runs the installed ``igds-fast`` in a fresh temporary working directory (a fresh HOME and
 engine cache too) with a 60 s timeout, and is CLEAN when

@@ -6,7 +6,9 @@ embedded model (or --denoiser/--critics), write them as a set, and score it with
 log q next to the judge's, so the gap (how much the critic is fooled) is visible. Resumable: a
 finished configuration's JSON is kept and skipped on rerun.
 
-    python benchmarks/sweep_guidance.py --out runs/sweep --table docs/sweep_guidance.md
+    python benchmarks/sweep_guidance.py --out runs/sweep --table runs/sweep/table.md
+
+The recorded sweeps and what they showed: docs/experiments/sweep_guidance.md.
 """
 
 from __future__ import annotations
