@@ -262,7 +262,7 @@ EOF
 ## Commands
 
 Run from the repository root on $(uname -sm), $(getconf _NPROCESSORS_ONLN) CPU(s), $(igds-fast --version 2>/dev/null || echo igds-fast),
-OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset}, IGDS_ORT_THREADS=${IGDS_ORT_THREADS:-unset}; started $STARTED. The whole run:
+OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset}, IGDS_ORT_THREADS=${IGDS_ORT_THREADS:-unset}; started ${STARTED%%T*}. The whole run:
 
 \`\`\`bash
 $SETTINGS bash benchmarks/run_results.sh
