@@ -19,7 +19,7 @@ import torch
 from .errors import UserError
 
 # Defaults of the guided step, chosen by the independent judge on the embedded model
-# (benchmarks/sweep_guidance.py, docs/sweep_guidance.md), in units of eps RMS: s for the prototype
+# (benchmarks/sweep_guidance.py, docs/experiments/sweep_guidance.md), in units of eps RMS: s for the prototype
 # term, beta for the diversity term (a constant: the nearest-neighbour term needs no IPC schedule).
 # Guidance acts only at t <= GUIDANCE_WINDOW_HI, where the critic knows most: guiding at high noise
 # is what clipped pixels, and the stronger s and beta keep the accuracy and the spread there.

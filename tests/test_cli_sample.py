@@ -335,7 +335,7 @@ def test_wrong_init_noise_shape_exit_2(pixel_model, tmp_path):
     ],
 )
 def test_bad_outputs_and_inputs_exit_2_before_sampling(pixel_model, tmp_path, case, words):
-    """Issue 15 (9): each of these raised a traceback (after all the sampling, for --out DIR) or was accepted."""
+    """Each of these once raised a traceback (after all the sampling, for --out DIR) or was accepted."""
     (tmp_path / "junk.npy").write_bytes(os.urandom(300))
     (tmp_path / "dir").mkdir()
     extra = {
@@ -359,7 +359,7 @@ def test_bad_outputs_and_inputs_exit_2_before_sampling(pixel_model, tmp_path, ca
 
 @needs_diffusers
 def test_latents_only_for_a_latent_model_without_a_vae(latent_model, tmp_path):
-    """Issue 15 (b): a data platform may store latents only: no VAE needed, no grid written."""
+    """A data platform may store latents only: no VAE needed, no grid written."""
     lat = tmp_path / "lat.npy"
     res = ok(
         "--denoiser", latent_model / "dit.safetensors", "--classes", "0,4", "--n-per-class", "2", "--steps", "5",

@@ -148,7 +148,7 @@ def test_ort_engine_on_cuda_n_uses_that_device_and_torchs_stream(
     fake_session, providers, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """cuda:1 -> device_id 1 in every provider's options, and torch's current stream of that device
-    as ORT's compute stream (the IO-binding race of issue 12, item 3)."""
+    as ORT's compute stream (an IO-binding race)."""
     providers([TRT, CUDA, CPU])
     seen: list[Any] = []
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: seen.append(device) or FakeStream())

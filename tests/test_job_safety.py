@@ -1,4 +1,4 @@
-"""Jobs a data platform can trust (issue 15): no data loss, verified outputs, repair to the same bytes,
+"""Jobs a data platform can trust: no data loss, verified outputs, repair to the same bytes,
 recoverable state, locks, machine-readable events and exit codes, up-front limits, run history,
 the default backend. Every test here failed before the change it covers."""
 

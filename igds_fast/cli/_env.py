@@ -1,7 +1,7 @@
 """Process settings the command line fixes before torch (and its OpenMP runtime) loads.
 
 OpenMP threads that busy-wait between parallel regions (the default "active" policy) collapse
-when the cores are shared: on the 2-core dev box with one other busy process, the default
+when the cores are shared: on a 2-core machine with one other busy process, the default
 ``distill`` of one class took 128 s with 2 active threads, 25 s with ``OMP_WAIT_POLICY=PASSIVE``
 and 23 s with ``--threads 1``. So the CLI waits passively unless the user chose a policy.
 """
