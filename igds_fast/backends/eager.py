@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from ..guidance.step import GuidedStep
+from ..models.flops import decoder_grad_bytes
+from ..models.labels import class_labels
 from ..models.vae import decode_images
 from ..sampling.engine import check_step_index
 from .backend import Backend
@@ -69,6 +71,13 @@ class EagerEngine:
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return decode_images(self.codec, x.to(self.device))
+
+    def labels(self, wnids: list[str]) -> list[int]:
+        return class_labels(self.module.denoiser, wnids)
+
+    def clip_guard_bytes(self) -> int:
+        decoder = self.module.decoder  # the step keeps one only when it has a clip guard
+        return 0 if decoder is None else decoder_grad_bytes(decoder, self.shape)
 
 
 def _describe() -> str:

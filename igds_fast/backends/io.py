@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from ..models.labels import labels_for_wnids
 from ..sampling.engine import check_step_index
 
 STEP_INPUTS = ("x", "i", "y", "noise", "memory", "memory_mask")
@@ -122,10 +123,10 @@ def prepare_plain_inputs(
 
 class ExportedEngine:
     """What every exported engine shares: its id, device and static shapes from the manifest, input
-    moves, checks and casts (``prepare_inputs``), the plain path, and batch-padded decoding. Subclasses
-    run the graphs: ``_run`` (the step's six inputs -> its four outputs), ``_run_plain`` (the plain
-    graph's four inputs -> the same four outputs; only when the engine has one) and ``_decode`` (one
-    static batch of latents)."""
+    moves, checks and casts (``prepare_inputs``), the plain path, batch-padded decoding, and the
+    class labels its manifest records. Subclasses run the graphs: ``_run`` (the step's six inputs ->
+    its four outputs), ``_run_plain`` (the plain graph's four inputs -> the same four outputs; only
+    when the engine has one) and ``_decode`` (one static batch of latents)."""
 
     backend = ""
     has_decoder = False
@@ -176,6 +177,15 @@ class ExportedEngine:
         if not self.has_decoder:  # pixel space
             return x.float().clamp(-1, 1)
         return run_in_batches(self._decode, x, self.batch_size).to(self.device)
+
+    def labels(self, wnids: list[str]) -> list[int]:
+        """From the classes the manifest records: no need to load the weights."""
+        if "class_wnids" not in self.manifest:
+            raise UserError("this engine's manifest does not record the model's classes: re-export it")
+        return labels_for_wnids(self.manifest["class_wnids"], int(self.manifest["num_classes"]), wnids)
+
+    def clip_guard_bytes(self) -> int:
+        return 0  # its runtime allocates the clip guard's memory itself
 
     def _run(self, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError

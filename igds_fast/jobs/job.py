@@ -32,7 +32,6 @@ from ..errors import UserError
 from ..machine import library_versions, machine_facts
 from ..models.critics import load_critic
 from ..models.embedded import ModelPaths, resolve_models
-from ..models.labels import class_labels, labels_for_wnids
 from ..sampling import StepEngine, memory_rows
 from ..sampling.pipeline import build_pipeline
 from ..subsets import ClassInfo, resolve_classes
@@ -341,12 +340,7 @@ def build_engine(job: DistillJob, choice: Choice | None = None, log: Any = None)
 
 def labels_for(engine: StepEngine, critics: Path | None, wnids: list[str]) -> list[int]:
     """The denoiser's labels for the classes; refuses classes the denoiser or critics lack."""
-    if isinstance(engine, EagerEngine):
-        labels = class_labels(engine.module.denoiser, wnids)
-    elif "class_wnids" in engine.manifest:  # the engine records the classes: no need to load the weights
-        labels = labels_for_wnids(engine.manifest["class_wnids"], int(engine.manifest["num_classes"]), wnids)
-    else:
-        raise UserError("this engine's manifest does not record the model's classes: re-export it")
+    labels = engine.labels(wnids)
     if critics is not None:
         known = set(load_critic(critics).config.class_ids)
         missing = [w for w, lab in zip(wnids, labels, strict=True) if lab not in known]

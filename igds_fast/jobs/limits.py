@@ -19,7 +19,6 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..memory import MEMORY_HEADROOM, available_memory, check_memory, device_free_memory, gib
-from ..models.flops import decoder_grad_bytes
 from ..sampling.engine import StepEngine
 
 WRITER_THREADS = 2
@@ -103,19 +102,17 @@ def check_limits(
 def check_clip_guard_memory(engine: StepEngine, batch: int, have: int | None = -1) -> int:
     """Refuse a batch whose clip guard would not fit: at every guided step it differentiates the decoder
     for the whole batch (a chunk of one class: at most --batch-size and IPC), keeping its activations
-    (``decoder_grad_bytes`` per image; ~1.4 GiB fp32 for the SD VAE at 256 px). Without this check an
+    (``clip_guard_bytes`` per image; ~1.4 GiB fp32 for the SD VAE at 256 px). Without this check an
     over-large batch fails at the first guided step, 35 of 50 steps into the first chunk. ``have``: the
     memory to compare with (default: free where the engine computes). Returns the bytes needed (0: no
     clip guard, or an exported engine, which allocates its own)."""
-    decoder = getattr(getattr(engine, "module", None), "decoder", None)  # eager: the GuidedStep's
-    if decoder is None:
+    per_image = engine.clip_guard_bytes()
+    if per_image == 0:
         return 0
-    shape = tuple(engine.shape)
-    per_image = decoder_grad_bytes(decoder, shape)
     need = batch * per_image
     have = device_free_memory(engine.device) if have == -1 else have
     if have is not None:
-        fits = max(1, int(MEMORY_HEADROOM * have) // max(per_image, 1))
+        fits = max(1, int(MEMORY_HEADROOM * have) // per_image)
         check_memory(
             need,
             f"the activations the clip guard keeps for a batch of {batch} on {engine.device} "

@@ -3,8 +3,10 @@
 An engine runs the guided step of ``igds_fast.guidance.step.GuidedStep`` (eager runs the module
 itself; the others run what was exported from it) plus the decoder, for one static configuration,
 on one device. It moves its inputs to that device itself, so callers may hand it CPU tensors.
-Optionally it also offers a plain step (``plain_steps``, ``plain``: the denoiser alone, where the full
-step adds exactly nothing), which ``plain_path`` hands to ``run_chain``.
+It also answers what a job checks before sampling: the denoiser's labels of its classes, and the
+memory the clip guard keeps where the engine computes. Optionally it also offers a plain step
+(``plain_steps``, ``plain``: the denoiser alone, where the full step adds exactly nothing), which
+``plain_path`` hands to ``run_chain``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,16 @@ class StepEngine(Protocol):
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Denoiser space -> images in [-1, 1], (B, 3, H', W'), on ``device``."""
+        ...
+
+    def labels(self, wnids: list[str]) -> list[int]:
+        """The denoiser's class label of each of ``wnids``; a UserError names a class it lacks."""
+        ...
+
+    def clip_guard_bytes(self) -> int:
+        """Per image, the activations the clip guard keeps at each guided step to differentiate the
+        decoder, in memory the caller must check before sampling (``jobs.limits``); 0 without a clip
+        guard, or for an engine that allocated its memory when it was built."""
         ...
 
 
