@@ -21,7 +21,7 @@ from PIL import Image
 
 from igds_fast.config import ADDED_STEP_FIELDS
 from igds_fast.errors import UserError
-from igds_fast.jobs import distill as distill_mod
+from igds_fast.jobs import state, unit_writer
 from igds_fast.jobs.events import Events
 from igds_fast.jobs.image_manifest import NEAR_CONSTANT_STD, near_constant_classes, pixel_stats
 from igds_fast.jobs.image_manifest import read_image_manifest as read_manifest
@@ -139,14 +139,14 @@ def test_outputs_layout_manifest_and_run_json(reference):
 def test_near_constant_images_are_recorded_and_their_class_named(models, tmp_path, monkeypatch):
     """A class whose images collapsed to flat colour gets a warning event naming it, and run.json says so."""
     flat = {WNIDS[1]}
-    real_write = distill_mod.UnitWriter._write
+    real_write = unit_writer.UnitWriter._write
 
     def write_flat(self, res, images, seconds, before):
         if res.unit.wnid in flat:
             images = np.full_like(images, 128)
         return real_write(self, res, images, seconds, before)
 
-    monkeypatch.setattr(distill_mod.UnitWriter, "_write", write_flat)
+    monkeypatch.setattr(unit_writer.UnitWriter, "_write", write_flat)
     log = tmp_path / "events.jsonl"
     out = tmp_path / "set"
     run_request(request(models, out), Events(path=log))
@@ -181,19 +181,19 @@ def test_job_records_spell_the_step_as_releases_before_moment_guard_did(referenc
     """The job file and its digest leave an added step field out at its old value, exactly as a release
     from before the field wrote them: such a folder is this job, byte for byte."""
     out, _ = reference
-    body = json.loads((out / distill_mod.JOB_FILE).read_text())
+    body = json.loads((out / state.JOB_FILE).read_text())
     assert "moment_guard" not in body["config"]["step"] and "window_lo" in body["config"]["step"]
-    assert body["digest"] == distill_mod.digest(body["config"])
+    assert body["digest"] == state.digest(body["config"])
 
 
 def spell_out_added_fields(out: Path, names: tuple[str, ...]) -> None:
     """Make ``out`` look as a release that wrote the added fields ``names`` out wrote it (the one that
     introduced --moment-guard: that field, false; none has spelled out the later ones, but one could):
     the fields in the job file, the digest of that, every unit recorded under it, another request key."""
-    path = out / distill_mod.JOB_FILE
+    path = out / state.JOB_FILE
     body = json.loads(path.read_text())
     body["config"]["step"] |= {name: ADDED_STEP_FIELDS[name] for name in names}
-    body["digest"], body["request"] = distill_mod.digest(body["config"]), "recorded-by-that-release"
+    body["digest"], body["request"] = state.digest(body["config"]), "recorded-by-that-release"
     path.write_text(json.dumps(body, sort_keys=True))
     for record in out.glob(".unit-*.json"):
         rec = json.loads(record.read_text())
@@ -224,7 +224,7 @@ def test_a_set_recorded_with_the_added_fields_spelled_out_resumes(models, refere
     (out / "manifest.parquet").unlink()  # interrupted before the end: the units are all that is left
     (out / WNIDS[1] / "00004.png").unlink()
     if job_file == "lost":
-        (out / distill_mod.JOB_FILE).unlink()
+        (out / state.JOB_FILE).unlink()
     summary = run_request(request(models, out))
     assert summary["complete"] and summary["repaired"] == [f"{WNIDS[1]}/00004.png"]  # only what was missing
     assert summary["images_made"] == 0
@@ -362,20 +362,20 @@ def test_out_is_a_file_or_unwritable(models, tmp_path):
 
 def test_disk_full_keeps_finished_units_and_no_manifest(models, tmp_path, monkeypatch):
     out = tmp_path / "set"
-    real = distill_mod.write_atomic
+    real = unit_writer.write_atomic
 
     def flaky(path, data):
         if path.name == "00002.png":  # class 0's second unit runs out of space
             raise OSError(errno.ENOSPC, "No space left on device")
         real(path, data)
 
-    monkeypatch.setattr(distill_mod, "write_atomic", flaky)
+    monkeypatch.setattr(unit_writer, "write_atomic", flaky)
     with pytest.raises(UserError, match="disk full while writing class"):
         run_request(request(models, out))
     assert not (out / "manifest.parquet").exists() and not (out / "run.json").exists()
     kept = [json.loads(p.read_text())["unit"]["count"] for p in out.glob(".unit-*.json")]
     assert kept and not (out / WNIDS[0] / "00002.png").exists()  # finished units are kept...
-    monkeypatch.setattr(distill_mod, "write_atomic", real)
+    monkeypatch.setattr(unit_writer, "write_atomic", real)
     assert run_request(request(models, out))["images_made"] == 10 - sum(kept)  # ...the rerun does the rest
     assert len(read_manifest(out / "manifest.parquet")) == 10
 

@@ -18,6 +18,7 @@ from ..errors import UserError
 from ..imagefolder import read_image, scan_image_folder
 from ..imageio import encode_image, write_atomic
 from ..machine import library_versions
+from ..outdir import check_out_folder, make_out_folder
 from ..subsets import ClassInfo
 from .image_manifest import image_name, image_row, write_image_manifest
 
@@ -30,8 +31,7 @@ def pick_files(files: list[Path], ipc: int, seed: int, class_index: int) -> list
 
 def _check_out(out: Path, identity: dict[str, Any]) -> bool:
     """True when ``out`` already holds this finished run; raise if it holds anything else."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out '{out}' is a file, not a folder")
+    check_out_folder(out)
     if not out.is_dir() or not any(out.iterdir()):
         return False
     run_file = out / "run.json"
@@ -66,7 +66,7 @@ def random_real(data: Path, classes: list[ClassInfo], ipc: int, seed: int, out: 
         return False
 
     t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_folder(out)
     # written first and marked incomplete, so an interrupted run is recognized and finished on rerun
     write_atomic(out / "run.json", json.dumps(identity | {"complete": False}, indent=2).encode())
     rows, sources, sizes = [], {}, set()

@@ -32,10 +32,10 @@ from ..errors import UserError
 from ..machine import library_versions, machine_facts
 from ..models.critics import load_critic
 from ..models.embedded import ModelPaths, resolve_models
+from ..outdir import check_out_folder
 from ..sampling import StepEngine, memory_rows
 from ..sampling.pipeline import build_pipeline
 from ..subsets import ClassInfo, resolve_classes
-from .distill import DistillConfig, holds_other_files, not_a_run, read_job_file
 from .engine_cache import (
     BACKEND_CHOICES,
     Choice,
@@ -46,6 +46,8 @@ from .engine_cache import (
     ensure_cached_engine,
 )
 from .events import check_log_path
+from .identity import DistillConfig
+from .job_file import JobFile, holds_other_files, not_a_run, read_job_file
 from .limits import JobShape
 from .state import digest
 
@@ -100,8 +102,7 @@ class DistillJob:
             raise UserError(f"--engines '{self.engines}' is a file; give the engine folder `igds-fast export` wrote")
         if self.engines is not None and self.backend not in ("auto",):
             raise UserError("give --engines or --backend, not both (an engine folder fixes its backend)")
-        if self.out.exists() and not self.out.is_dir():
-            raise UserError(f"--out '{self.out}' is a file; choose a folder")
+        check_out_folder(self.out)
         if holds_other_files(self.out):
             raise UserError(not_a_run(self.out))
         check_log_path(self.log_json)
@@ -177,13 +178,15 @@ def model_hashes(m: ModelPaths, guidance: str) -> dict[str, str | None]:
     }
 
 
-def choose(job: DistillJob, hashes: dict[str, str | None] | None = None) -> Choice:
-    """The backend, precision and engine folder of the job, decided without loading any weights."""
+def choose(job: DistillJob, hashes: dict[str, str | None] | None = None, have: JobFile | None = None) -> Choice:
+    """The backend, precision and engine folder of the job, decided without loading any weights.
+    ``have``: the job file of ``job.out`` when the caller has read it (else it is read here)."""
     if job.engines is not None:
         manifest = read_engine_manifest(job.engines)
         return Choice(str(manifest["backend"]), str(manifest["precision"]), "--engines", engines=job.engines)
     if job.backend == "auto":
-        choice = continued_choice(job) or default_backend(job.device)
+        have = have if have is not None else read_job_file(job.out)
+        choice = continued_choice(job, have) or default_backend(job.device)
         if job.dtype is not None and job.dtype != choice.precision:
             choice = Choice("eager", job.dtype, f"--dtype {job.dtype}: the eager step in that precision")
     elif job.backend == "eager":
@@ -202,14 +205,14 @@ def choose(job: DistillJob, hashes: dict[str, str | None] | None = None) -> Choi
     return Choice(choice.backend, choice.precision, choice.reason, engines=entry, cache_key=key)
 
 
-def continued_choice(job: DistillJob) -> Choice | None:
+def continued_choice(job: DistillJob, have: JobFile) -> Choice | None:
     """``auto`` into a folder that already holds a run of another backend or precision (made on
     another machine, or before the default changed): continue with that one, so the set stays one
-    set (same bytes on resume and repair) instead of being refused as another configuration."""
-    have = read_job_file(job.out) if job.out.is_dir() else None
-    if have is None or have.get("damaged"):
+    set (same bytes on resume and repair) instead of being refused as another configuration.
+    ``have``: the folder's job file."""
+    cfg = have.config
+    if cfg is None:
         return None
-    cfg = have["config"]
     backend, precision = cfg.get("backend"), cfg.get("precision", "fp32")
     if backend == "eager" and precision in DTYPES:
         return Choice("eager", precision, f"continues the {precision} eager run in {job.out}")

@@ -12,9 +12,13 @@ import dataclasses
 from typing import Any
 
 from ..errors import UserError
-from .distill import DistillConfig, finalize, prepare_out, run_distill
+from ..outdir import make_out_folder
+from .assemble import finalize
+from .distill import run_distill
 from .events import QUIET, Events
+from .identity import DistillConfig
 from .job import DistillJob, build_engine
+from .job_file import prepare_out
 from .lock import WriterLocks
 
 CPU_WORKERS = 2  # workers on a cluster without GPUs
@@ -33,7 +37,7 @@ def run_on_ray(
         import ray
     except ImportError:
         raise UserError("--ray needs Ray: pip install 'igds-fast[ray]'") from None
-    job.out.mkdir(parents=True, exist_ok=True)
+    make_out_folder(job.out)  # the locks live in it
     with WriterLocks(job.out).acquire(wait=job.wait) as locks:  # the driver holds --out for its workers
         job_digest = prepare_out(job.out, dcfg, job.overwrite, request, locks)
         return _run(ray, job, dcfg, info, request, events, job_digest)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..errors import UserError
-from .distill import finalize, is_finished, run_distill
+from ..outdir import make_out_folder
+from .assemble import finalize
+from .distill import is_finished, run_distill
 from .events import QUIET, Events, show_progress
 from .job import DistillJob, build_engine, choose, distill_config, job_shape, model_hashes, request_key, run_info
+from .job_file import read_job_file
 from .limits import check_clip_guard_memory, check_limits
 from .lock import WriterLocks
 from .ray_runner import run_on_ray
@@ -23,8 +25,9 @@ from .ray_runner import run_on_ray
 def run_job(job: DistillJob, events: Events = QUIET) -> dict[str, Any]:
     job.validate()
     t0 = time.perf_counter()
+    have = read_job_file(job.out)  # the one read before the locks; the claim reads it again under its lock
     hashes = model_hashes(job.models, job.step.guidance)
-    choice = choose(job, hashes)
+    choice = choose(job, hashes, have)
     request = request_key(job, choice, hashes)
     base = {"backend": choice.backend, "precision": choice.precision}
     events.emit(
@@ -37,7 +40,7 @@ def run_job(job: DistillJob, events: Events = QUIET) -> dict[str, Any]:
         backend_reason=choice.reason,
         engines=str(choice.engines) if choice.engines is not None else None,
     )
-    finished = is_finished(job.out, request, job.shard) if job.ray is None else None
+    finished = is_finished(job.out, have, request, job.shard) if job.ray is None else None
     if finished is not None:  # every unit of this shard checks out: no weights needed
         cfg, digest, states = finished
         with WriterLocks(job.out, job.shard).acquire(wait=job.wait):
@@ -58,10 +61,7 @@ def run_job(job: DistillJob, events: Events = QUIET) -> dict[str, Any]:
     check_clip_guard_memory(engine, min(job.batch, job.ipc))  # a chunk never mixes classes
     if job.ray is not None:
         return base | run_on_ray(job, dcfg, run_info(job), request=request, events=events)
-    try:
-        job.out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot write to --out '{job.out}': {e.strerror or e}") from None
+    make_out_folder(job.out)  # the locks live in it
     on_wait = (lambda holder: events.emit("waiting", holder=holder)) if job.wait else None
     with WriterLocks(job.out, job.shard).acquire(wait=job.wait, on_wait=on_wait) as locks:
         return base | run_distill(

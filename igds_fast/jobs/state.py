@@ -1,5 +1,5 @@
-"""A distill folder's state on disk, read defensively: the job file, unit records, stored features,
-the image files they list, and the run log.
+"""A distill folder's state on disk, read defensively: unit records, stored features, the image
+files they list, and the run log (the job file is read by ``job_file.py``).
 
 Nothing here trusts what it reads. A record that does not parse, belongs to another configuration,
 or lists a feature file or an image whose size or sha256 differs from what it recorded makes its
@@ -22,6 +22,7 @@ import io
 import json
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,11 @@ def record_jobs(out: Path) -> set[str]:
         if isinstance(rec, dict) and isinstance(rec.get("rows"), list):
             jobs.add(rec["job"] if isinstance(rec.get("job"), str) else "legacy")
     return jobs
+
+
+def timestamp() -> str:
+    """Local time with its offset, as the run log and ``run.json`` record starts and finishes."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def append_run(out: Path, entry: dict[str, Any]) -> None:

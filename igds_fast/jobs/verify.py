@@ -22,9 +22,11 @@ from ..config import StepConfig
 from ..errors import UserError
 from ..models.embedded import resolve_models
 from ..subsets import class_info
-from .distill import DistillConfig, _manifest_rows, _same_rows, _sheet_ok, all_units, read_job_file
+from .assemble import manifest_rows, same_rows, sheet_ok
 from .events import QUIET, Events
+from .identity import DistillConfig, all_units
 from .job import DistillJob, model_hashes
+from .job_file import read_job_file
 from .run import run_job
 from .state import file_digest, read_json, unit_state
 
@@ -117,17 +119,17 @@ def verify_set(out: Path) -> Report:
     if not out.is_dir():
         raise UserError(f"'{out}' does not exist or is not a folder; give the folder of a distilled set")
     have = read_job_file(out)
-    if have is None or have.get("damaged"):
+    if have.config is None:
         if (out / "manifest.parquet").exists():
             return _verify_by_manifest(out)
-        if have is not None:
+        if have.damaged:
             raise UserError(
                 f"'{out}': its job file (.igds-job.json) is damaged and it has no manifest.parquet; "
                 "rerun the distill command that made it (damaged state is redone)"
             )
         raise UserError(f"'{out}' holds no distilled set (no .igds-job.json or manifest.parquet)")
     try:
-        cfg = DistillConfig.from_fingerprint(have["config"])
+        cfg = DistillConfig.from_fingerprint(have.config)
         units = all_units(cfg)
     except (TypeError, ValueError, KeyError):
         raise UserError(f"'{out}/.igds-job.json' does not describe a distill job; rerun distill into it") from None
@@ -135,7 +137,7 @@ def verify_set(out: Path) -> Report:
     rows: list[dict[str, Any]] = []
     complete = True
     for u in units:
-        st = unit_state(out, u, have["digest"])
+        st = unit_state(out, u, have.digest)
         if st.problem == "not run yet":
             rep.not_run += 1
             complete = False
@@ -154,20 +156,20 @@ def verify_set(out: Path) -> Report:
             complete = complete and st.feats is not None
     listed = {r["path"] for r in rows}
     rep.foreign = _foreign_files(out, cfg.wnids, listed)
-    manifest = _manifest_rows(out / "manifest.parquet")
+    manifest = manifest_rows(out / "manifest.parquet")
     if not (out / "manifest.parquet").exists():
         rep.manifest = "missing"
     elif manifest is None:
         rep.manifest = "damaged"
-    elif complete and not _same_rows(manifest, rows):
+    elif complete and not same_rows(manifest, rows):
         rep.manifest = "stale"
-    rep.sheets = [f"contact_{w}.png" for w in cfg.wnids if not _sheet_ok(out / f"contact_{w}.png")]
+    rep.sheets = [f"contact_{w}.png" for w in cfg.wnids if not sheet_ok(out / f"contact_{w}.png")]
     rep.run_json = _run_json_state(out)
     return rep
 
 
 def _verify_by_manifest(out: Path) -> Report:
-    rows = _manifest_rows(out / "manifest.parquet")
+    rows = manifest_rows(out / "manifest.parquet")
     if rows is None:
         raise UserError(f"'{out}/manifest.parquet' is damaged and the set has no unit records to check against")
     rep = Report(out, "manifest", images=len(rows))
@@ -199,12 +201,12 @@ def repair_job(
     """The distill job that made ``out``, rebuilt from its job file, with these models; refuses
     models or an engine other than the recorded ones."""
     have = read_job_file(out)
-    if have is None or have.get("damaged"):
+    if have.config is None:
         raise UserError(
             f"'{out}' has no readable job file (.igds-job.json): only a distilled set can be repaired; "
             "a random-real baseline is rebuilt with `igds-fast baseline random-real`"
         )
-    cfg = DistillConfig.from_fingerprint(have["config"])
+    cfg = DistillConfig.from_fingerprint(have.config)
     try:
         step = StepConfig(**cfg.step).validate()
     except TypeError:
