@@ -5,7 +5,7 @@ configuration that identifies its output folder."""
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,6 @@ from ..backends.engine_manifest import manifest_view, optional_sha256, read_engi
 from ..backends.registry import BACKENDS, EXPORT_BACKENDS, load_engine
 from ..config import (
     DTYPES,
-    STEP_DEFAULTS,
     StepConfig,
     check_count,
     parse_shard,
@@ -135,16 +134,14 @@ def distill_job(
     progress: bool | None = None,
     wait: bool = False,
     threads: int | None = None,
-    **step_options: Any,
+    step: StepConfig | Mapping[str, Any] | None = None,
 ) -> DistillJob:
-    """A job from the command line's options (strings as typed; ``step_options``: the step options
-    of ``config.STEP_DEFAULTS``, None = not given)."""
-    unknown = sorted(set(step_options) - set(STEP_DEFAULTS))
-    if unknown:
-        raise TypeError(f"unknown distill options {unknown}")
+    """A job from the command line's options (strings as typed). ``step``: a StepConfig, or the step
+    options given (by field name, as ``config.step_config`` reads them); None = the shipped step."""
     if classes_file is not None and Path(classes_file).is_dir():
         raise UserError(f"--classes-file '{classes_file}' is a folder; give a text file with one WNID a line")
-    cfg = step_config(check_count(ipc, "--ipc"), step_options)
+    check_count(ipc, "--ipc")
+    cfg = step.validate() if isinstance(step, StepConfig) else step_config(step)
     return DistillJob(
         out=Path(out),
         classes=resolve_classes(subset, classes, classes_file),
@@ -278,7 +275,7 @@ def job_shape(job: DistillJob, engine: StepEngine | None = None, classes: int | 
     return JobShape(n_classes, job.ipc, job.batch, steps, feat_dim, side, job.image_format)
 
 
-def _check_ipc_of(job: DistillJob, have_step: dict[str, Any]) -> None:
+def explain_beta_mismatch(job: DistillJob, have_step: dict[str, Any]) -> None:
     """An engine that differs from the job only in beta: say which beta to pass to use it."""
     want = job.step.to_dict()
     if have_step.get("beta") == want["beta"] or job.step.guidance != "igds":
@@ -308,7 +305,7 @@ def build_engine(job: DistillJob, choice: Choice | None = None, log: Any = None)
         # Models, step config and batch must match; memory rows need only suffice (checked below),
         # and precision/backend are the engine's own choice.
         have = manifest_view(read_engine_manifest(choice.engines))
-        _check_ipc_of(job, have["step"] or {})
+        explain_beta_mismatch(job, have["step"] or {})
         expect = expect_for(
             m.denoiser, m.vae, m.critics, cfg, batch, have["memory_size"], have["precision"], have["backend"]
         )
@@ -388,6 +385,3 @@ def run_info(job: DistillJob) -> dict[str, Any]:
         "machine": machine_facts(job.device),
     }
 
-
-def started_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -208,7 +208,7 @@ def repair_job(
         )
     cfg = DistillConfig.from_fingerprint(have.config)
     try:
-        step = StepConfig(**cfg.step).validate()
+        step = StepConfig.from_record(cfg.step)
     except TypeError:
         raise UserError(
             f"'{out}' was made by another igds-fast version (its step settings are {sorted(cfg.step)}); "
