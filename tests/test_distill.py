@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from igds_fast.config import ADDED_STEP_FIELDS
+from igds_fast.config import ADDED_STEP_FIELDS, RETIRED_STEP_FIELDS, STEP_FIELDS
 from igds_fast.errors import UserError
 from igds_fast.jobs import state, unit_writer
 from igds_fast.jobs.events import Events
@@ -77,15 +77,10 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 def request(models: dict[str, Path], out: Path, **kw) -> DistillJob:
-    base = dict(
-        out=out,
-        classes=TWO,
-        ipc=5,
-        batch_size=2,
-        seed=3,
-        denoiser=models["dit"],
-        vae="none",
-        critics=models["critic"],
+    """The job of these options; ``kw`` may hold job options and step fields (None: not given)."""
+    base = dict(out=out, classes=TWO, ipc=5, batch_size=2, seed=3, denoiser=models["dit"], vae="none")
+    base["critics"] = models["critic"]
+    step = dict(
         guidance_scale=2.0,
         beta=1.0,
         steps="4",
@@ -94,7 +89,8 @@ def request(models: dict[str, Path], out: Path, **kw) -> DistillJob:
     )
     if "engines" not in kw and "backend" not in kw:
         base["backend"] = "eager"  # the fp32 reference: the same bytes on every machine
-    return distill_job(**(base | kw))
+    step |= {k: v for k, v in kw.items() if k in STEP_FIELDS}
+    return distill_job(**(base | {k: v for k, v in kw.items() if k not in STEP_FIELDS}), step=step)
 
 
 def snapshot(out: Path) -> dict[str, str]:
@@ -177,22 +173,24 @@ def test_rerun_of_finished_job_does_nothing(models, reference):
     assert snapshot(out) == snap
 
 
-def test_job_records_spell_the_step_as_releases_before_moment_guard_did(reference):
+def test_job_records_leave_added_fields_at_their_old_value_and_retired_fields_out(reference):
     """The job file and its digest leave an added step field out at its old value, exactly as a release
-    from before the field wrote them: such a folder is this job, byte for byte."""
+    from before the field wrote them, and hold no retired option."""
     out, _ = reference
     body = json.loads((out / state.JOB_FILE).read_text())
-    assert "moment_guard" not in body["config"]["step"] and "window_lo" in body["config"]["step"]
+    step = body["config"]["step"]
+    assert "clip_guard" not in step and "window_lo" in step and not set(RETIRED_STEP_FIELDS) & set(step)
     assert body["digest"] == state.digest(body["config"])
 
 
-def spell_out_added_fields(out: Path, names: tuple[str, ...]) -> None:
-    """Make ``out`` look as a release that wrote the added fields ``names`` out wrote it (the one that
-    introduced --moment-guard: that field, false; none has spelled out the later ones, but one could):
-    the fields in the job file, the digest of that, every unit recorded under it, another request key."""
+def spell_out_added_fields(out: Path, names: tuple[str, ...], **values: object) -> None:
+    """Make ``out`` look as an earlier release wrote it: with the since-retired diversity field and the
+    added fields ``names`` spelled out at their old values (or ``values``): in the job file, the digest
+    of that, every unit recorded under it, another request key."""
+    old = RETIRED_STEP_FIELDS | ADDED_STEP_FIELDS
     path = out / state.JOB_FILE
     body = json.loads(path.read_text())
-    body["config"]["step"] |= {name: ADDED_STEP_FIELDS[name] for name in names}
+    body["config"]["step"] |= {"diversity": "x0"} | {name: values.get(name, old[name]) for name in names}
     body["digest"], body["request"] = state.digest(body["config"]), "recorded-by-that-release"
     path.write_text(json.dumps(body, sort_keys=True))
     for record in out.glob(".unit-*.json"):
@@ -203,6 +201,7 @@ def spell_out_added_fields(out: Path, names: tuple[str, ...]) -> None:
 @pytest.mark.parametrize(
     "spelled",
     [
+        (),
         ("moment_guard",),
         ("moment_guard", "spread_guard"),
         ("moment_guard", "spread_guard", "envelope_guard"),
@@ -212,7 +211,7 @@ def spell_out_added_fields(out: Path, names: tuple[str, ...]) -> None:
 @pytest.mark.parametrize("job_file", ["kept", "lost"])
 def test_a_set_recorded_with_the_added_fields_spelled_out_resumes(models, reference, tmp_path, job_file, spelled):
     """Same options after the upgrade: the interrupted set finishes with nothing redone but what is
-    missing, also when its job file is gone; asking for the guard is another configuration."""
+    missing, also when its job file is gone; asking for the clip guard is another configuration."""
     import shutil
 
     from igds_fast.jobs.verify import verify_set
@@ -231,7 +230,22 @@ def test_a_set_recorded_with_the_added_fields_spelled_out_resumes(models, refere
     assert snapshot(out) == snap
     assert verify_set(out).ok
     with pytest.raises(UserError, match="another configuration.*step"):
-        run_request(request(models, out, moment_guard=True))
+        run_request(request(models, out, clip_guard=0.5))
+
+
+def test_a_set_recorded_with_a_retired_option_on_is_refused_naming_it(models, reference, tmp_path):
+    """A folder begun with an option the product no longer has (here the moment guard on) cannot be
+    continued: one line names the option; the folder is left as it was."""
+    import shutil
+
+    out = tmp_path / "set"
+    shutil.copytree(reference[0], out)
+    spell_out_added_fields(out, ("moment_guard",), moment_guard=True)
+    (out / WNIDS[1] / "00004.png").unlink()
+    before = snapshot(out)
+    with pytest.raises(UserError, match=r"moment_guard=True, an option igds-fast no longer has") as e:
+        run_request(request(models, out))
+    assert "\n" not in str(e.value) and snapshot(out) == before
 
 
 def test_a_set_begun_before_a_default_changed_is_refused_naming_the_field(models, reference, tmp_path):
