@@ -258,7 +258,7 @@ def test_bad_flags_exit_2(pixel_model, tmp_path, flags, words):
         (("--device", "tpu"), ("device",)),
         (("--dtype", "fp8"), ("dtype",)),
         (("--weighting", "linear"), ("--weighting", "linear", "flat")),
-        (("--diversity", "dpp"), ("--diversity", "dpp", "x0")),
+        (("--diversity", "x0"), ("no such option", "--diversity")),  # removed from the product
         (("--clip-guard", "1.5"), ("--clip-guard", "[0, 1]")),
         (("--clip-guard", "nan"), ("--clip-guard", "finite")),
     ],
