@@ -43,7 +43,12 @@ def run_case(name: str, out: Path) -> dict[str, object]:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     images = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("n*/*.png"))}
     run = json.loads((out / "run.json").read_text())
-    return {"command": " ".join(cmd).replace(str(out), "OUT"), "job": run["job"], "images": images}
+    return {
+        "command": " ".join(cmd).replace(str(out), "OUT"),
+        "job": run["job"],
+        "step": run["config"]["step"],
+        "images": images,
+    }
 
 
 def measure() -> dict[str, object]:
@@ -68,7 +73,7 @@ def main() -> int:
     if mine is None:
         print(f"no record for this machine {key}; run with --write to add one")
         return 1
-    bad = [n for n in CASES if mine["cases"][n] != cases[n]]
+    bad = [n for n in CASES if mine["cases"][n]["images"] != cases[n]["images"]]
     print("same bytes" if not bad else f"bytes differ: {', '.join(bad)}")
     return 1 if bad else 0
 

@@ -31,4 +31,13 @@ def test_default_run_gives_the_recorded_bytes(case: str, tmp_path: Path) -> None
     want = recorded_cases()[case]
     got = default_bytes.run_case(case, tmp_path / case)
     assert got["images"] == want["images"], f"{case}: images differ from the recorded default bytes"
-    assert got["job"] == want["job"], f"{case}: the job digest changed, so existing folders would not resume"
+    assert got["job"] == want["job"], f"{case}: the job digest changed (folders resume by their job file)"
+
+
+def test_the_default_run_records_the_dataclass_step(tmp_path: Path) -> None:
+    """StepConfig() is the step a default distill runs and records in run.json."""
+    from igds_fast.config import StepConfig
+
+    got = default_bytes.run_case("eager-fp32", tmp_path / "run")
+    assert StepConfig.from_record(got["step"]) == StepConfig()
+    assert got["step"] == StepConfig().identity()
