@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
+import socket
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,13 @@ from ..sampling.engine import StepEngine, plain_path
 from ..sampling.pipeline import build_pipeline
 from . import onnx_export as ox
 from .backend import ExportInputs, LoadOptions
-from .engine_manifest import build_manifest, file_sha256, is_engine_folder, optional_sha256, write_engine_manifest
+from .engine_manifest import (
+    build_manifest,
+    file_sha256,
+    optional_sha256,
+    replaceable_files,
+    write_engine_manifest,
+)
 from .io import STEP_OUTPUTS, StepShapes, random_inputs, rel_error
 from .registry import backend as backend_row
 from .registry import load_engine
@@ -151,11 +161,7 @@ class ExportSpec:
                 raise UserError(f"--out '{self.out}' is a file; choose a folder name for the engine")
             if not self.overwrite:
                 raise UserError(f"'{self.out}' already exists; pass --overwrite to replace it, or choose another --out")
-            if not is_engine_folder(self.out):
-                raise UserError(
-                    f"--overwrite replaces only an engine folder, and '{self.out}' is not one (no engine "
-                    "manifest.json); choose another --out"
-                )
+            replaceable_files(self.out)  # before minutes of export; checked again when replacing
         if self.out.parent.exists() and not self.out.parent.is_dir():
             raise UserError(f"'{self.out.parent}' is a file; --out must be inside a folder")
         return self
@@ -222,10 +228,12 @@ def export_engine(spec: ExportSpec) -> Path:
     pipe = build_pipeline(spec.denoiser, spec.vae, spec.critics, spec.cfg, device=spec.device, dtype=spec.dtype)
     shapes = step_shapes(pipe.step, spec.batch_size, spec.memory_size)
     spec.out.parent.mkdir(parents=True, exist_ok=True)  # e.g. engines/ in a fresh clone
+    remove_stale_exports(spec.out)
     tmp = spec.out.parent / f".{spec.out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
+        (tmp / EXPORT_HOST).write_text(socket.gethostname() + "\n")  # whose export this is (see below)
         graphs = write_graphs(spec, pipe.step, pipe.vae, shapes, tmp)
         critic = spec.critics if spec.cfg.guidance == "igds" else None
         manifest = build_manifest(
@@ -256,22 +264,84 @@ def export_engine(spec: ExportSpec) -> Path:
                 **spec.extra,
             },
         )
+        (tmp / EXPORT_HOST).unlink()
         write_engine_manifest(tmp, manifest)
-        _replace(tmp, spec.out)
+        _replace(tmp, spec.out, spec.overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return spec.out
 
 
-def _replace(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
+# In an export's temporary folder: the host it runs on (its pid means something only there).
+EXPORT_HOST = ".export-host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_exports(out: Path) -> list[Path]:
+    """Remove the temporary folders ``.NAME.tmp-PID`` next to ``out`` left by exports that were
+    killed: their process is not alive on this host (a folder whose export ran on another host, as
+    its ``.export-host`` says, is left alone). Returns what was removed."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.tmp-(\d+)")
+    removed = []
+    try:
+        entries = list(out.parent.iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        m = pattern.fullmatch(path.name)
+        if m is None:
+            continue
+        pid = int(m.group(1))
+        if pid <= 0 or pid == os.getpid() or _pid_alive(pid):
+            continue
+        try:
+            if not stat.S_ISDIR(path.lstat().st_mode):  # a link or a file: not ours
+                continue
+            host = (path / EXPORT_HOST).read_text().strip() if (path / EXPORT_HOST).is_file() else None
+        except (OSError, UnicodeDecodeError):
+            continue
+        if host is not None and host != socket.gethostname():
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _replace(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Move the finished engine into place. An existing ``out`` (``overwrite``) is checked again
+    (``replaceable_files``: only an engine's own files), moved aside, and only the files its
+    manifest lists are deleted; a folder left with anything else in it is kept as ``.NAME.old-PID``."""
+    if not out.exists() and not out.is_symlink():
         tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
+        return
+    if not overwrite:
+        raise UserError(f"'{out}' already exists; pass --overwrite to replace it, or choose another --out")
+    names = replaceable_files(out)
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    out.rename(old)
+    tmp.rename(out)
+    for name in names:
+        path = old / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    folders = {p for n in names for p in (old / n).parents if old in p.parents}
+    for folder in sorted(folders, key=lambda p: -len(p.parts)):  # deepest first; only empty ones go
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    with contextlib.suppress(OSError):  # something appeared in it during the export: kept for its owner
+        old.rmdir()
 
 
 def verify_engine(

@@ -1,4 +1,5 @@
-"""The backend table, and opening an engine folder as a StepEngine after checking its manifest."""
+"""The backend table, and opening an engine folder as a StepEngine after checking its manifest,
+its signature and every file it lists (nothing of the folder is opened before)."""
 
 from __future__ import annotations
 
@@ -29,14 +30,15 @@ def load_engine(
     engine_dir: str | Path,
     expect: dict[str, Any] | None = None,
     options: LoadOptions = LoadOptions(),
-    verify_hashes: bool = True,
 ) -> StepEngine:
     """The engine in ``engine_dir``; refuses one built for something else than ``expect`` (see
-    ``engine_manifest.EXPECT_KEYS``), or whose manifest or files are missing, edited, truncated or corrupt."""
+    ``engine_manifest.EXPECT_KEYS``), one not signed with the engine key (``backends/trust.py``;
+    ``$IGDS_TRUST_ENGINES=1`` lets it pass), and one whose manifest or files are missing, edited,
+    truncated, corrupt, outside the folder or links. Every check runs before the backend's loader
+    opens anything: compiled and TensorRT engines are executable code."""
     manifest = read_engine_manifest(engine_dir)
     check_manifest(manifest, expect)
-    if verify_hashes:
-        verify_files(engine_dir, manifest)
+    verify_files(engine_dir, manifest)
     name = manifest.get("backend")
     row = BACKENDS.get(str(name))
     if row is None or row.load is None:

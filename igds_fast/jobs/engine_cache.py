@@ -11,8 +11,11 @@ The rule (``default_backend``), from what the machine has (measured: README, "De
 An exported engine lives in the cache (``--engine-cache``, ``$IGDS_ENGINE_CACHE``, default
 ``~/.cache/igds-fast/engines``) under a key of everything it is built from: the models' sha256,
 the step configuration, batch and memory shapes, backend, precision and library versions. The
-first job exports it (under a lock: concurrent jobs export once), later ones load it; an entry
-that fails its manifest or file checks is rebuilt.
+first job exports it (under a lock: concurrent jobs export once), later ones load it. Entries are
+signed with the same engine key as any export (``backends/trust.py``) and checked with it whatever
+``$IGDS_TRUST_ENGINES`` says: an entry that fails its manifest, signature or file checks (damaged,
+made by an earlier release or under another key) is rebuilt, never loaded. The cache's entries are
+the product's own: a failed one is deleted as a whole.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +32,7 @@ from typing import Any
 import torch
 
 from ..backends.build import ExportSpec, export_engine
-from ..backends.engine_manifest import is_engine_folder, read_engine_manifest
+from ..backends.engine_manifest import read_engine_manifest, verify_files
 from ..config import StepConfig
 from ..errors import UserError
 from ..machine import bf16_units, library_versions
@@ -96,14 +100,30 @@ def cache_entry(cache: Path, backend: str, precision: str, key: str) -> Path:
 
 
 def usable(entry: Path) -> bool:
-    """A finished cache entry whose manifest checks (files are checked when the engine loads)."""
-    if not is_engine_folder(entry):
-        return False
+    """A finished cache entry whose manifest and signature check (under the engine key, never
+    trusted unsigned) and whose files are all there with their sizes (their hashes are checked when
+    the engine loads; a failure there rebuilds the entry too)."""
     try:
-        read_engine_manifest(entry)
-    except UserError:
+        if entry.is_symlink():
+            return False
+        verify_files(entry, read_engine_manifest(entry, trust=False), hashes=False)
+    except (UserError, OSError):
         return False
     return True
+
+
+def discard(entry: Path) -> None:
+    """Remove a failed cache entry (moved aside first, so no reader sees half of it)."""
+    try:
+        mode = entry.lstat().st_mode
+    except FileNotFoundError:
+        return
+    aside = entry.parent / f".{entry.name}.discard-{os.getpid()}"
+    entry.rename(aside)
+    if stat.S_ISDIR(mode):
+        shutil.rmtree(aside)
+    else:  # a file or a link in the entry's place: the link goes, never what it points to
+        aside.unlink()
 
 
 def ensure_cached_engine(
@@ -144,11 +164,9 @@ def ensure_cached_engine(
             precision=precision,
             backend=backend,
             out=entry,
-            overwrite=entry.exists() and is_engine_folder(entry),
             device=device,
         )
-        if entry.exists() and not spec.overwrite:  # a damaged entry without a manifest: ours to replace
-            shutil.rmtree(entry)
+        discard(entry)  # damaged, foreign or asked to be rebuilt: the cache's own entry
         export_engine(spec)
     return entry
 
