@@ -43,6 +43,7 @@ from igds_fast.models.critics import CriticConfig, NoiseCritic, save_critic
 from igds_fast.models.dit import DiT, DiTConfig
 from igds_fast.models.embedded import ModelPaths
 from igds_fast.models.loading import save_denoiser
+from igds_fast.subsets import subset
 
 pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.usefixtures("own_key")]
 
@@ -51,6 +52,7 @@ KEY_B = "another engine key, any string of 16+ bytes"
 GUIDED = StepConfig(steps="4", beta=0.5, guidance_scale=1.0, window_hi=999, clip_guard=0.0)
 OTHER_SCALE = dataclasses.replace(GUIDED, guidance_scale=10.0)
 OFF = StepConfig(steps="4", guidance="off")
+WNIDS = [c.wnid for c in subset("imagenette")]
 pytest.importorskip("onnxruntime")
 
 
@@ -76,11 +78,15 @@ def own_key(monkeypatch: pytest.MonkeyPatch) -> None:
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    dit = DiT(DiTConfig(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=6))
+    dit = DiT(
+        DiTConfig(
+            input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=10, wnids=WNIDS
+        )
+    )
     torch.nn.init.normal_(dit.final_layer.linear.weight, std=0.05)
     critic = NoiseCritic(
         CriticConfig(
-            in_channels=3, input_size=8, patch_size=2, width=32, depth=1, heads=2, feat_dim=8, class_ids=[0, 2]
+            in_channels=3, input_size=8, patch_size=2, width=32, depth=1, heads=2, feat_dim=8, class_ids=[0, 1]
         )
     )
     for blk in critic.blocks:
@@ -246,6 +252,26 @@ def test_an_edited_field_under_the_engine_key_id_is_edited_not_another_key(engin
     (folder / MANIFEST).write_text(json.dumps(m))
     with pytest.raises(UserError, match="edited or damaged"):
         load_engine(folder)
+
+
+def test_distill_refuses_a_swapped_graph_before_any_output_and_runs_the_genuine_engine(engines, models, tmp_path):
+    """Through the command line: the engine with the other engine's graph is refused in one line and
+    nothing is written; the genuine engine distills."""
+    from typer.testing import CliRunner
+
+    from igds_fast.cli import app
+
+    folder = copy_of(engines["guided"], tmp_path)
+    shutil.copyfile(engines["other_scale"] / "step.onnx", folder / "step.onnx")
+    rebuild_manifest(folder)
+    models_args = ["--denoiser", str(models["denoiser"]), "--vae", "none", "--critics", str(models["critics"])]
+    step_args = ["--steps", "4", "--beta", "0.5", "--guidance-scale", "1", "--window-hi", "999", "--clip-guard", "0"]
+    job = ["--classes", ",".join(WNIDS[:2]), "--ipc", "2", "--batch-size", "2", *models_args, *step_args]
+    res = CliRunner().invoke(app, ["distill", "--engines", str(folder), "--out", str(tmp_path / "bad"), *job])
+    assert res.exit_code != 0 and "another engine key" in str(res.exception), res.output
+    assert not (tmp_path / "bad").exists()
+    res = CliRunner().invoke(app, ["distill", "--engines", str(engines["guided"]), "--out", str(tmp_path / "ok"), *job])
+    assert res.exit_code == 0, res.output + repr(res.exception)
 
 
 # (c) names outside the folder ------------------------------------------------------------------
