@@ -34,6 +34,7 @@ from .engine_manifest import (
 from .io import STEP_OUTPUTS, StepShapes, random_inputs, rel_error
 from .registry import backend as backend_row
 from .registry import load_engine
+from .trust import engine_key
 
 # Export settings of a recipe (export/*.toml) or the flags, besides the step's (config.StepConfig).
 EXPORT_DEFAULTS: dict[str, Any] = {
@@ -225,6 +226,7 @@ def export_engine(spec: ExportSpec) -> Path:
     reason = backend_row(spec.backend).unavailable()
     if reason:  # fail before minutes of export
         raise UserError(f"the {spec.backend} backend cannot run here: {reason}")
+    key = engine_key(create=True)  # signs the manifest; made (or refused) before minutes of export
     pipe = build_pipeline(spec.denoiser, spec.vae, spec.critics, spec.cfg, device=spec.device, dtype=spec.dtype)
     shapes = step_shapes(pipe.step, spec.batch_size, spec.memory_size)
     spec.out.parent.mkdir(parents=True, exist_ok=True)  # e.g. engines/ in a fresh clone
@@ -265,7 +267,7 @@ def export_engine(spec: ExportSpec) -> Path:
             },
         )
         (tmp / EXPORT_HOST).unlink()
-        write_engine_manifest(tmp, manifest)
+        write_engine_manifest(tmp, manifest, key)
         _replace(tmp, spec.out, spec.overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

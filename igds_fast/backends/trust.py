@@ -41,7 +41,9 @@ _KEY_ID_MESSAGE = b"igds-fast engine key id"
 
 def key_path() -> Path:
     """The per-user key file (``$XDG_CONFIG_HOME`` honoured)."""
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    base = os.environ.get("XDG_CONFIG_HOME", "")
+    if not os.path.isabs(base):  # unset, empty or relative: the XDG default
+        base = str(Path.home() / ".config")
     return Path(base) / "igds-fast" / "engine.key"
 
 
