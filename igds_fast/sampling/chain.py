@@ -50,9 +50,15 @@ def run_chain(
     """Denoise from x_T (drawn from ``noise`` unless ``x_init``) through step indices N-1 .. 0.
 
     ``memory(i)`` returns (features, mask) of earlier samples at step index i, or None;
-    ``on_step(i, x_prev)`` sees every step's result (progress, finiteness checks); ``plain`` runs
-    instead of ``step`` at the indices in ``plain_steps`` (``sampling.engine.plain_path``). Nothing
-    here reads a device value back to the host, so a GPU runs the chain without a per-step stall.
+    ``on_step(i, x_prev)`` sees every step's result (progress, finiteness checks) and must not keep
+    it; ``plain`` runs instead of ``step`` at the indices in ``plain_steps``
+    (``sampling.engine.plain_path``). Nothing here reads a device value back to the host, so a GPU
+    runs the chain without a per-step stall.
+
+    What outlives the next step call is copied: an engine may return the same output buffers on every
+    call (a replayed CUDA graph writes each replay's outputs where the previous one's were), so each
+    step's features, and the final sample, log q and H2, are cloned (features are (B, D): the copy
+    is negligible next to a step).
     """
     first = noise.draw()  # drawn even with x_init: the per-sample streams stay aligned
     x = first if x_init is None else x_init.to(noise.device)
@@ -65,10 +71,10 @@ def run_chain(
         args = (x, indices[i : i + 1], y, noise.draw()) + (mem if mem is not None else ())
         with torch.no_grad():
             x, f, log_q, h2 = (plain if i in plain_steps else step)(*args)
-        feats[i] = f
+        feats[i] = f.clone()  # kept across later step calls, which may write into f's buffer
         if on_step is not None:
             on_step(i, x)
-    return ChainResult(x0=x, feats=feats, log_q=log_q, h2=h2)
+    return ChainResult(x0=x.clone(), feats=feats, log_q=log_q.clone(), h2=h2.clone())
 
 
 def memory_tensors(
