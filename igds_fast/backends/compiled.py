@@ -9,6 +9,7 @@ weights: it loads in a fresh process with ``aoti_load_package`` and never recomp
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from collections.abc import Callable
@@ -35,12 +36,46 @@ def cxx_compiler() -> str | None:
     return None
 
 
+def cuda_toolkit() -> str | None:
+    """The CUDA toolkit folder AOTInductor compiles a CUDA package against, by torch's own rule
+    (``torch.utils.cpp_extension.CUDA_HOME``: $CUDA_HOME or $CUDA_PATH, else the folder above nvcc on
+    PATH, else /usr/local/cuda); None when there is none, or torch has no CUDA."""
+    from torch.utils import cpp_extension  # imports setuptools: checked by build_unavailable first
+
+    return cpp_extension.CUDA_HOME
+
+
+def build_unavailable(device: torch.device | str) -> str | None:
+    """Why an AOTInductor package cannot be built for ``device`` here, or None; asked before any
+    tracing. Every build runs a C++ compiler through ``torch.utils.cpp_extension`` (which imports
+    setuptools); a CUDA build also reads the CUDA toolkit's headers (loading a built package needs
+    neither)."""
+    if cxx_compiler() is None:
+        return "AOTInductor compiles C++: install g++ (or clang++) or set CXX, or use --backend onnxruntime"
+    if importlib.util.find_spec("setuptools") is None:
+        return "AOTInductor builds through torch.utils.cpp_extension, which imports setuptools: it is not installed"
+    if torch.device(device).type != "cuda":
+        return None
+    if torch.version.cuda is None:
+        return "this torch has no CUDA: AOTInductor cannot build a CUDA package"
+    home = cuda_toolkit()
+    if home is None:
+        return (
+            "AOTInductor builds a CUDA package against the CUDA toolkit: none found (no $CUDA_HOME or "
+            "$CUDA_PATH, no nvcc on PATH, no /usr/local/cuda); set CUDA_HOME, or use --device cpu"
+        )
+    if home != "/usr" and not (Path(home) / "include" / "cuda_runtime_api.h").is_file():
+        return f"the CUDA toolkit at {home} has no include/cuda_runtime_api.h: AOTInductor cannot build a CUDA package"
+    return None
+
+
 def aoti_package(module: nn.Module | StepFn, args: tuple[torch.Tensor, ...], path: Path) -> Path:
     """torch.export the traced graph, then AOTInductor-compile it into a self-contained ``.pt2``."""
     from torch._inductor import aoti_compile_and_package
 
-    if cxx_compiler() is None:
-        raise UserError("AOTInductor compiles C++: install g++ (or clang++) or set CXX, or use --backend onnxruntime")
+    reason = build_unavailable(args[0].device)
+    if reason:
+        raise UserError(reason)
     gm = module if isinstance(module, torch.fx.GraphModule) else trace(module, args, keep_sdpa=True)
     ep = torch.export.export(gm, args)
     try:

@@ -34,15 +34,15 @@ from ..guidance.step import GuidedStep
 from ..imageio import encode_image, to_uint8
 from ..machine import library_versions, machine_facts
 from ..models.dit import DiT, DiTConfig
-from ..models.flops import counted_flops, decoder_flops, dit_forward_flops
+from ..models.flops import counted_flops, decoder_flops, decoder_grad_bytes, dit_forward_flops
 from ..models.vae import PixelSpace
 from ..sampling.chain import run_chain
 from ..sampling.engine import plain_path
 from ..seeds import SampleNoise, sample_seed
 from .config import SCHEMA, BenchConfig
 from .models import BenchModels, build_models
-from .runners import BenchContext, Runner, Skipped, make_runner
-from .timing import measure_peak, peak_memory, sync, time_median
+from .runners import BenchContext, Runner, Skipped, make_runner, step_label, tf32
+from .timing import free_device_memory, measure_peak, peak_memory, sticky_cuda_error, sync, time_median
 
 
 def step_flops(models: BenchModels, cfg: BenchConfig, step: GuidedStep, step_cfg: StepConfig) -> dict[str, Any]:
@@ -110,30 +110,52 @@ def run_e2e(ctx: BenchContext, runner: Runner) -> dict[str, float]:
 
 
 def parity(ctx: BenchContext, runner: Runner, n: int) -> dict[str, float]:
-    """Largest relative error of each output against the eager fp32 GuidedStep, fresh inputs; with a
-    plain step, also its x_{t-1} at plain indices against the full step's ("plain_x_prev")."""
+    """Largest relative error of each output against the eager fp32 GuidedStep (TF32 off for matmuls
+    and convolutions: true fp32), fresh inputs; with a plain step, also its x_{t-1} at plain indices
+    against the full step's ("plain_x_prev")."""
     ref_step = ctx.pipeline("fp32").step
     plain, plain_steps = plain_path(runner.engine)
     worst: dict[str, float] = {}
     for k in range(n):
         args = ctx.inputs(10_000 + k)
-        with torch.no_grad():
+        with torch.no_grad(), tf32(False):
             ref = ref_step(*args)
         out = runner.engine.step(*args)
         for name, o, r in zip(STEP_OUTPUTS, out, ref, strict=True):
             worst[name] = max(worst.get(name, 0.0), rel_error(o, r))
         if plain is not None:
             args = ctx.inputs(20_000 + k, i=sorted(plain_steps)[k % len(plain_steps)])
-            with torch.no_grad():
+            with torch.no_grad(), tf32(False):
                 ref = ref_step(*args)
             worst["plain_x_prev"] = max(worst.get("plain_x_prev", 0.0), rel_error(plain(*args)[0], ref[0]))
     return worst
+
+
+def clip_guard_fits(ctx: BenchContext, name: str) -> None:
+    """Skip a row (before it allocates anything) whose clip guard cannot fit on the GPU: the decoder
+    activations its input-gradient keeps (``decoder_grad_bytes``, a lower bound of the step's
+    peak) for the row's batch, against the device's free memory."""
+    step_cfg = ctx.step_cfg
+    if ctx.device.type != "cuda" or step_cfg.guidance != "igds" or step_cfg.clip_guard == 0:
+        return
+    per_image = decoder_grad_bytes(ctx.models.codec, ctx.pipeline("fp32").step.shape)  # fp32 weights
+    if ctx.cfg.row_dtype(name) != "fp32":
+        per_image //= 2
+    batch = 1 if name.startswith("eager-ref") else ctx.cfg.batch_size
+    free, _total = torch.cuda.mem_get_info(ctx.device)
+    if per_image * batch > free:
+        raise Skipped(
+            f"the clip guard keeps >= {per_image * batch / 2**30:.1f} GiB of decoder activations per guided step "
+            f"at batch {batch} ({per_image / 2**30:.2f} GiB per image, decoder_grad_bytes); {free / 2**30:.1f} GiB "
+            "free: use a smaller --batch-size or --clip-guard 0"
+        )
 
 
 def bench_backend(ctx: BenchContext, name: str, flops: dict[str, Any], peak: float) -> dict[str, Any]:
     cfg, dev = ctx.cfg, ctx.device
     row: dict[str, Any] = {"status": "ok"}
     try:
+        clip_guard_fits(ctx, name)
         with peak_memory(dev, row):
             t0 = time.perf_counter()
             runner = make_runner(ctx, name)
@@ -174,6 +196,9 @@ def bench_backend(ctx: BenchContext, name: str, flops: dict[str, Any], peak: flo
     except Exception as e:  # a failing backend is a result, not a crash
         msg = str(e).strip().splitlines()[0][:500] if str(e).strip() else ""
         row.update(status="error", error=f"{type(e).__name__}: {msg}")
+        sticky = sticky_cuda_error(e, dev)
+        if sticky:  # nothing more can run on this GPU in this process
+            row["sticky_cuda_error"] = sticky
     return row
 
 
@@ -255,13 +280,21 @@ def _run_bench(
         result["models"] = models.info
         ctx = BenchContext(cfg, models, Path(tmp))
         result["step"] = ctx.step_cfg.to_dict()
+        result["step_label"] = step_label(ctx.pipeline("fp32").step)
+        result["tf32"] = {
+            "eager-ref": "on (matmuls and cuDNN convolutions), as the reference workflow runs",
+            "parity reference (eager fp32)": "off (matmuls and cuDNN convolutions)",
+            "other rows": "torch's settings at the start: matmuls "
+            f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}, cuDNN "
+            f"{'on' if torch.backends.cudnn.allow_tf32 else 'off'}",
+        }
         result["flops"] = step_flops(models, cfg, ctx.pipeline("fp32").step, ctx.step_cfg)
         if cfg.peak_tflops is not None:
             peak, how = cfg.peak_tflops * 1e12, "given (--peak-tflops)"
         else:
             peak, how = measure_peak(dev, DTYPES[cfg.dtype]), f"measured: square matmul, {cfg.dtype}, this device"
         result["peak"] = {"tflops": peak / 1e12, "how": how}
-        for name in cfg.backends:
+        for k, name in enumerate(cfg.backends):
             log(f"bench: {name} ...")
             started = time.time()
             try:
@@ -288,8 +321,22 @@ def _run_bench(
             result["results"][name] = row
             add_ratios(result["results"])
             log(f"bench: {name}: " + summary(row))
+            later = cfg.backends[k + 1 :]
+            if row.get("sticky_cuda_error"):  # the CUDA context is gone: later rows cannot run here
+                for rest in later:
+                    result["results"][rest] = {
+                        "status": "skipped",
+                        "reason": f"not run: a CUDA error in {name} left the device unusable in this process "
+                        f"({row['sticky_cuda_error']})",
+                    }
+                    log(f"bench: {rest}: " + summary(result["results"][rest]))
             if json_path is not None:
                 write_json(result, json_path)
+            if row.get("sticky_cuda_error"):
+                break
+            # free what this row held before the next one measures its own peak
+            ctx.release_pipelines({"fp32", *(cfg.row_dtype(r) for r in later)})
+            free_device_memory(dev, compiled=name.startswith("torch-compile"))
     return result
 
 

@@ -15,16 +15,17 @@ from torch import Tensor
 
 from ..backends.backend import LoadOptions
 from ..backends.build import ExportSpec, export_engine, step_shapes
-from ..backends.compiled import CompiledEngine
+from ..backends.compiled import CompiledEngine, build_unavailable
 from ..backends.eager import EagerEngine
 from ..backends.io import random_inputs
+from ..backends.onnxruntime import PROVIDERS, available_providers
 from ..backends.registry import BACKENDS, load_engine
 from ..config import StepConfig, step_config
 from ..guidance.step import GuidedStep, step_index
 from ..sampling.engine import StepEngine
-from ..sampling.pipeline import Pipeline, build_pipeline
+from ..sampling.pipeline import Pipeline
 from .config import BenchConfig, split_row
-from .models import CRITIC_CLASSES, BenchModels
+from .models import CRITIC_CLASSES, BenchModels, pipeline_of
 
 Stages = dict[str, tuple[Callable[..., Any], Callable[[int], tuple]]]
 
@@ -56,16 +57,20 @@ class BenchContext:
         self.shapes = step_shapes(self.pipeline("fp32").step, cfg.batch_size, cfg.memory_size)
 
     def pipeline(self, dtype: str) -> Pipeline:
-        """The eager pipeline in ``dtype``, its denoiser's attention as ``--attention`` says."""
+        """The eager pipeline in ``dtype`` (from the in-memory models), its denoiser's attention as
+        ``--attention`` says."""
         if dtype not in self._pipes:
-            p = self.models.paths
-            pipe = build_pipeline(
-                p["denoiser"], p["vae"], p["critics"], self.step_cfg, device=self.cfg.device, dtype=dtype
-            )
+            pipe = pipeline_of(self.models, self.step_cfg, self.device, dtype)
             if hasattr(pipe.step.denoiser, "set_attention"):
                 pipe.step.denoiser.set_attention(self.cfg.attention)
             self._pipes[dtype] = pipe
         return self._pipes[dtype]
+
+    def release_pipelines(self, keep: set[str]) -> None:
+        """Drop the eager pipelines of precisions no later row uses (fp32, the parity reference, is
+        kept by the caller's ``keep``): their copies of the weights leave the device."""
+        for dtype in [d for d in self._pipes if d not in keep]:
+            del self._pipes[dtype]
 
     def inputs(self, seed: int, i: int | None = None) -> tuple[torch.Tensor, ...]:
         args = random_inputs(self.shapes, self.cfg.steps, self.labels, seed=self.cfg.seed * 7919 + seed, i=i)
@@ -73,14 +78,52 @@ class BenchContext:
 
 
 @contextlib.contextmanager
-def tf32_matmuls() -> Iterator[None]:
-    """TF32 on, as PyTorch users run fp32 on Ampere+ (MinimaxDiffusion's sample.py sets it)."""
+def tf32(enabled: bool) -> Iterator[None]:
+    """TF32 for fp32 matmuls and cuDNN convolutions, both set explicitly (torch's defaults differ:
+    matmuls off, cuDNN on). On: the reference workflow as PyTorch users run fp32 on Ampere+
+    (MinimaxDiffusion's sample.py sets it). Off: the fp32 reference every row's error is measured against."""
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
     try:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def step_label(step: GuidedStep) -> str:
+    """What a row's step runs, in one line: schedule, where guidance acts (how many of the steps), the
+    clip guard, classifier-free guidance; e.g. "50 steps (ddpm), guided at t <= 300 (15 of 50 steps),
+    clip guard 0.5, CFG 4 on 3 channels"."""
+    cfg, n = step.cfg, len(step.schedule)
+    if step.critic is None:
+        guided = "no guidance (denoiser only)"
+    else:
+        k = int((step.guide_on > 0).sum())
+        where = f"t <= {cfg.window_hi}" if cfg.window_lo == 0 else f"{cfg.window_lo} <= t <= {cfg.window_hi}"
+        if cfg.window_lo == 0 and cfg.window_hi >= 999:
+            where = "every t"
+        guided = f"guided at {where} ({k} of {n} steps), clip guard {cfg.clip_guard:g}"
+    channels = "all" if cfg.cfg_channels is None else cfg.cfg_channels
+    return f"{n} steps ({cfg.sampler}), {guided}, CFG {cfg.cfg_scale:g} on {channels} channels"
+
+
+def unavailable_on(name: str, device: torch.device | str) -> str | None:
+    """Why the exported backend ``name`` cannot be built and run on ``device`` here, or None: its
+    row's own reason (a missing package or compiler), then what the device adds: ONNX Runtime's CUDA
+    provider, AOTInductor's CUDA toolkit. Asked before any export work."""
+    reason = BACKENDS[name].unavailable()
+    if reason:
+        return reason
+    if name == "compiled":
+        return build_unavailable(device)
+    if name == "onnxruntime" and torch.device(device).type == "cuda":
+        have = available_providers()
+        if PROVIDERS["cuda"] not in have:
+            return (
+                f"onnxruntime here has no {PROVIDERS['cuda']} (it has {', '.join(have)}: a CPU-only build); "
+                "--device cuda needs onnxruntime-gpu"
+            )
+    return None
 
 
 class ReferenceEngine(EagerEngine):
@@ -99,7 +142,7 @@ class ReferenceEngine(EagerEngine):
         memory: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
-        with tf32_matmuls():
+        with tf32(True):
             outs = [
                 super(ReferenceEngine, self).step(
                     x[b : b + 1],
@@ -116,7 +159,7 @@ class ReferenceEngine(EagerEngine):
     __call__ = step
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        with tf32_matmuls():
+        with tf32(True):
             return torch.cat([super(ReferenceEngine, self).decode(x[b : b + 1]) for b in range(x.shape[0])])
 
 
@@ -176,7 +219,7 @@ def torch_compile(ctx: BenchContext, mode: str | None, dtype: str) -> Runner:
 def exported(ctx: BenchContext, name: str, precision: str | None = None) -> Runner:
     """Built by ``export_engine`` and opened by ``load_engine``: exactly what a user runs."""
     row = BACKENDS[name]
-    reason = row.unavailable()
+    reason = unavailable_on(name, ctx.device)
     if reason:
         raise Skipped(reason)
     precision = precision or ctx.cfg.dtype

@@ -1,8 +1,10 @@
-"""Timing primitives: device-synchronised medians on fresh inputs, peak memory, a matmul ceiling."""
+"""Timing primitives: device-synchronised medians on fresh inputs, peak memory, a matmul ceiling, and
+the CUDA errors after which nothing more can run in the process."""
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -32,17 +34,69 @@ def time_median(
     return times
 
 
-@contextlib.contextmanager
-def peak_memory(device: torch.device, into: dict[str, Any]) -> Iterator[None]:
+# Errors after which a CUDA context is unusable: every later CUDA call in the process fails too.
+STICKY_CUDA_ERRORS = (
+    "illegal memory access",
+    "device-side assert",
+    "unspecified launch failure",
+    "misaligned address",
+    "illegal instruction",
+    "uncorrectable ecc",
+    "hardware exception",
+    "launch timed out",
+)
+
+
+def sticky_cuda_error(exc: BaseException, device: torch.device | None = None) -> str | None:
+    """Why the CUDA context cannot be used after ``exc``, or None (an out-of-memory error, or any
+    error that leaves the device usable): the error names one of ``STICKY_CUDA_ERRORS``, or a
+    synchronisation of the device fails after it."""
+    text = f"{type(exc).__name__}: {exc}"
+    if any(p in text.lower() for p in STICKY_CUDA_ERRORS):
+        return text.strip().splitlines()[0][:300]
+    if device is not None and device.type != "cuda":
+        return None
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return None
+    try:
+        torch.cuda.synchronize(device)
+    except Exception as e:  # the context is gone: report what the check itself got
+        return f"torch.cuda.synchronize() fails after it: {str(e).strip().splitlines()[0][:300]}"
+    return None
+
+
+def free_device_memory(device: torch.device, compiled: bool = False) -> None:
+    """Drop what earlier work left behind: unreferenced tensors, torch.compile's graphs and CUDA
+    graph pools (``compiled``), and the allocator's cached blocks, so a row's peak is its own."""
+    gc.collect()
+    if compiled:
+        import torch._dynamo
+
+        torch._dynamo.reset()  # also frees CUDA graph trees' memory pools
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def peak_memory(device: torch.device, into: dict[str, Any]) -> Iterator[None]:
+    """The device's peak allocation while the block runs, reset at its start; on CUDA also what was
+    already allocated then (models other rows still hold: the fp32 reference, shared pipelines)."""
+    if device.type == "cuda":
+        free_device_memory(device)
         torch.cuda.reset_peak_memory_stats(device)
+        resident = int(torch.cuda.memory_allocated(device))
     try:
         yield
     finally:
         if device.type == "cuda":
-            into["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated(device))
-            into["peak_mem_kind"] = "torch.cuda.max_memory_allocated during this backend"
+            peak = int(torch.cuda.max_memory_allocated(device))
+            into["peak_mem_bytes"] = peak
+            into["resident_mem_bytes"] = resident
+            into["peak_above_resident_bytes"] = peak - resident
+            into["peak_mem_kind"] = (
+                "torch.cuda.max_memory_allocated during this row (peak stats reset at its start); "
+                "resident_mem_bytes: allocated when it started (models other rows keep)"
+            )
         else:
             import resource
 
