@@ -16,6 +16,19 @@ from igds_fast.models.dit import DiT, DiTConfig, sincos_pos_embed_2d
 DATA_ROOT = Path(os.environ.get("IGDS_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def engine_key_home(tmp_path_factory: pytest.TempPathFactory):
+    """Engines signed in tests use a key under a temporary config folder, never the user's own key
+    (a test that needs another key sets IGDS_ENGINE_KEY or XDG_CONFIG_HOME itself)."""
+    before = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CONFIG_HOME", None)
+    else:
+        os.environ["XDG_CONFIG_HOME"] = before
+
+
 def randomize_(module: nn.Module, seed: int, scale: float = 1.0) -> nn.Module:
     """Overwrite every parameter (the zero-initialised adaLN/output layers too) with fresh
     N(0, 1/fan_in) weights and N(0, 0.1^2) biases/vectors, so no code path is trivially zero."""

@@ -100,7 +100,7 @@ def snapshot(out: Path) -> dict[str, str]:
         for p in sorted(out.glob("n*/*"))
         if p.is_file()
     }
-    rows = sorted(read_manifest(out / "manifest.parquet"), key=lambda r: r["path"])
+    rows = sorted(read_manifest(out / "metadata.parquet"), key=lambda r: r["path"])
     files["manifest"] = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
     return files
 
@@ -117,9 +117,9 @@ def test_outputs_layout_manifest_and_run_json(reference):
     out, snap = reference
     for wnid in WNIDS[:2]:
         assert sorted(p.name for p in (out / wnid).iterdir()) == [f"{i:05d}.png" for i in range(5)]
-        with Image.open(out / f"contact_{wnid}.png") as sheet:  # 5 tiles of 8 px upscaled to >= 96 px
+        with Image.open(out / f".igds-contact-{wnid}.png") as sheet:  # 5 tiles of 8 px upscaled to >= 96 px
             assert sheet.width >= 5 * 96 and sheet.height >= 96
-    rows = read_manifest(out / "manifest.parquet")
+    rows = read_manifest(out / "metadata.parquet")
     assert len(rows) == 10
     for r in rows:
         assert hashlib.sha256((out / r["path"]).read_bytes()).hexdigest() == r["sha256"]
@@ -151,7 +151,7 @@ def test_near_constant_images_are_recorded_and_their_class_named(models, tmp_pat
     assert WNIDS[1] in warnings[0]["message"]
     run = json.loads((out / "run.json").read_text())
     assert run["near_constant"] == {WNIDS[1]: {"images": 5, "of": 5}}
-    rows = read_manifest(out / "manifest.parquet")
+    rows = read_manifest(out / "metadata.parquet")
     assert {r["pixel_std"] for r in rows if r["wnid"] in flat} == {0.0}
 
 
@@ -220,7 +220,7 @@ def test_a_set_recorded_with_the_added_fields_spelled_out_resumes(models, refere
     out = tmp_path / "set"
     shutil.copytree(reference[0], out)
     spell_out_added_fields(out, spelled)
-    (out / "manifest.parquet").unlink()  # interrupted before the end: the units are all that is left
+    (out / "metadata.parquet").unlink()  # interrupted before the end: the units are all that is left
     (out / WNIDS[1] / "00004.png").unlink()
     if job_file == "lost":
         (out / state.JOB_FILE).unlink()
@@ -255,7 +255,7 @@ def test_a_set_begun_before_a_default_changed_is_refused_naming_the_field(models
 
     out = tmp_path / "set"
     shutil.copytree(reference[0], out)
-    (out / "manifest.parquet").unlink()
+    (out / "metadata.parquet").unlink()
     (out / WNIDS[1] / "00004.png").unlink()
     with pytest.raises(UserError, match=r"step\.clip_guard: 0\.0 there, 0\.5 here.*a default may have changed"):
         run_request(request(models, out, clip_guard=None))  # None: not given, the default
@@ -308,11 +308,11 @@ def test_interrupted_run_finishes_byte_identical(models, reference, tmp_path):
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (out / "manifest.parquet").exists() or len(list(out.glob(".unit-*.json"))) == 6
+    assert not (out / "metadata.parquet").exists() or len(list(out.glob(".unit-*.json"))) == 6
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-500:]
     assert snapshot(out) == snap
-    assert len(read_manifest(out / "manifest.parquet")) == 10  # none missing, none doubled
+    assert len(read_manifest(out / "metadata.parquet")) == 10  # none missing, none doubled
 
 
 def test_shards_together_equal_unsharded(models, reference, tmp_path):
@@ -320,7 +320,7 @@ def test_shards_together_equal_unsharded(models, reference, tmp_path):
     out = tmp_path / "set"
     first = run_request(request(models, out, shard="0/2"))
     assert not first["complete"]  # the other shard's classes are missing: no manifest yet
-    assert not (out / "manifest.parquet").exists()
+    assert not (out / "metadata.parquet").exists()
     assert run_request(request(models, out, shard="1/2"))["complete"]
     assert snapshot(out) == snap
 
@@ -339,9 +339,9 @@ def test_other_config_refused_unless_overwrite(models, reference, tmp_path):
     run_request(request(models, out, ipc=2))
     with pytest.raises(UserError, match="another configuration.*ipc"):
         run_request(request(models, out, ipc=3))
-    assert len(read_manifest(out / "manifest.parquet")) == 4  # the finished set is untouched
+    assert len(read_manifest(out / "metadata.parquet")) == 4  # the finished set is untouched
     assert run_request(request(models, out, ipc=3, overwrite=True))["complete"]
-    assert len(read_manifest(out / "manifest.parquet")) == 6
+    assert len(read_manifest(out / "metadata.parquet")) == 6
 
 
 @pytest.mark.parametrize(
@@ -386,12 +386,12 @@ def test_disk_full_keeps_finished_units_and_no_manifest(models, tmp_path, monkey
     monkeypatch.setattr(unit_writer, "write_atomic", flaky)
     with pytest.raises(UserError, match="disk full while writing class"):
         run_request(request(models, out))
-    assert not (out / "manifest.parquet").exists() and not (out / "run.json").exists()
+    assert not (out / "metadata.parquet").exists() and not (out / "run.json").exists()
     kept = [json.loads(p.read_text())["unit"]["count"] for p in out.glob(".unit-*.json")]
     assert kept and not (out / WNIDS[0] / "00002.png").exists()  # finished units are kept...
     monkeypatch.setattr(unit_writer, "write_atomic", real)
     assert run_request(request(models, out))["images_made"] == 10 - sum(kept)  # ...the rerun does the rest
-    assert len(read_manifest(out / "manifest.parquet")) == 10
+    assert len(read_manifest(out / "metadata.parquet")) == 10
 
 
 def test_nan_in_a_step_names_class_and_samples(models, tmp_path):
@@ -462,8 +462,8 @@ def test_distill_with_an_onnxruntime_engine_matches_eager(models, reference, ort
     out = tmp_path / "set"
     summary = run_request(request(models, out, engines=ort_engine))
     assert summary["complete"]
-    rows = {r["path"]: r for r in read_manifest(out / "manifest.parquet")}
-    ref_rows = {r["path"]: r for r in read_manifest(ref_out / "manifest.parquet")}
+    rows = {r["path"]: r for r in read_manifest(out / "metadata.parquet")}
+    ref_rows = {r["path"]: r for r in read_manifest(ref_out / "metadata.parquet")}
     assert rows.keys() == ref_rows.keys()
     assert {r["backend"] for r in rows.values()} == {"onnxruntime"}
     # Same trajectories up to float round-off: the final bounds agree closely.
@@ -506,7 +506,7 @@ def test_engine_with_a_window_and_ddim_eta_distills_and_rows_name_its_id(models,
     args = ["distill", "--engines", str(engine), "--classes", TWO, "--ipc", "3", "--batch-size", "2", "--out", str(out)]
     res = runner.invoke(app, [*args, *models_args, *step_args])
     assert res.exit_code == 0, res.output
-    rows = read_manifest(out / "manifest.parquet")
+    rows = read_manifest(out / "metadata.parquet")
     assert len(rows) == 6 and {r["engine_id"] for r in rows} == {manifest["id"]}
     assert {r["backend"] for r in rows} == {"onnxruntime"}
     # The same engine with another window asked for is refused, naming the field.
@@ -554,13 +554,13 @@ def test_an_engine_for_another_beta_or_ipc_says_what_to_pass(models, ort_engine,
     whose memory is too small for the IPC names the IPC and the --memory-size to export."""
     import shutil
 
-    from igds_fast.backends.engine_manifest import engine_id
+    from igds_fast.backends.engine_manifest import sign_manifest
 
     copy = tmp_path / "beta"
     shutil.copytree(ort_engine, copy)
     m = json.loads((copy / "manifest.json").read_text())
     m["step"]["beta"] = 0.25
-    m["id"] = engine_id(m)
+    m = sign_manifest(m)  # re-signed by this user: only the beta differs
     (copy / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(UserError, match=r"exported with beta 0\.25, this job uses 1;.*--beta 0\.25"):
         run_request(request(models, tmp_path / "o", engines=copy))

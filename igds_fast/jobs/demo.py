@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.build import ExportSpec, export_engine
+from ..backends.engine_manifest import read_engine_manifest, verify_files
 from ..config import StepConfig
 from ..errors import UserError
 from ..evaluation.train import evaluate_set
@@ -46,9 +47,16 @@ def demo_job(out: Path) -> DistillJob:
 
 def ensure_engine(engine_dir: Path, job: DistillJob, log: Callable[[str], None]) -> Path:
     """Export the embedded step for ONNX Runtime once; later demos reuse the folder (distill checks
-    its manifest against the job)."""
+    its manifest against the job). A folder that does not check (signed under another key, by an
+    earlier release, or damaged) is exported again in place; ``--overwrite`` rules apply."""
+    stale = False
     if (engine_dir / "manifest.json").exists():
-        return engine_dir
+        try:
+            verify_files(engine_dir, read_engine_manifest(engine_dir, trust=False))
+            return engine_dir
+        except UserError as e:
+            log(f"[1/3] {engine_dir} does not check ({e}); exporting it again")
+            stale = True
     m = job.models
     spec = ExportSpec(
         denoiser=m.denoiser,
@@ -60,6 +68,7 @@ def ensure_engine(engine_dir: Path, job: DistillJob, log: Callable[[str], None])
         precision="fp32",
         backend="onnxruntime",
         out=engine_dir,
+        overwrite=stale,
     )
     log(f"[1/3] exporting the fused guided step to {engine_dir} (once) ...")
     return export_engine(spec)
