@@ -10,8 +10,9 @@ it imports nothing of the package but ``errors``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -261,3 +262,48 @@ def check_count(value: int, option: str) -> int:
     if value < 1:
         raise UserError(f"{option} must be >= 1, got {value}")
     return value
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file (a job file, an export recipe) as a dict, or a one-line UserError. ``tomllib`` on
+    Python 3.11+, the ``tomli`` package on 3.10."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise UserError(f"reading the {what} '{path}' on Python 3.10 needs tomli: pip install tomli") from None
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} '{path}' does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{what} '{path}' is not valid TOML ({e})") from None
+
+
+def read_toml_options(
+    path: Path,
+    known: Collection[str],
+    what: str,
+    accepted: Collection[str] = (),
+    aliases: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """A TOML file of options, keyed as the command line spells them (``batch-size`` or ``batch_size``):
+    the values by option name (``_``; ``aliases`` maps other spellings to a name). A key that is not in
+    ``known`` (or ``accepted``: read but not listed, e.g. retired step options) is refused in one line
+    naming the key and the file."""
+    aliases = aliases or {}
+    out: dict[str, Any] = {}
+    for key, value in read_toml(path, what).items():
+        name = key.replace("-", "_")
+        name = aliases.get(name, name)
+        if name not in known and name not in accepted:
+            spelled = {v: k for k, v in aliases.items()}  # as the command line spells them (format, not image_format)
+            listed = ", ".join(spelled.get(k, k) for k in known)
+            raise UserError(f"unknown key '{key}' in the {what} '{path}' (known: {listed})")
+        if name in out:
+            raise UserError(f"'{key}' is given twice in the {what} '{path}'")
+        out[name] = value
+    return out
