@@ -137,11 +137,12 @@ def distill_job(
     step: StepConfig | Mapping[str, Any] | None = None,
 ) -> DistillJob:
     """A job from the command line's options (strings as typed). ``step``: a StepConfig, or the step
-    options given (by field name, as ``config.step_config`` reads them); None = the shipped step."""
+    options given (by field name, as ``config.step_config`` reads them) over the shipped step, or over
+    the step of the engine folder ``engines`` (``job_step``); None = nothing given."""
     if classes_file is not None and Path(classes_file).is_dir():
         raise UserError(f"--classes-file '{classes_file}' is a folder; give a text file with one WNID a line")
     check_count(ipc, "--ipc")
-    cfg = step.validate() if isinstance(step, StepConfig) else step_config(step)
+    cfg = job_step(step, engines)
     return DistillJob(
         out=Path(out),
         classes=resolve_classes(subset, classes, classes_file),
@@ -165,6 +166,28 @@ def distill_job(
         wait=wait,
         threads=threads,
     ).validate()
+
+
+def job_step(step: StepConfig | Mapping[str, Any] | None, engines: Path | str | None) -> StepConfig:
+    """The job's step. A StepConfig is the whole step. Step options (by field name; None or absent:
+    not given) lie over the shipped step, or, with an engine folder, over the step the engine was
+    exported with: a job on an engine exported with ``--steps 10`` need not repeat ``--steps 10``.
+    An option given must agree with the engine (``build_engine`` refuses a mismatch naming the field)."""
+    if isinstance(step, StepConfig):
+        return step.validate()
+    if engines is None or not Path(engines).is_dir():
+        return step_config(step)
+    exported = manifest_view(read_engine_manifest(Path(engines)))["step"] or {}
+    return step_config(step_layer(exported), step)
+
+
+def step_layer(step: StepConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """A whole step as a layer of ``config.step_config``, where None means "not given": all channels
+    (cfg_channels None) spelled as the option spells it."""
+    values = step.to_dict() if isinstance(step, StepConfig) else dict(step)
+    if "cfg_channels" in values and values["cfg_channels"] is None:
+        values["cfg_channels"] = "all"
+    return values
 
 
 def model_hashes(m: ModelPaths, guidance: str) -> dict[str, str | None]:
@@ -384,4 +407,3 @@ def run_info(job: DistillJob) -> dict[str, Any]:
         "versions": library_versions(),
         "machine": machine_facts(job.device),
     }
-

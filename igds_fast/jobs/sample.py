@@ -1,7 +1,9 @@
-"""``igds-fast sample``'s job: a few classes sampled in class-major order with the eager step."""
+"""``igds-fast sample``'s job: a few classes sampled in class-major order with the eager step, as a
+grid image and/or the final latents."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -9,12 +11,97 @@ import torch
 from tqdm import tqdm
 
 from ..backends.eager import EagerEngine
-from ..config import StepConfig, check_count
+from ..config import StepConfig, check_count, parse_classes
 from ..errors import UserError
+from ..imageio import grid, save_picture, write_atomic
 from ..memory import check_memory
+from ..models.embedded import resolve_models
+from ..models.labels import model_labels
 from ..sampling import class_units, run_class
 from ..sampling.pipeline import Pipeline, build_pipeline
 from .limits import check_clip_guard_memory
+from .state import npy_bytes
+
+
+@dataclass
+class SampleRun:
+    """What ``run_sample`` wrote: the grid (None without images), the latents file, and the samples."""
+
+    out: Path | None
+    latents_out: Path | None
+    labels: list[int]
+    latents: torch.Tensor = field(repr=False)
+    images: torch.Tensor | None = field(repr=False)
+
+
+def run_sample(
+    classes: str,
+    cfg: StepConfig,
+    *,
+    out: Path = Path("grid.png"),
+    denoiser: str | Path | None = None,
+    vae: str | Path | None = None,
+    critics: str | Path | None = None,
+    n_per_class: int = 1,
+    seed: int = 0,
+    batch_size: int = 16,
+    init_noise: Path | np.ndarray | None = None,
+    latents_out: Path | None = None,
+    no_images: bool = False,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    progress: bool = False,
+) -> SampleRun:
+    """Sample ``n_per_class`` images of each class (model labels ``207,3`` or WNIDs) and write the grid
+    (one row per class) to ``out`` and/or the final latents to ``latents_out`` (.npy). Output paths are
+    checked before any weights load."""
+    labels = parse_classes(classes)
+    models = resolve_models(denoiser, vae, critics, cfg.guidance)
+    if no_images and latents_out is None:
+        raise UserError("--no-images writes only the latents: pass --latents-out FILE.npy")
+    grid_out = None if no_images else Path(out)
+    outputs = [(latents_out, "--latents-out", ".npy"), (grid_out, "--out", ".png")]
+    for path, option, suffix in outputs:
+        if path is None:
+            continue
+        path = Path(path)
+        if path.is_dir():
+            raise UserError(f"{option} '{path}' is a folder; give a file name ending in {suffix}")
+        if path.suffix.lower() != suffix:
+            raise UserError(f"{option} '{path}' must end in {suffix} (it is written as {suffix[1:].upper()})")
+        if not path.parent.is_dir():
+            raise UserError(f"output folder '{path.parent}' does not exist")
+    noise = read_noise(init_noise) if isinstance(init_noise, str | Path) else init_noise
+    if noise is not None:
+        noise = np.asarray(noise, dtype=np.float32)
+    pipe = sample_pipeline(
+        models.denoiser, models.vae, models.critics, cfg, device=device, dtype=dtype, images=not no_images
+    )
+    model_ids = model_labels(labels, pipe.step.denoiser)
+    latents, images, _, _ = sample_classes(
+        pipe, model_ids, n_per_class, seed, batch_size, init_noise=noise, images_too=not no_images, progress=progress
+    )
+    if images is not None and grid_out is not None:
+        save_picture(grid(images, rows=len(model_ids)), grid_out)
+    if latents_out is not None:
+        write_atomic(Path(latents_out), npy_bytes(latents.numpy()))
+    return SampleRun(grid_out, Path(latents_out) if latents_out is not None else None, model_ids, latents, images)
+
+
+def read_noise(path: str | Path) -> np.ndarray:
+    """``--init-noise``: a float .npy array (no pickles), or a one-line error."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--init-noise '{path}' is a folder; give a .npy file of shape (N, C, H, W)")
+    if not path.is_file():
+        raise UserError(f"--init-noise file '{path}' does not exist")
+    try:
+        noise = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise UserError(f"--init-noise '{path}' is not a NumPy .npy array ({str(e).splitlines()[0][:80]})") from None
+    if not isinstance(noise, np.ndarray) or noise.dtype.kind not in "fiu":
+        raise UserError(f"--init-noise '{path}' must hold a numeric array (N, C, H, W), not {type(noise).__name__}")
+    return noise.astype(np.float32)
 
 
 def sample_pipeline(
