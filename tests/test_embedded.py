@@ -130,7 +130,7 @@ def test_distill_with_defaults_runs(tmp_path):
         env=env,
     )
     assert res.returncode == 0, res.stderr[-800:]
-    rows = read_manifest(tmp_path / "d" / "manifest.parquet")
+    rows = read_manifest(tmp_path / "d" / "metadata.parquet")
     assert sorted(r["wnid"] for r in rows) == sorted(c.wnid for c in subset("imagenette"))
     run = json.loads((tmp_path / "d" / "run.json").read_text())
     assert run["complete"] and run["guidance"] == "igds" and run["ipc"] == 1

@@ -216,7 +216,7 @@ def test_random_real_is_deterministic_per_seed(tmp_path: Path) -> None:
     a, b, c = (set_hashes(tmp_path / n) for n in "abc")
     assert sorted(a) == [f"{w}/{i:05d}.png" for w in sorted(WNIDS) for i in range(3)]  # IPC per class
     assert a == b and a != c
-    rows = read_manifest(tmp_path / "a" / "manifest.parquet")
+    rows = read_manifest(tmp_path / "a" / "metadata.parquet")
     assert {r["path"]: r["sha256"] for r in rows} == a
     assert {r["class_index"] for r in rows} == {701, 0}
     assert all(r["backend"] == "real" and r["log_q"] is None for r in rows)

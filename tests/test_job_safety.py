@@ -114,13 +114,13 @@ def test_rerun_repairs_deleted_truncated_and_flipped_images_to_the_same_bytes(mo
     out = fresh_copy(src, tmp_path / "set")
     bad = damage(out)
     others = {p: p.stat().st_mtime_ns for p in out.glob("n*/*.png") if str(p.relative_to(out)) not in bad.values()}
-    manifest_mtime = (out / "manifest.parquet").stat().st_mtime_ns
+    manifest_mtime = (out / "metadata.parquet").stat().st_mtime_ns
     summary = run_request(request(models, out))
     assert summary["complete"] and summary["images_made"] == 0
     assert sorted(summary["repaired"]) == sorted(bad.values())
     assert snapshot(out) == snap  # the original bytes, manifest rows unchanged
     assert {p: p.stat().st_mtime_ns for p in others} == others  # nothing else rewritten
-    assert (out / "manifest.parquet").stat().st_mtime_ns == manifest_mtime  # its content did not change
+    assert (out / "metadata.parquet").stat().st_mtime_ns == manifest_mtime  # its content did not change
     run = json.loads((out / "run.json").read_text())
     assert [r["repaired"] for r in run["runs"]][-1] == sorted(bad.values())
 
@@ -185,7 +185,7 @@ def test_damaged_job_state_is_redone_and_foreign_files_ignored(models, finished,
     now = snapshot(out)
     assert now.pop(f"{WNIDS[0]}/README.txt") and now == snap
     assert (out / WNIDS[0] / "README.txt").read_text() == "notes of a user\n"
-    assert len(read_manifest(out / "manifest.parquet")) == 10
+    assert len(read_manifest(out / "metadata.parquet")) == 10
     assert verify_set(out).ok and verify_set(out).foreign == [f"{WNIDS[0]}/README.txt"]
 
 
@@ -269,7 +269,7 @@ def test_a_failed_run_does_not_claim_the_folder(models, tmp_path):  # noqa: F811
     # once a unit is committed, another configuration is refused (and the set kept)
     with pytest.raises(UserError, match="another configuration.*seed"):
         run_request(request(models, out, seed=4))
-    assert len(read_manifest(out / "manifest.parquet")) == 10
+    assert len(read_manifest(out / "metadata.parquet")) == 10
 
 
 def test_overwrite_keeps_files_distill_did_not_write(models, tmp_path):  # noqa: F811
@@ -279,7 +279,7 @@ def test_overwrite_keeps_files_distill_did_not_write(models, tmp_path):  # noqa:
     (out / "README.md").write_text("keep me too")
     assert run_request(request(models, out, ipc=3, overwrite=True))["complete"]
     assert (out / WNIDS[0] / "notes.txt").read_text() == "keep me" and (out / "README.md").exists()
-    assert len(read_manifest(out / "manifest.parquet")) == 6
+    assert len(read_manifest(out / "metadata.parquet")) == 6
 
 
 # ---------------------------------------------------------------- (7) events, progress, exit codes
@@ -462,7 +462,7 @@ def test_default_job_exports_once_into_the_cache_and_reuses_it(models, tmp_path,
     a = run_request(request(models, tmp_path / "a", backend="auto", engine_cache=cache))
     assert a["complete"] and a["backend"] == "onnxruntime"
     (entry,) = [p for p in cache.iterdir() if p.is_dir()]
-    rows = read_manifest(tmp_path / "a" / "manifest.parquet")
+    rows = read_manifest(tmp_path / "a" / "metadata.parquet")
     assert {r["backend"] for r in rows} == {"onnxruntime"} and rows[0]["engine_id"]
     with monkeypatch.context() as m:  # the second job loads the cached engine: no export
         m.setattr(engine_cache, "export_engine", lambda spec: pytest.fail("exported again"))
@@ -598,18 +598,19 @@ def test_bad_distill_input_is_one_line_and_writes_nothing(tmp_path, extra, words
 def test_a_damaged_manifest_or_contact_sheet_is_rebuilt_without_weights(models, finished, tmp_path, monkeypatch):  # noqa: F811
     src, snap = finished
     out = fresh_copy(src, tmp_path / "set")
-    m = out / "manifest.parquet"
+    m = out / "metadata.parquet"
     data = bytearray(m.read_bytes())
     data[len(data) // 2] ^= 0xFF
     m.write_bytes(bytes(data))
-    (out / f"contact_{WNIDS[1]}.png").write_bytes(b"\x89PNG trunc")
-    assert verify_set(out).manifest in ("damaged", "stale") and verify_set(out).sheets == [f"contact_{WNIDS[1]}.png"]
+    (out / f".igds-contact-{WNIDS[1]}.png").write_bytes(b"\x89PNG trunc")
+    rep = verify_set(out)
+    assert rep.manifest in ("damaged", "stale") and rep.sheets == [f".igds-contact-{WNIDS[1]}.png"]
     monkeypatch.setattr(job_mod, "build_pipeline", lambda *a, **k: pytest.fail("weights loaded to rebuild a manifest"))
     summary = run_request(request(models, out))
     assert summary["nothing_to_do"] and summary["complete"]
     assert snapshot(out) == snap and verify_set(out).ok
     run = json.loads((out / "run.json").read_text())
-    assert run["runs"][-1]["rebuilt"] == ["manifest.parquet", f"contact_{WNIDS[1]}.png"]
+    assert run["runs"][-1]["rebuilt"] == ["metadata.parquet", f".igds-contact-{WNIDS[1]}.png"]
 
 
 # ------------------------------------- (15) the bad-input probe's findings (benchmarks/probe_bad_inputs.py)
@@ -724,7 +725,7 @@ def test_sample_refuses_more_samples_than_memory_holds(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("damage", "words"),
     [
-        ("manifest.parquet", "manifest.parquet damaged"),
+        ("metadata.parquet", "metadata.parquet damaged"),
         (f".unit-{WNIDS[0]}-0000.json", "unit record"),
         ("run.json", "run.json"),
     ],

@@ -1,8 +1,10 @@
 """The random-real baseline: IPC real images per class, laid out exactly like a distilled set.
 
-``<out>/<wnid>/<index:05d>.png`` (index 0..IPC-1, PNG at the source resolution), ``manifest.parquet``
-and ``run.json``. The picks depend only on (seed, class, the sorted file list), so a class's picks
-do not change with the other classes chosen.
+``<out>/<wnid>/<index:05d>.png`` (index 0..IPC-1, PNG at the source resolution), ``metadata.parquet``,
+the dataset card ``README.md`` and ``run.json`` (``docs/outputs.md``). The picks depend only on (seed,
+class, the sorted file list), so a class's picks do not change with the other classes chosen. A
+finished set of the previous layout (``manifest.parquet``) is moved to this one by a rerun; files
+whose bytes are already right are not rewritten.
 """
 
 from __future__ import annotations
@@ -20,7 +22,26 @@ from ..imageio import encode_image, write_atomic
 from ..machine import library_versions
 from ..outdir import check_out_folder, make_out_folder
 from ..subsets import ClassInfo
-from .image_manifest import image_name, image_row, write_image_manifest
+from .assemble import card_state, metadata_current
+from .dataset_card import CARD_FILE, random_real_card
+from .image_manifest import (
+    METADATA_FILE,
+    PREVIOUS_MANIFEST,
+    image_name,
+    image_row,
+    read_image_manifest,
+    write_image_manifest,
+)
+from .unit_writer import write_if_changed
+
+IDENTITY = ("kind", "ipc", "seed", "classes", "source")
+
+
+def baseline_identity(run: Any) -> dict[str, Any] | None:
+    """What identifies a random-real run, from its ``run.json`` (None: not a random-real run)."""
+    if not isinstance(run, dict) or run.get("kind") != "random-real" or any(k not in run for k in IDENTITY):
+        return None
+    return {k: run[k] for k in IDENTITY}
 
 
 def pick_files(files: list[Path], ipc: int, seed: int, class_index: int) -> list[Path]:
@@ -62,7 +83,7 @@ def random_real(data: Path, classes: list[ClassInfo], ipc: int, seed: int, out: 
         "classes": [c.wnid for c in classes],
         "source": str(data.resolve()),
     }
-    if _check_out(out, identity):
+    if _check_out(out, identity) and _in_layout(out, identity):
         return False
 
     t0 = time.perf_counter()
@@ -79,9 +100,10 @@ def random_real(data: Path, classes: list[ClassInfo], ipc: int, seed: int, out: 
             sizes.add(pixels.shape[:2])
             png = encode_image(pixels, "png")
             rel = f"{c.wnid}/{image_name(index)}"
-            write_atomic(out / rel, png)
+            write_if_changed(out / rel, png)
             rows.append(image_row(c.wnid, c.imagenet_index, index, seed, rel, png, backend="real", pixels=pixels))
-    write_image_manifest(rows, out / "manifest.parquet")
+    write_image_manifest(rows, out / METADATA_FILE)
+    write_if_changed(out / CARD_FILE, random_real_card(identity, rows))
     (height, width), *others = sizes
     run = identity | {
         "complete": True,
@@ -91,4 +113,18 @@ def random_real(data: Path, classes: list[ClassInfo], ipc: int, seed: int, out: 
         "timings": {"total_s": round(time.perf_counter() - t0, 3)},
     }
     write_atomic(out / "run.json", json.dumps(run, indent=2).encode())
+    (out / PREVIOUS_MANIFEST).unlink(missing_ok=True)  # the previous layout's, now metadata.parquet
     return True
+
+
+def _in_layout(out: Path, identity: dict[str, Any]) -> bool:
+    """Whether a finished run's set is in this layout: its metadata file and card current, no previous manifest."""
+    try:
+        rows = read_image_manifest(out / METADATA_FILE)
+    except UserError:
+        return False
+    return (
+        metadata_current(out, rows)
+        and card_state(out, random_real_card(identity, rows)) == "ok"
+        and not (out / PREVIOUS_MANIFEST).exists()
+    )

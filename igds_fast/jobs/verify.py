@@ -1,9 +1,11 @@
 """``igds-fast verify``: check a finished set file by file, and repair a distilled one.
 
 A distilled set is checked against its unit records (every image's size and sha256, the stored
-features, each record's job) and its manifest against the records; a set with only a manifest
-(a random-real baseline, or a copy without the hidden records) against the manifest's sha256.
-Files a distill run did not write (a README in a class folder) are listed and otherwise ignored.
+features, each record's job), its ``metadata.parquet`` and dataset card against the records; a set
+with only a metadata file (a random-real baseline, or a copy without the hidden records) against the
+file's sha256. Files a distill run did not write (a README in a class folder) are listed and
+otherwise ignored. A set of the previous layout (``manifest.parquet``, contact sheets at the root)
+is checked as well and reported as such: the next distill run, or ``--repair``, moves it to this one.
 
 Repairing runs the recorded job again (``run.run_job``): the units with a damaged or missing file
 are sampled again from their seeds and only the damaged files are rewritten, byte-identical when the
@@ -22,9 +24,20 @@ from ..config import StepConfig
 from ..errors import UserError
 from ..models.embedded import resolve_models
 from ..subsets import class_info
-from .assemble import manifest_rows, same_rows, sheet_ok
+from .assemble import (
+    card_bytes,
+    card_state,
+    manifest_rows,
+    metadata_current,
+    previous_layout,
+    sheet_name,
+    sheet_ok,
+)
+from .baseline import baseline_identity
+from .dataset_card import CARD_FILE, random_real_card
 from .events import QUIET, Events
 from .identity import DistillConfig, all_units
+from .image_manifest import METADATA_FILE, PREVIOUS_MANIFEST, set_manifest_path
 from .job import DistillJob, model_hashes
 from .job_file import read_job_file
 from .run import run_job
@@ -34,15 +47,17 @@ from .state import file_digest, read_json, unit_state
 @dataclass
 class Report:
     out: Path
-    kind: str  # distilled | manifest (checked against manifest.parquet only)
+    kind: str  # distilled | manifest (checked against metadata.parquet only)
     images: int = 0
     intact: int = 0
     missing: list[str] = field(default_factory=list)
     damaged: list[str] = field(default_factory=list)
     units: list[str] = field(default_factory=list)  # units to redo: damaged records or features, or bad images
     not_run: int = 0  # units never committed (an unfinished job or shard)
-    manifest: str = "ok"  # ok | missing | damaged | stale (rows differ from the records)
+    manifest: str = "ok"  # ok | missing | damaged | stale (rows or schema differ) | previous layout
     sheets: list[str] = field(default_factory=list)  # contact sheets missing or unreadable
+    card: str = "ok"  # ok | missing | stale (README.md differs from the card the set should have)
+    previous: list[str] = field(default_factory=list)  # the previous layout's files still at the root
     run_json: str = "ok"  # ok | missing | incomplete
     foreign: list[str] = field(default_factory=list)  # files in class folders no run wrote (ignored)
     repaired: list[str] = field(default_factory=list)
@@ -56,6 +71,8 @@ class Report:
             and not self.not_run
             and self.manifest == "ok"
             and not self.sheets
+            and self.card == "ok"
+            and not self.previous
             and self.run_json == "ok"
         )
 
@@ -68,10 +85,17 @@ class Report:
             out.append(f"{len(self.units)} unit record(s) or stored features damaged")
         if self.not_run:
             out.append(f"{self.not_run} unit(s) never made (an unfinished run or shard)")
-        if self.manifest != "ok":
-            out.append(f"manifest.parquet {self.manifest}")
-        if self.sheets:
+        if self.previous:
+            out.append(
+                f"the previous layout ({', '.join(self.previous)} at the root, which dataset loaders read as images "
+                "or miss): rerun the command that made the set (or verify --repair) to move it to the current one"
+            )
+        if self.manifest not in ("ok", "previous layout"):
+            out.append(f"{METADATA_FILE} {self.manifest}")
+        if self.sheets and not self.previous:
             out.append(f"contact sheet(s) {', '.join(self.sheets)} missing or unreadable")
+        if self.card != "ok" and not self.previous:
+            out.append(f"dataset card {CARD_FILE} {self.card}")
         if self.run_json != "ok":
             out.append(f"run.json {self.run_json}")
         return out
@@ -89,6 +113,8 @@ class Report:
             "units_not_run": self.not_run,
             "manifest": self.manifest,
             "contact_sheets_bad": self.sheets,
+            "card": self.card,
+            "previous_layout": self.previous,
             "run_json": self.run_json,
             "foreign_files": self.foreign,
             "repaired": self.repaired,
@@ -120,14 +146,14 @@ def verify_set(out: Path) -> Report:
         raise UserError(f"'{out}' does not exist or is not a folder; give the folder of a distilled set")
     have = read_job_file(out)
     if have.config is None:
-        if (out / "manifest.parquet").exists():
+        if set_manifest_path(out).exists():
             return _verify_by_manifest(out)
         if have.damaged:
             raise UserError(
-                f"'{out}': its job file (.igds-job.json) is damaged and it has no manifest.parquet; "
+                f"'{out}': its job file (.igds-job.json) is damaged and it has no {METADATA_FILE}; "
                 "rerun the distill command that made it (damaged state is redone)"
             )
-        raise UserError(f"'{out}' holds no distilled set (no .igds-job.json or manifest.parquet)")
+        raise UserError(f"'{out}' holds no distilled set (no .igds-job.json or {METADATA_FILE})")
     try:
         cfg = DistillConfig.from_fingerprint(have.config)
         units = all_units(cfg)
@@ -156,23 +182,31 @@ def verify_set(out: Path) -> Report:
             complete = complete and st.feats is not None
     listed = {r["path"] for r in rows}
     rep.foreign = _foreign_files(out, cfg.wnids, listed)
-    manifest = manifest_rows(out / "manifest.parquet")
-    if not (out / "manifest.parquet").exists():
-        rep.manifest = "missing"
-    elif manifest is None:
+    rep.previous = previous_layout(out, cfg.wnids)
+    metadata = out / METADATA_FILE
+    if not metadata.exists():
+        rep.manifest = "previous layout" if PREVIOUS_MANIFEST in rep.previous else "missing"
+    elif manifest_rows(metadata) is None:
         rep.manifest = "damaged"
-    elif complete and not same_rows(manifest, rows):
+    elif complete and not metadata_current(out, rows):
         rep.manifest = "stale"
-    rep.sheets = [f"contact_{w}.png" for w in cfg.wnids if not sheet_ok(out / f"contact_{w}.png")]
+    rep.sheets = [sheet_name(w) for w in cfg.wnids if not sheet_ok(out / sheet_name(w))]
+    if complete:
+        rep.card = card_state(out, card_bytes(out, cfg, rows))
+    elif not (out / CARD_FILE).exists():
+        rep.card = "missing"
     rep.run_json = _run_json_state(out)
     return rep
 
 
 def _verify_by_manifest(out: Path) -> Report:
-    rows = manifest_rows(out / "manifest.parquet")
+    path = set_manifest_path(out)
+    rows = manifest_rows(path)
     if rows is None:
-        raise UserError(f"'{out}/manifest.parquet' is damaged and the set has no unit records to check against")
+        raise UserError(f"'{path}' is damaged and the set has no unit records to check against")
     rep = Report(out, "manifest", images=len(rows))
+    if path.name == PREVIOUS_MANIFEST:
+        rep.manifest = "previous layout"
     for r in rows:
         got = file_digest(out / r["path"])
         if got is None:
@@ -184,8 +218,19 @@ def _verify_by_manifest(out: Path) -> Report:
     wnids = sorted({r["wnid"] for r in rows})
     listed = {r["path"] for r in rows}
     rep.foreign = _foreign_files(out, wnids, listed)
+    rep.previous = previous_layout(out, wnids)
     rep.run_json = _run_json_state(out)
+    rep.card = _card_by_manifest(out, rows)
     return rep
+
+
+def _card_by_manifest(out: Path, rows: list[dict[str, Any]]) -> str:
+    """The card of a set without unit records: present, and for a random-real baseline the one its
+    run gives."""
+    if not (out / CARD_FILE).exists():
+        return "missing"
+    identity = baseline_identity(read_json(out / "run.json"))
+    return "ok" if identity is None else card_state(out, random_real_card(identity, rows))
 
 
 def repair_job(
