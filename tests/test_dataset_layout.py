@@ -231,11 +231,12 @@ def test_a_set_of_the_previous_layout_is_verified_and_moved_by_a_rerun(models, d
     assert verify_set(out).ok and not list(out.glob("contact_*"))
 
 
-def test_verify_repair_moves_a_set_of_the_previous_layout(models, distilled, tmp_path):  # noqa: F811
+def test_verify_repair_moves_a_set_of_the_previous_layout(models, distilled, tmp_path, monkeypatch):  # noqa: F811
     out = copy_of(distilled, tmp_path / "set")
     to_previous_layout(out, CLASSES)
+    monkeypatch.setattr(job_mod, "build_pipeline", lambda *a, **k: pytest.fail("weights loaded to move a set"))
     rep, summary = repair_set(out, denoiser=models["dit"], vae="none", critics=models["critic"])
-    assert rep.ok and summary["images_made"] == 0
+    assert rep.ok and summary["nothing_to_do"] and summary["images_made"] == 0
     assert (out / "metadata.parquet").is_file() and not (out / "manifest.parquet").exists()
 
 
