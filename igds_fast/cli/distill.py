@@ -8,20 +8,27 @@ from typing import Any
 
 import typer
 
-from ..errors import UserError
 from . import options as opt
 
 
 @opt.step_options()
 def distill(
+    ctx: typer.Context,
     out: Path = typer.Option(Path("distilled"), help="Output ImageFolder (<wnid>/<index>.png) + manifest + run.json."),
+    config: Path | None = typer.Option(
+        None,
+        help="TOML job file: keys named like these options (ipc = 2, steps = 10, classes = [...]); "
+        "the options given here override it.",
+    ),
     subset: str | None = typer.Option(None, help="imagenette (default), imagewoof, imageidc, imagenet100, imagenet1k."),
     classes: str | None = typer.Option(None, help="Comma-separated WNIDs instead of --subset."),
     classes_file: Path | None = typer.Option(None, help="File with one WNID a line instead of --subset."),
     ipc: int = typer.Option(10, help="Images per class."),
     batch_size: int | None = typer.Option(None, help="Samples per batch (one class a batch); default min(IPC, 32)."),
     seed: int = typer.Option(0, help="Global seed; each image's noise derives from (seed, class, index)."),
-    engines: Path | None = typer.Option(None, help="Engine folder from `igds-fast export` (fixes the backend)."),
+    engines: Path | None = typer.Option(
+        None, help="Engine folder from `igds-fast export` (fixes the backend; the step is the engine's)."
+    ),
     backend: str = typer.Option(
         "auto", help="auto (the fastest measured for this machine), eager, onnxruntime, compiled or tensorrt."
     ),
@@ -57,54 +64,48 @@ def distill(
     Events (start, unit_done, class_done, damaged, repaired, finished, error) are JSON lines on
     stdout, or in --log-json FILE. Exit codes: 0 complete, 3 incomplete (other shards' classes
     missing), 2 user error, 1 bug."""
-    from ..jobs.events import EXIT_INCOMPLETE, Events, check_log_path
-    from ..jobs.job import distill_job
-    from ..jobs.run import run_job
+    from ..api import distill as run_distill
+    from ..jobs.events import EXIT_INCOMPLETE, Events
 
-    check_log_path(log_json)  # before any event is written there
-    events = Events(path=log_json, out=out)
-    try:
-        job = distill_job(
-            out,
-            step=step,
-            subset=subset,
-            classes=classes,
-            classes_file=classes_file,
-            ipc=ipc,
-            batch_size=batch_size,
-            seed=seed,
-            engines=engines,
-            backend=backend,
-            engine_cache=engine_cache,
-            denoiser=denoiser,
-            vae=vae,
-            critics=critics,
-            image_format=image_format,
-            resolution=resolution,
-            shard=shard,
-            ray=ray,
-            overwrite=overwrite,
-            wait=wait,
-            device=device,
-            dtype=dtype,
-            log_json=log_json,
-            progress=progress,
-            threads=threads,
-        )
-        summary = run_job(job, events)
-        events.emit("finished", **summary)
-        if log_json is not None:  # the summary also reaches stdout
-            Events(out=out).emit("finished", **summary)
-    except UserError as e:
-        events.emit("error", message=str(e), exit_code=2)
-        raise
-    except Exception as e:
-        events.emit("error", message=f"{type(e).__name__}: {e}", exit_code=1)
-        raise
-    finally:
-        events.close()
-    if not summary.get("complete"):
+    options = {
+        "out": out,
+        "subset": subset,
+        "classes": classes,
+        "classes_file": classes_file,
+        "ipc": ipc,
+        "batch_size": batch_size,
+        "seed": seed,
+        "engines": engines,
+        "backend": backend,
+        "engine_cache": engine_cache,
+        "denoiser": denoiser,
+        "vae": vae,
+        "critics": critics,
+        "image_format": image_format,
+        "resolution": resolution,
+        "shard": shard,
+        "ray": ray,
+        "overwrite": overwrite,
+        "wait": wait,
+        "device": device,
+        "dtype": dtype,
+        "log_json": log_json,
+        "progress": progress,
+        "threads": threads,
+    }
+    # Only the options given on the command line: the job file's keys stand where a flag is not given.
+    given = {name: value for name, value in options.items() if on_command_line(ctx, name)}
+    res = run_distill(config=config, step=step, print_events=True, **given)
+    if res.log_json is not None:  # the summary also reaches stdout
+        Events(out=res.out).emit("finished", **res.summary)
+    if not res.complete:
         raise typer.Exit(EXIT_INCOMPLETE)
+
+
+def on_command_line(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given (not its default): what a job file's key gives way to."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name != "DEFAULT"
 
 
 def demo(

@@ -5,12 +5,10 @@ Heavy imports (torch, matplotlib) stay inside the commands so that ``igds-fast -
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
-from ..errors import UserError
 from .options import warn_if_slow_bf16
 
 baseline_app = typer.Typer(help="Baseline sets laid out like a distilled set.", no_args_is_help=True)
@@ -49,36 +47,30 @@ def evaluate(
 
     Reports the final epoch's top-1 and, beside it, the best of 10 val readings over the run.
     """
-    from ..evaluation.train import evaluate_set, partial_path, seed_list, write_results
-    from ..subsets import subset as subset_classes
+    from ..api import evaluate as run_evaluate
 
-    if not out.parent.is_dir():
-        raise UserError(f"output folder '{out.parent}' does not exist")
-    if out.is_dir():
-        raise UserError(f"--out '{out}' is a folder; give a file name, e.g. results.json")
-    order = [c.wnid for c in subset_classes(subset)] if subset is not None else None
     warn_if_slow_bf16(precision, device)
-    results = evaluate_set(
+    res = run_evaluate(
         train,
         val,
-        net,
-        resolution,
-        seed_list(seeds),
-        epochs,
-        order,
-        method,
-        device,
+        subset=subset,
+        net=net,
+        resolution=resolution,
+        seeds=seeds,
+        epochs=epochs,
+        method=method,
+        device=device,
         precision=precision,
         out=out,
-        only=only_seed or None,
+        only_seed=only_seed or None,
     )
+    results = res.results
     if results is None:
         typer.echo(
-            f"seed(s) {', '.join(map(str, only_seed))} saved in {partial_path(out)}; {out} is written once all "
+            f"seed(s) {', '.join(map(str, only_seed or []))} saved in {res.partial}; {out} is written once all "
             f"{seeds} seeds are in (run the others with --only-seed, or rerun without it)"
         )
         return
-    write_results(out, results)
     typer.echo(
         f"{results['method']} IPC {results['ipc']} {net}@{resolution}px: "
         f"{100 * results['mean']:.2f} ± {100 * results['std']:.2f}% top-1 over {seeds} seeds "
@@ -135,17 +127,21 @@ def quality(
 ) -> None:
     """Judge a sample set with an independent classifier trained on real data: accuracy, precision, recall,
     density, coverage, saturation, within-class feature distance, next to real val and random real images."""
-    from ..evaluation.scoring import format_table, judge_samples
-    from ..imageio import write_atomic
+    from ..api import quality as run_quality
 
-    if json_out is not None and not json_out.parent.is_dir():
-        raise UserError(f"output folder '{json_out.parent}' does not exist")
-    if json_out is not None and json_out.is_dir():
-        raise UserError(f"--json '{json_out}' is a folder; give a file name, e.g. quality.json")
-    result = judge_samples(samples, real_train, real_val, resolution, net, epochs, seed, cache_dir, device)
-    if json_out is not None:
-        write_atomic(json_out, (json.dumps(result, indent=2) + "\n").encode())
-    typer.echo(format_table(result) + (f"\n-> {json_out}" if json_out is not None else ""))
+    res = run_quality(
+        samples,
+        real_train,
+        real_val,
+        resolution=resolution,
+        json_out=json_out,
+        net=net,
+        epochs=epochs,
+        cache_dir=cache_dir,
+        device=device,
+        seed=seed,
+    )
+    typer.echo(res.table + (f"\n-> {json_out}" if json_out is not None else ""))
 
 
 def register(app: typer.Typer) -> None:

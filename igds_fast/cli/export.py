@@ -13,7 +13,13 @@ from . import options as opt
 @opt.step_options()
 def export(
     out: Path = typer.Option(..., help="Engine folder to create, e.g. engines/dit-b16."),
-    recipe: Path | None = typer.Option(None, help="TOML recipe (export/*.toml); flags override its fields."),
+    recipe: str | None = typer.Option(
+        None,
+        "--recipe",
+        "--config",
+        help="TOML recipe: a packaged one by name (embedded-ort-b16, dit-xl2-256-compiled, dit-xl2-256-trt-fp16) "
+        "or a file; the options given here override its keys.",
+    ),
     denoiser: Path | None = opt.denoiser(),
     vae: str | None = opt.vae(),
     critics: Path | None = opt.critics(),
@@ -29,26 +35,29 @@ def export(
     step: dict[str, Any] | None = None,
 ) -> None:
     """Export the fused guided step (and the VAE decoder) as an engine folder with a manifest."""
-    from ..backends.build import export_engine, export_spec, verify_export
+    from ..api import export as run_export
 
-    settings = {
-        "denoiser": denoiser,
-        "vae": vae,
-        "critics": critics,
-        "batch_size": batch_size,
-        "memory_size": memory_size,
-        "ipc": ipc,
-        "precision": precision,
-        "backend": backend,
-        "split": split,
-        "device": device,
-    }
-    spec = export_spec(recipe, settings | (step or {}), out, overwrite)
-    export_engine(spec)
-    typer.echo(f"wrote {out} ({spec.backend}, {spec.precision}, batch {spec.batch_size}, memory {spec.memory_size})")
-    if verify:
+    res = run_export(
+        out,
+        recipe=recipe,
+        denoiser=denoiser,
+        vae=vae,
+        critics=critics,
+        batch_size=batch_size,
+        memory_size=memory_size,
+        ipc=ipc,
+        precision=precision,
+        backend=backend,
+        split=split,
+        device=device,
+        verify=verify,
+        overwrite=overwrite,
+        step=step,
+    )
+    typer.echo(f"wrote {res.out} ({res.backend}, {res.precision}, batch {res.batch_size}, memory {res.memory_size})")
+    if res.verify is not None:
         typer.echo("relative error ||engine - eager|| / ||eager|| on random inputs:")
-        for r in verify_export(spec):
+        for r in res.verify:
             name = "plain" if r.get("graph") == "plain" else "step"
             errors = "  ".join(f"{k} {v:.2e}" for k, v in r.items() if k not in ("i", "graph"))
             typer.echo(f"  {name:<5} {r['i']:>4}: {errors}")
