@@ -123,3 +123,12 @@ def test_packaged_recipes_are_listed_and_found_from_any_directory(tmp_path, monk
     assert find_recipe("mine.toml") == Path("mine.toml")  # a file by its path
     with pytest.raises(UserError, match="neither a file nor a packaged recipe .*embedded-ort-b16"):
         find_recipe("nope")
+
+
+def test_evaluate_and_quality_check_their_outputs_before_any_work(tmp_path):
+    with pytest.raises(UserError, match="output folder '.*missing' does not exist"):
+        igds_fast.evaluate(tmp_path, tmp_path, out=tmp_path / "missing" / "results.json")
+    with pytest.raises(UserError, match="is a folder; give a file name, e.g. results.json"):
+        igds_fast.evaluate(tmp_path, tmp_path, out=tmp_path)
+    with pytest.raises(UserError, match="--json '.*' is a folder"):
+        igds_fast.quality(tmp_path, tmp_path, tmp_path, json_out=tmp_path)
