@@ -41,7 +41,7 @@ from .image_manifest import METADATA_FILE, PREVIOUS_MANIFEST, set_manifest_path
 from .job import DistillJob, model_hashes
 from .job_file import read_job_file
 from .run import run_job
-from .state import file_digest, read_json, unit_state
+from .state import file_digest, inside_set, read_json, refuse_links, unit_state
 
 
 @dataclass
@@ -87,8 +87,8 @@ class Report:
             out.append(f"{self.not_run} unit(s) never made (an unfinished run or shard)")
         if self.previous:
             out.append(
-                f"the previous layout ({', '.join(self.previous)} at the root, which dataset loaders read as images "
-                "or miss): rerun the command that made the set (or verify --repair) to move it to the current one"
+                f"the previous layout ({', '.join(self.previous)} at the root, which dataset loaders misread): "
+                "rerun the command that made the set to move it"
             )
         if self.manifest not in ("ok", "previous layout"):
             out.append(f"{METADATA_FILE} {self.manifest}")
@@ -159,6 +159,7 @@ def verify_set(out: Path) -> Report:
         units = all_units(cfg)
     except (TypeError, ValueError, KeyError):
         raise UserError(f"'{out}/.igds-job.json' does not describe a distill job; rerun distill into it") from None
+    refuse_links(out, cfg.wnids)  # a set read through a link is not this folder's set
     rep = Report(out, "distilled")
     rows: list[dict[str, Any]] = []
     complete = True
@@ -204,6 +205,9 @@ def _verify_by_manifest(out: Path) -> Report:
     rows = manifest_rows(path)
     if rows is None:
         raise UserError(f"'{path}' is damaged and the set has no unit records to check against")
+    outside = next((r["path"] for r in rows if not inside_set(out, r["path"])), None)
+    if outside is not None:  # never read (or vouch for) a file outside the set
+        raise UserError(f"'{path}' lists '{outside}', which is not a file inside the set (<class>/<file>)")
     rep = Report(out, "manifest", images=len(rows))
     if path.name == PREVIOUS_MANIFEST:
         rep.manifest = "previous layout"
