@@ -17,14 +17,16 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from igds_fast.jobs.image_manifest import set_manifest_path
+
 STATS = ("saturation", "pixel_std")
 
 
 def read_manifest(folder: Path) -> dict[int, dict[str, float]]:
-    """seed -> the image's statistics, from the set's manifest.parquet."""
-    path = folder / "manifest.parquet"
+    """seed -> the image's statistics, from the set's metadata (either layout)."""
+    path = set_manifest_path(folder)
     if not path.is_file():
-        raise SystemExit(f"{folder}: no manifest.parquet; give folders written by igds-fast distill")
+        raise SystemExit(f"{folder}: no {path.name}; give folders written by igds-fast distill")
     rows = pq.read_table(path).to_pylist()
     return {int(r["seed"]): {k: float(r[k]) for k in STATS} for r in rows}
 

@@ -14,7 +14,7 @@ from . import options as opt
 @opt.step_options()
 def distill(
     ctx: typer.Context,
-    out: Path = typer.Option(Path("distilled"), help="Output ImageFolder (<wnid>/<index>.png) + manifest + run.json."),
+    out: Path = typer.Option(Path("distilled"), help="Output set: <wnid>/<index>.png + metadata.parquet + README.md card + run.json."),
     config: Path | None = typer.Option(
         None,
         help="TOML job file: keys named like these options (ipc = 2, steps = 10, classes = [...]); "
@@ -49,7 +49,7 @@ def distill(
         None, help="Denoiser precision: fp32, fp16 or bf16 [auto: bf16 on CPUs with AMX/AVX512-BF16, else fp32]."
     ),
     log_json: Path | None = typer.Option(
-        None, "--log-json", help="Write the JSON events here (one a line) instead of to stdout."
+        None, "--log-json", help="Write the JSON events here (one a line) instead of to stdout ('-': stdout)."
     ),
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="Progress bar on stderr [only when stderr is a terminal]."
@@ -65,7 +65,7 @@ def distill(
     stdout, or in --log-json FILE. Exit codes: 0 complete, 3 incomplete (other shards' classes
     missing), 2 user error, 1 bug."""
     from ..api import distill as run_distill
-    from ..jobs.events import EXIT_INCOMPLETE, Events
+    from ..jobs.events import EXIT_INCOMPLETE, Events, is_stdout
 
     options = {
         "out": out,
@@ -96,7 +96,7 @@ def distill(
     # Only the options given on the command line: the job file's keys stand where a flag is not given.
     given = {name: value for name, value in options.items() if on_command_line(ctx, name)}
     res = run_distill(config=config, step=step, print_events=True, **given)
-    if res.log_json is not None:  # the summary also reaches stdout
+    if res.log_json is not None and not is_stdout(res.log_json):  # the summary also reaches stdout (once)
         Events(out=res.out).emit("finished", **res.summary)
     if not res.complete:
         raise typer.Exit(EXIT_INCOMPLETE)

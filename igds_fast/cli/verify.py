@@ -11,7 +11,7 @@ from . import options as opt
 
 
 def verify(
-    out: Path = typer.Argument(..., help="The set's folder (a distilled set, or any set with a manifest.parquet)."),
+    out: Path = typer.Argument(..., help="The set's folder (a distilled or random-real set, or any set with a metadata.parquet)."),
     repair: bool = typer.Option(
         False, help="Regenerate missing or damaged images (same bytes: needs the models the set was made with)."
     ),
@@ -19,17 +19,21 @@ def verify(
     vae: str | None = opt.vae(),
     critics: Path | None = opt.critics(),
     engines: Path | None = typer.Option(None, help="With --repair: the engine folder the set was made with."),
-    engine_cache: Path | None = typer.Option(None, help="Engine cache [$IGDS_ENGINE_CACHE or ~/.cache/igds-fast]."),
+    engine_cache: Path | None = typer.Option(
+        None, help="Engine cache (default $IGDS_ENGINE_CACHE or ~/.cache/igds-fast/engines)."
+    ),
     device: str = opt.device(),
     wait: bool = typer.Option(False, help="With --repair: wait for another writer of the folder to finish."),
-    log_json: Path | None = typer.Option(None, "--log-json", help="Write the JSON events here instead of stdout."),
+    log_json: Path | None = typer.Option(
+        None, "--log-json", help="Write the JSON events here instead of stdout ('-': stdout)."
+    ),
 ) -> None:
     """Check every image's size and sha256 against the set's records and manifest; report (and with
     --repair, fix) what is missing or damaged.
 
     Events are JSON lines on stdout (or --log-json FILE); the last, ``verified``, is the report.
     Exit codes: 0 intact (or fully repaired), 3 damage left, 2 user error, 1 bug."""
-    from ..jobs.events import EXIT_INCOMPLETE, Events, check_log_path
+    from ..jobs.events import EXIT_INCOMPLETE, Events, check_log_path, is_stdout
     from ..jobs.verify import repair_set, verify_set
 
     check_log_path(log_json)  # before any event is written there
@@ -57,7 +61,7 @@ def verify(
             )
         report = rep.as_dict()
         events.emit("verified", **report)
-        if log_json is not None:
+        if log_json is not None and not is_stdout(log_json):
             Events(out=out).emit("verified", **report)
     except UserError as e:
         events.emit("error", message=str(e), exit_code=2)
