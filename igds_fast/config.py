@@ -10,14 +10,15 @@ it imports nothing of the package but ``errors``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 # Defaults of the guided step, chosen by the independent judge on the embedded model
 # (benchmarks/sweep_guidance.py, docs/experiments/sweep_guidance.md), in units of eps RMS: s for the prototype
@@ -34,7 +35,26 @@ GUIDANCE_WINDOW_HI = 300
 # input-gradient are ~2.6x the CFG denoiser pass (a FLOP count, never timed). --clip-guard 0 turns it off.
 CLIP_GUARD = 0.5
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+class _Dtypes(Mapping[str, "torch.dtype"]):
+    """fp32 / fp16 / bf16 -> the torch dtype. torch loads on the first lookup, not with this module: the
+    command line parses its options (and prints --help) without it."""
+
+    _NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+    def __getitem__(self, name: str) -> torch.dtype:
+        import torch
+
+        return getattr(torch, self._NAMES[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._NAMES)
+
+    def __len__(self) -> int:
+        return len(self._NAMES)
+
+
+DTYPES = _Dtypes()
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8")  # what an engine may be built in (fp8 is refused with a reason)
 
 
@@ -210,6 +230,8 @@ def step_config(*layers: Mapping[str, Any] | None) -> StepConfig:
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but no CUDA device is visible; use --device cpu")
     if name != "cpu" and not name.startswith("cuda"):

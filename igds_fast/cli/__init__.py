@@ -1,14 +1,20 @@
-"""The ``igds-fast`` command line. Commands parse their options, call the library, and print."""
+"""The ``igds-fast`` command line. Commands parse their options, call the library, and print.
+
+Importing this package loads no torch (tests/test_cli_polish.py): the commands import the library
+inside their bodies, so ``--help``, ``--version`` and shell completion answer at once.
+"""
 
 from __future__ import annotations
 
+import inspect
+import re
 import sys
 
 import typer
 
 from .. import __version__
 from ..errors import UserError
-from . import _env, bench, distill, eval, export, sample, train, verify  # noqa: F401 (_env first: before torch loads)
+from . import _env, bench, distill, doctor, eval, export, sample, train, verify  # noqa: F401 (_env first)
 
 try:  # typer >= 0.22 carries its own copy of click; its errors derive from TyperException
     from typer import TyperException as ClickError
@@ -19,7 +25,7 @@ app = typer.Typer(
     help="Information-Guided Diffusion Sampling (IGDS) for dataset distillation: sample, train critics, "
     "export engines, distill whole ImageNet subsets, evaluate.",
     no_args_is_help=True,
-    add_completion=False,
+    rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
 
@@ -37,8 +43,33 @@ def _root(
     pass
 
 
-for module in (sample, train, distill, export, eval, bench, verify):
+for module in (sample, train, distill, export, eval, bench, verify, doctor):  # doctor after export: its --json
     module.register(app)
+
+# Rich reads "[word ...]" in a help text as a style tag and drops it ("ddim [ddpm]" would print as
+# "ddim"): help texts are plain text, so their brackets are escaped once, here, for every command.
+_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
+
+
+def _plain(text: str | None) -> str | None:
+    return None if text is None else _TAG.sub(lambda m: f"{m[1]}{m[1]}\\{m[2]}", text)
+
+
+def _escape_help(typer_app: typer.Typer) -> None:
+    seen: set[int] = set()  # the step flags' options are shared by several commands: escape each once
+    for info in typer_app.registered_commands:
+        callback = info.callback
+        if callback is None:
+            continue
+        info.help = _plain(info.help if info.help is not None else inspect.getdoc(callback))
+        for param in inspect.signature(callback).parameters.values():
+            option = param.default
+            if isinstance(option, typer.models.ParameterInfo) and id(option) not in seen:
+                seen.add(id(option))
+                option.help = _plain(option.help)
+
+
+_escape_help(app)
 
 
 def usage_error(e: ClickError) -> str:

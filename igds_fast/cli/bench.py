@@ -7,9 +7,14 @@ from pathlib import Path
 
 import typer
 
-from ..bench.config import DEFAULT_BACKENDS, variant_names
 from ..errors import UserError
 from . import options as opt
+
+# The bench's rows as bench.config spells them (tests/test_cli_polish.py keeps these equal to
+# DEFAULT_BACKENDS and variant_names()): written out here because the backend table imports torch,
+# and --help starts without it.
+DEFAULT_BACKENDS = ("eager-ref", "eager", "torch-compile", "onnxruntime", "tensorrt")
+VARIANTS = ("eager-ref", "eager", "compiled", "onnxruntime", "tensorrt", "torch-compile", "torch-compile-cg")
 
 
 def parse_list(text: str, option: str) -> list[str]:
@@ -47,7 +52,7 @@ def register(app: typer.Typer) -> None:
         backends: str = typer.Option(
             ",".join(DEFAULT_BACKENDS),
             help="Comma list of "
-            + ", ".join(variant_names())
+            + ", ".join(VARIANTS)
             + " (compiled = the AOTInductor engine); NAME@fp16 etc. runs one row in its own precision.",
         ),
         e2e_backends: str | None = typer.Option(
@@ -68,7 +73,9 @@ def register(app: typer.Typer) -> None:
             help="Denoiser attention of the eager rows: sdpa (fused) or math (exported graphs choose their own).",
         ),
         ref_images: int | None = typer.Option(
-            None, help="eager-ref's end-to-end chain on this many images (one at a time: a per-image rate) [batch]."
+            None,
+            help="eager-ref's end-to-end chain on this many images, one at a time: a per-image rate "
+            "(default --batch-size).",
         ),
         json_out: Path | None = typer.Option(None, "--json", help="Write the results here."),
     ) -> None:

@@ -33,9 +33,11 @@ def train_dit_cmd(
     seed: int = typer.Option(0, help="Initialisation and data-order seed."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     ckpt_every: int = typer.Option(500, help="Checkpoint interval in steps."),
-    precision: str = typer.Option("auto", help="Forward pass: fp32 or bf16 (autocast) [auto: bf16 on CUDA]."),
+    precision: str = typer.Option(
+        "auto", help="Forward pass: fp32 or bf16 (autocast) (default auto: bf16 on CUDA, else fp32)."
+    ),
     compile_model: bool | None = typer.Option(
-        None, "--compile/--no-compile", help="torch.compile the model [on for CUDA, off for the CPU]."
+        None, "--compile/--no-compile", help="torch.compile the model (default on for CUDA, off for the CPU)."
     ),
 ) -> None:
     """Train a class-conditional DiT (learned sigma, label dropout for CFG, EMA) on an ImageFolder."""
@@ -89,9 +91,11 @@ def train_critics_cmd(
     seed: int = typer.Option(0, help="Seed."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     overwrite: bool = typer.Option(False, help="Replace finished critics in --out."),
-    precision: str = typer.Option("auto", help="Forward pass: fp32 or bf16 (autocast) [auto: bf16 on CUDA]."),
+    precision: str = typer.Option(
+        "auto", help="Forward pass: fp32 or bf16 (autocast) (default auto: bf16 on CUDA, else fp32)."
+    ),
     compile_model: bool | None = typer.Option(
-        None, "--compile/--no-compile", help="torch.compile the critic for training [on for CUDA only]."
+        None, "--compile/--no-compile", help="torch.compile the critic for training (default on for CUDA only)."
     ),
     shift: int = typer.Option(0, help="Augment: translate inputs by up to this many input positions (latent cells)."),
     t_power: float = typer.Option(1.0, help="Draw t = 1000 u^p: 1 uniform, 2 favours low noise (55%% below 300)."),

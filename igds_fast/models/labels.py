@@ -2,10 +2,36 @@
 
 from __future__ import annotations
 
+import difflib
+
 from torch import nn
 
 from ..errors import UserError
-from ..subsets import class_info
+from ..names import WNID
+from ..subsets import class_info, did_you_mean
+
+
+def _imagenet_name(wnid: str) -> str | None:
+    if not WNID.fullmatch(wnid):
+        return None
+    try:
+        return class_info(wnid).name
+    except UserError:
+        return None
+
+
+def _known_as(wnid: str) -> str:
+    """'n01440764 tench' for an ImageNet WNID, else the class's own name."""
+    name = _imagenet_name(wnid)
+    return f"{wnid} {name}" if name else wnid
+
+
+def _close_in(wnid: str, own: list[str]) -> str:
+    """The suffix "; close: ..." naming the model's classes whose name is close to ``wnid``'s, or ""."""
+    by_name = {(_imagenet_name(o) or o).casefold(): o for o in own}
+    query = (_imagenet_name(wnid) or wnid).casefold()
+    close = [_known_as(by_name[k]) for k in difflib.get_close_matches(query, by_name, n=3, cutoff=0.6)]
+    return f"; close: {', '.join(close)}" if close else ""
 
 
 def model_class_names(denoiser: nn.Module) -> list[str]:
@@ -20,7 +46,11 @@ def labels_for_wnids(own: list[str], num_classes: int, wnids: list[str]) -> list
         missing = [w for w in wnids if w not in own]
         if missing:
             raise UserError(
-                f"class {missing[0]} is not in the model (it knows {len(own)} classes: {', '.join(own[:4])}, ...)"
+                f"class {missing[0]} is not in the model ("
+                + (f"{name}; " if (name := _imagenet_name(missing[0])) else "")
+                + f"it knows {len(own)} classes: "
+                f"{', '.join(_known_as(o) for o in own[:4])}{', ...' if len(own) > 4 else ''})"
+                + _close_in(missing[0], own)
             )
         return [own.index(w) for w in wnids]
     if num_classes != 1000:
@@ -33,7 +63,7 @@ def labels_for_wnids(own: list[str], num_classes: int, wnids: list[str]) -> list
     if unnamed:
         raise UserError(
             f"class '{unnamed[0]}' is named by folder, not by WNID: an ImageNet-1k model has no such class; "
-            "use a model trained on this dataset (train-dit)"
+            "use a model trained on this dataset (train-dit)" + did_you_mean(unnamed[0])
         )
     return [c.imagenet_index for c in infos]
 
