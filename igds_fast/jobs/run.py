@@ -4,6 +4,10 @@ The order is what keeps a bad or redundant job cheap: options are checked first;
 loading any weights, whether ``--out`` already holds this finished job (a rerun that finds every
 recorded file intact has nothing to do); then the memory and disk the job needs; only then are
 the weights loaded (or the cached engine exported), the writer locks taken and the folder claimed.
+
+A run that returns has done every unit of its shard: its summary says ``shard_complete``, and
+``complete`` when the whole set is (an array job's other shards may still be running; see
+``events.exit_code``).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ def run_job(job: DistillJob, events: Events = QUIET) -> dict[str, Any]:
             "seconds": time.perf_counter() - t0,
             "img_per_s": None,
             "complete": complete,
+            "shard_complete": True,
             "nothing_to_do": True,
         }
     check_limits(job_shape(job), job.out)  # before any weights load or export
@@ -60,19 +65,23 @@ def run_job(job: DistillJob, events: Events = QUIET) -> dict[str, Any]:
     check_limits(job_shape(job, engine), job.out)
     check_clip_guard_memory(engine, min(job.batch, job.ipc))  # a chunk never mixes classes
     if job.ray is not None:
-        return base | run_on_ray(job, dcfg, run_info(job), request=request, events=events)
+        return base | run_on_ray(job, dcfg, request=request, events=events)
     make_out_folder(job.out)  # the locks live in it
     on_wait = (lambda holder: events.emit("waiting", holder=holder)) if job.wait else None
     with WriterLocks(job.out, job.shard).acquire(wait=job.wait, on_wait=on_wait) as locks:
-        return base | run_distill(
-            engine,
-            dcfg,
-            job.out,
-            shard=job.shard,
-            overwrite=job.overwrite,
-            progress=show_progress(job.progress),
-            events=events,
-            run_info=run_info(job),
-            request=request,
-            locks=locks,
+        return (
+            base
+            | {"shard_complete": True}
+            | run_distill(
+                engine,
+                dcfg,
+                job.out,
+                shard=job.shard,
+                overwrite=job.overwrite,
+                progress=show_progress(job.progress),
+                events=events,
+                run_info=run_info(job),
+                request=request,
+                locks=locks,
+            )
         )
