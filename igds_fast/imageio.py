@@ -1,16 +1,89 @@
-"""Image files: grids, labelled contact sheets and atomic PNG/JPEG writes."""
+"""Image files: grids, labelled contact sheets; and how every output file is written: atomically,
+never through a link, a full disk or a file-size limit reported in one line.
+
+Writing never follows a symbolic link: a file is created under a temporary name with
+``O_EXCL | O_NOFOLLOW`` and renamed over its final name only when that name is not a link (a link
+there is refused: ``LinkRefused``); files opened in place (locks, the run log) are opened with
+``O_NOFOLLOW`` (``open_nofollow``). Reads of a tool's own state use ``read_nofollow``: a link or
+anything but a regular file reads as missing. A write stopped by a full disk, a quota or a file-size
+limit (ENOSPC, EDQUOT, EFBIG) raises ``WriteLimit``: one line naming the file, nothing left behind.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
+import stat
 import threading
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from .errors import UserError
+
+# What stops a write for want of room, as the one line says it.
+WRITE_LIMITS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file size limit reached",
+}
+
+
+class WriteLimit(UserError):
+    """A write stopped by a full disk, a quota or a file-size limit (``ulimit -f``)."""
+
+    def __init__(self, path: Path | str, err: OSError):
+        self.errno, self.path = err.errno, Path(path)
+        fix = "raise the limit (ulimit -f)" if err.errno == errno.EFBIG else "free space"
+        super().__init__(f"{WRITE_LIMITS[err.errno]} while writing '{path}': {fix} and rerun")
+
+
+class LinkRefused(UserError):
+    """A file or folder the tool would write is a symbolic link: nothing is written through one."""
+
+    def __init__(self, path: Path | str, what: str = ""):
+        super().__init__(
+            f"{what or repr(str(path))} is a symbolic link: igds-fast never writes through a link; "
+            "remove the link (or choose another --out)"
+        )
+
+
+def write_limit(path: Path | str, err: OSError) -> UserError | OSError:
+    """``err`` as a ``WriteLimit`` when it is one (else ``err`` itself), to raise."""
+    return WriteLimit(path, err) if err.errno in WRITE_LIMITS else err
+
+
+def open_nofollow(path: Path | str, flags: int, mode: int = 0o666) -> int:
+    """``os.open`` that never follows a link at ``path`` (``LinkRefused``) and never blocks on a FIFO;
+    anything but a regular file there is refused in one line."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as e:
+        if e.errno == errno.ELOOP or os.path.islink(path):
+            raise LinkRefused(path) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"'{path}' is not a regular file; remove it")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def read_nofollow(path: Path | str) -> bytes:
+    """The bytes of the regular file at ``path``; OSError when it is missing, unreadable, a link or
+    not a regular file (a FIFO is never waited on)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -71,21 +144,45 @@ def encode_image(img: np.ndarray, fmt: str) -> bytes:
     return buf.getvalue()
 
 
+def _create_temp(tmp: Path) -> int:
+    """A new file at ``tmp`` (``O_EXCL | O_NOFOLLOW``); a leftover of a dead process that had the same
+    pid and thread id (the name is ours, unique per process and thread) is removed first."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(tmp, flags, 0o666)
+    except FileExistsError:
+        os.unlink(tmp)  # never follows a link: removes the name only
+        return os.open(tmp, flags, 0o666)
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary name, flush to disk, rename: a file is whole or absent.
 
     The temporary name is unique per process and thread, so concurrent writers never share one; a
-    failed write removes it. Files get the usual 0666 & ~umask mode (0644 by default)."""
+    failed write removes it. Files get the usual 0666 & ~umask mode (0644 by default). A link at
+    ``path`` is refused (``LinkRefused``), never written through nor replaced; a full disk or a
+    file-size limit raises ``WriteLimit``."""
+    path = Path(path)
+    if path.is_symlink():
+        raise LinkRefused(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_native_id()}.tmp")
+    made = False
     try:
-        with open(tmp, "wb") as f:
+        fd = _create_temp(tmp)
+        made = True
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if path.is_symlink():  # made a link meanwhile
+            raise LinkRefused(path)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except BaseException as e:
+        if made:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in WRITE_LIMITS:
+            raise WriteLimit(path, e) from None
         raise
 
 

@@ -26,7 +26,7 @@ from .events import QUIET, Events
 from .identity import DistillConfig, all_units
 from .job_file import JobFile, prepare_out
 from .lock import WriterLocks
-from .state import UnitState, timestamp, unit_state
+from .state import UnitState, refuse_links, timestamp, unit_state
 from .unit_writer import UnitWriter
 
 
@@ -59,8 +59,10 @@ def distill_class(
 
 
 def shard_states(out: Path, cfg: DistillConfig, job: str, shard: tuple[int, int]) -> dict[str, UnitState]:
-    """The state of every unit of this shard's classes (every recorded file is checked)."""
+    """The state of every unit of this shard's classes (every recorded file is checked); a link where
+    the run would write (a class folder, one of its files) is refused first."""
     mine = shard_classes(cfg.wnids, *shard)
+    refuse_links(out, mine)
     return {u.key: unit_state(out, u, job) for u in all_units(cfg, mine)}
 
 

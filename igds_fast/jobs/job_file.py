@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..imageio import write_atomic
 from .identity import DistillConfig
 from .lock import WriterLocks, claim_lock
-from .state import JOB_FILE, OUR_TEMP, digest, read_json, record_jobs, remove_our_files
+from .state import JOB_FILE, OUR_TEMP, digest, read_json, record_jobs, refuse_links, remove_our_files
 
 JOB_FORMAT = "igds-fast/job-v2"
 
@@ -126,6 +126,8 @@ def prepare_out(
     want = cfg.fingerprint()
     with claim_lock(out):
         have = read_job_file(out)
+        old = [w for w in (have.config or {}).get("wnids", []) if isinstance(w, str)]
+        refuse_links(out, sorted(set(cfg.wnids) | set(old)))
         if have.config == want:
             # this job, perhaps recorded by an older igds-fast: carry on under the folder's own digest
             if have.request != request and request is not None:
@@ -154,7 +156,6 @@ def prepare_out(
                 f"'{out}' is being written by another shard of another configuration; "
                 "wait for it, or choose another --out"
             )
-        old = have.config["wnids"] if have.config is not None else []
         if others or not record_jobs(out):  # nothing of ours is committed: clear what the old runs left
             remove_our_files(out, sorted(set(old) | _record_wnids(out) | set(cfg.wnids if others else [])))
         write_job_file(out, cfg, request, mine)

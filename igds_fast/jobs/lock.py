@@ -4,6 +4,10 @@ The kernel drops a flock when its process exits or dies (kill -9 included), so a
 outlives its holder and there is nothing stale to clean up. The lock file stays in the folder; its
 content names the last holder (pid, host, start time, command) for the error a second writer gets.
 
+A lock file is opened without following a link (a link there is refused in one line, never written
+through), and the holder's note is written only into a lock file that is empty or holds such a note
+(a file of other content at a lock's name, a hard link to a user's file, is never overwritten).
+
 An unsharded run holds the folder's lock exclusively. The shards of an array job (``--shard i/n``)
 share it, so they can write one folder at once, and each also holds ``.igds-lock-<i>of<n>``
 exclusively, so two copies of one shard cannot. Claiming the folder for a configuration and
@@ -25,6 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import UserError
+from ..imageio import open_nofollow, read_nofollow
 
 LOCK_FILE = ".igds-lock"
 CLAIM_FILE = ".igds-claim"
@@ -41,10 +46,21 @@ def holder_info() -> dict[str, object]:
 
 def describe_holder(path: Path) -> str:
     try:
-        info = json.loads(path.read_text())
+        info = json.loads(read_nofollow(path)[:4096])
         return f"pid {info['pid']} on host {info['host']} (since {info['since']})"
     except (OSError, ValueError, KeyError, TypeError):
         return "another process"
+
+
+def _holds_a_note(data: bytes) -> bool:
+    """Whether a lock file's content is empty or a holder's note (what a lock may overwrite)."""
+    if not data.strip() or data.startswith(b'{"pid": '):  # (a note cut short by a crash is ours too)
+        return True
+    try:
+        info = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(info, dict) and set(info) <= {"pid", "host", "since", "command"}
 
 
 class FolderLock:
@@ -56,7 +72,7 @@ class FolderLock:
         self.fd: int | None = None
 
     def acquire(self, wait: bool = False, on_wait: Callable[[str], None] | None = None, what: str = "") -> FolderLock:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
         try:
             fcntl.flock(self.fd, mode | fcntl.LOCK_NB)
@@ -82,6 +98,8 @@ class FolderLock:
         assert self.fd is not None
         data = json.dumps(holder_info()).encode()
         with contextlib.suppress(OSError):
+            if not _holds_a_note(os.pread(self.fd, 4096, 0)):
+                return  # not a lock file of ours: its content is left alone
             os.ftruncate(self.fd, 0)
             os.pwrite(self.fd, data, 0)
 

@@ -5,6 +5,11 @@ unit (class, chunk) is done only when its images, its features (the memory of th
 chunks) and finally its record ``.unit-<wnid>-<chunk>.json`` are on disk, the record listing every
 file's size and sha256. A file already holding the bytes to write is left alone, so redoing a unit
 to repair one image rewrites that image only.
+
+Before a unit's first image is written, the names and sha256 of all its images go to
+``.igds-pending-<wnid>-<chunk>.json`` (removed once the record is written): with the records, what
+``--overwrite`` may delete, so an interrupted unit's images are the tool's known files too. Images
+go into a real class folder (a link there is refused, never written through).
 """
 
 from __future__ import annotations
@@ -21,14 +26,24 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError
-from ..imageio import encode_image, write_atomic
+from ..imageio import WRITE_LIMITS, LinkRefused, WriteLimit, encode_image, write_atomic
 from ..sampling import WorkUnit
 from ..seeds import sample_seed
 from ..subsets import class_info
 from .events import QUIET, Events
 from .identity import DistillConfig
 from .image_manifest import image_name, image_row
-from .state import RECORD_FORMAT, UnitState, feats_path, file_digest, npy_bytes, record_path, sha256_bytes
+from .state import (
+    RECORD_FORMAT,
+    UnitState,
+    class_folder,
+    feats_path,
+    file_digest,
+    npy_bytes,
+    pending_path,
+    record_path,
+    sha256_bytes,
+)
 
 
 def resize(img: np.ndarray, size: int | None) -> np.ndarray:
@@ -37,10 +52,15 @@ def resize(img: np.ndarray, size: int | None) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC))
 
 
+def digest_of(data: bytes) -> tuple[int, str]:
+    """(size, sha256) of ``data``, as ``state.file_digest`` gives them for a file."""
+    return len(data), sha256_bytes(data)
+
+
 def write_if_changed(path: Path, data: bytes) -> bool:
     """Write ``data`` unless the file already holds exactly these bytes; True when written."""
     have = file_digest(path)
-    if have is not None and have == (len(data), sha256_bytes(data)):
+    if have is not None and have == digest_of(data):
         return False
     write_atomic(path, data)
     return True
@@ -73,12 +93,23 @@ class UnitWriter:
         old = {r["path"]: r["sha256"] for r in before.record["rows"]} if before.record else {}
         rows, sizes, written = [], [], []
         try:
-            (out / unit.wnid).mkdir(exist_ok=True)
+            class_folder(out, unit.wnid)
+            encoded = []
             for k, idx in enumerate(unit.indices):
                 pixels = resize(images[k], cfg.resolution)
-                data = encode_image(pixels, cfg.image_format)
-                rel = f"{unit.wnid}/{image_name(idx, ext)}"
-                if write_if_changed(out / rel, data):
+                encoded.append((k, idx, pixels, encode_image(pixels, cfg.image_format)))
+            names = {idx: f"{unit.wnid}/{image_name(idx, ext)}" for idx in unit.indices}
+            todo = {names[idx] for _, idx, _, data in encoded if file_digest(out / names[idx]) != digest_of(data)}
+            for rel in sorted(todo):
+                if (out / rel).is_symlink():
+                    raise LinkRefused(out / rel)
+            if todo:  # what a cut-short unit leaves is listed before the first image is written
+                pending = {names[idx]: sha256_bytes(data) for _, idx, _, data in encoded}
+                write_atomic(pending_path(out, unit), json.dumps({"images": pending}, sort_keys=True).encode())
+            for k, idx, pixels, data in encoded:
+                rel = names[idx]
+                if rel in todo:
+                    write_atomic(out / rel, data)
                     written.append(rel)
                     if rel in old and old[rel] != sha256_bytes(data):
                         with self._lock:
@@ -117,11 +148,16 @@ class UnitWriter:
             if not same:  # the commit point
                 write_atomic(record_path(out, unit), json.dumps(record).encode())
                 written.append(record_path(out, unit).name)
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
+            pending_path(out, unit).unlink(missing_ok=True)
+        except (OSError, WriteLimit) as e:
+            if e.errno in WRITE_LIMITS:
+                what = WRITE_LIMITS[e.errno] + (" (ulimit -f)" if e.errno == errno.EFBIG else "")
+                fix = "raise the limit" if e.errno == errno.EFBIG else "free space"
                 raise UserError(
-                    f"disk full while writing class {unit.wnid}: free space and rerun; finished units are kept"
+                    f"{what} while writing class {unit.wnid}: {fix} and rerun; finished units are kept"
                 ) from None
+            if isinstance(e, UserError):
+                raise
             raise UserError(f"cannot write class {unit.wnid} under '{out}': {e.strerror or e}") from None
         first_run = before.problem == "not run yet"
         if first_run:
