@@ -7,9 +7,12 @@ ImageFolder and a paper's class list can never be silently misaligned. No torchv
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import threading
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +26,8 @@ from .errors import UserError
 from .memory import check_memory
 from .names import CLASS_NAME, WNID
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+# torchvision's ImageFolder suffixes: a class folder of .tif images is a class, never skipped
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"})
 T = TypeVar("T")
 
 
@@ -104,9 +108,44 @@ def _reading(path: Path) -> Iterator[None]:
     """A file PIL cannot read is a UserError naming it."""
     try:
         yield
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         # PIL reports broken files as OSError, or SyntaxError/ValueError for some malformed headers
         raise UserError(f"cannot read image '{path}': {e}") from None
+
+
+_OPENING = threading.Lock()  # the warning filter below is process-wide: one opener at a time
+
+
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[Image.Image]:
+    """The image at ``path``, its header read; one with more pixels than PIL's decompression-bomb
+    limit (``Image.MAX_IMAGE_PIXELS``, about 89 Mpx) is refused in one line, before any decoding,
+    instead of a warning and gigabytes of pixels. Decoding happens outside the lock."""
+    with _reading(path):
+        with _OPENING, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            yield im
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB of any mode PIL reads. 16-bit grey (``I;16*``, and ``I`` holding 0..65535: how PIL
+    reads 16-bit PNG and PGM) is scaled to 8 bits (v / 257, rounded) instead of PIL's clipping at 255,
+    which turns a 16-bit image almost white; 32-bit float (``F``) and integers outside 0..65535 have no
+    range to scale from and are refused. Alpha is dropped (``LA``, ``RGBA``, ``PA``), palettes and
+    CMYK converted."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        arr = np.asarray(im).astype(np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ValueError(f"{im.mode} pixels outside 0..65535 have no fixed range: save it as an 8- or 16-bit image")
+        grey = ((arr + 128) // 257).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if im.mode == "F":
+        raise ValueError("32-bit float pixels have no fixed range: save it as an 8- or 16-bit image")
+    if im.mode in ("La", "RGBa"):  # premultiplied alpha: unpremultiply first
+        im = im.convert("RGBA" if im.mode == "RGBa" else "LA")
+    return im.convert("RGB")
 
 
 def _fit(im: Image.Image, resolution: int | None) -> np.ndarray:
@@ -116,19 +155,20 @@ def _fit(im: Image.Image, resolution: int | None) -> np.ndarray:
 
 
 def read_image(path: Path, resolution: int | None = None) -> np.ndarray:
-    """RGB uint8 HWC; with ``resolution``, resized (bicubic, shorter side) and center-cropped to a square.
+    """RGB uint8 HWC (``_to_rgb``); with ``resolution``, resized (bicubic, shorter side) and
+    center-cropped to a square.
 
     PIL widens the bicubic kernel by the scale factor when it shrinks, so a downsample is antialiased
     (like area averaging, sharper)."""
-    with _reading(path), Image.open(path) as im:
-        return _fit(im.convert("RGB"), resolution)
+    with _open(path) as im:
+        return _fit(_to_rgb(im), resolution)
 
 
 def read_image_saturation(path: Path, resolution: int) -> tuple[np.ndarray, int, int]:
     """(``read_image(path, resolution)``, stored values at exactly 0 or 255, all stored values): the
     saturation counts the file's own pixels, before any resizing blurs them."""
-    with _reading(path), Image.open(path) as im:
-        rgb = im.convert("RGB")
+    with _open(path) as im:
+        rgb = _to_rgb(im)
         stored = np.asarray(rgb, dtype=np.uint8)
         saturated = int(np.count_nonzero((stored == 0) | (stored == 255)))
         return _fit(rgb, resolution), saturated, stored.size
@@ -136,7 +176,7 @@ def read_image_saturation(path: Path, resolution: int) -> tuple[np.ndarray, int,
 
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) of an image file, from its header."""
-    with _reading(path), Image.open(path) as im:
+    with _open(path) as im:
         return im.size
 
 
@@ -164,11 +204,21 @@ def stack_images(arrays: list[np.ndarray]) -> torch.Tensor:
 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write to a temporary name unique to the process, then rename: a cache file is whole or absent."""
+    """Write to a temporary name unique to the process, then rename: a cache file is whole or absent.
+    A full disk or a file-size limit is one line (the temporary file removed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{threading.get_native_id()}.tmp.npz")
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise UserError(
+                f"no room to write the cache file '{path}' ({e.strerror}): free space or pass another --cache-dir"
+            ) from None
+        raise
 
 
 def load_split(

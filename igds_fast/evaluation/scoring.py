@@ -229,8 +229,13 @@ def judge_samples(
     scan_image_folder(Path(real_val), "real val")  # every input checked before the judge trains (minutes)
     cache_root(cache_dir)
     resolve_device(device)
+    side = sample_side(sample_files) if resolution is None and judge is None else None
+    if side is None:  # every sample's header read all the same: a broken file or a bomb fails here, not later
+        for paths in sample_files.values():
+            for p in paths:
+                image_size(p)
     if resolution is None:
-        resolution = sample_side(sample_files) if judge is None else judge.resolution
+        resolution = side if judge is None else judge.resolution
     if judge is None:
         judge = load_or_train_judge(real_train, resolution, net, epochs, seed, cache_dir, device, progress)
     elif judge.resolution != resolution:
