@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from tqdm import tqdm
 from ..augment import random_resized_crop_flip
 from ..errors import UserError
 from ..imagefolder import digest, listing, read_image_saturation, read_images, save_npz, scan_image_folder, stack_images
+from ..imageio import write_atomic
 from ..machine import library_versions
 from .data import normalize
 from .networks import NET_NAMES, build_net
@@ -149,16 +149,15 @@ class Judge:
         return cls(net, info["classes"], info["resolution"], info, device)
 
     def save(self, weights: Path) -> None:
-        from safetensors.torch import save_file
+        """Weights, then their ``.json`` (a judge counts as cached only once its .json exists), each
+        written atomically (never through a link; a full disk in one line)."""
+        from safetensors.torch import save
 
         weights = Path(weights)
         weights.parent.mkdir(parents=True, exist_ok=True)
-        tmp = weights.with_name(f".{weights.stem}.{os.getpid()}.tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}, str(tmp))
-        meta_tmp = tmp.with_suffix(".json.tmp")
-        meta_tmp.write_text(json.dumps(self.info, indent=2) + "\n")
-        os.replace(tmp, weights)  # weights first: a judge counts as cached only once its .json exists
-        os.replace(meta_tmp, weights.with_suffix(".json"))
+        data = save({k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()})
+        write_atomic(weights, data)
+        write_atomic(weights.with_suffix(".json"), (json.dumps(self.info, indent=2) + "\n").encode())
 
 
 def train_judge(

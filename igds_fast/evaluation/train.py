@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -19,7 +20,7 @@ from ..augment import random_resized_crop_flip
 from ..config import resolve_device
 from ..errors import UserError
 from ..imagefolder import load_split, match_classes, scan_image_folder
-from ..imageio import write_atomic
+from ..imageio import open_nofollow, write_atomic
 from ..machine import library_versions
 from .data import cutmix, normalize
 from .networks import build_net
@@ -191,18 +192,19 @@ def lock_path(path: Path) -> Path:
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``lock_path(path)`` (POSIX flock; no lock where fcntl is missing)."""
+    """An exclusive lock on ``lock_path(path)`` (POSIX flock; no lock where fcntl is missing). The lock
+    file is opened without following a link and never truncated (a link there is refused)."""
     try:
         import fcntl
     except ImportError:  # Windows: one process per results file
         yield
         return
-    with open(lock_path(path), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    fd = open_nofollow(lock_path(path), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def train_one_seed(
