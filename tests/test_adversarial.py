@@ -186,6 +186,24 @@ def test_image_that_is_a_link_is_never_written_through(models, finished, tmp_pat
     assert mine.read_bytes() == b"my picture"
 
 
+def test_random_real_class_folder_that_is_a_link_is_refused(tmp_path):
+    """The random-real baseline wrote its picks into the folder a class-folder link pointed to."""
+    from igds_fast.jobs.baseline import random_real
+    from igds_fast.subsets import class_info
+
+    write_pngs(tmp_path / "data" / W0, 3, 0)
+    assert random_real(tmp_path / "data", [class_info(W0)], 2, 0, tmp_path / "rr")
+    run = json.loads((tmp_path / "rr" / "run.json").read_text())
+    (tmp_path / "rr" / "run.json").write_text(json.dumps(run | {"complete": False}))  # an interrupted run
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.rmtree(tmp_path / "rr" / W0)
+    (tmp_path / "rr" / W0).symlink_to(photos, target_is_directory=True)
+    with pytest.raises(UserError, match="is a symbolic link"):
+        random_real(tmp_path / "data", [class_info(W0)], 2, 0, tmp_path / "rr")
+    assert not list(photos.iterdir())
+
+
 def test_evaluate_results_lock_that_is_a_link_is_refused_and_its_target_kept(tmp_path):
     """evaluate's `<out>.lock` was opened for writing: the user's file a link there pointed to was emptied."""
     from igds_fast.evaluation.train import lock_path, locked

@@ -6,6 +6,7 @@ inside their bodies, so ``--help``, ``--version`` and shell completion answer at
 
 from __future__ import annotations
 
+import errno
 import inspect
 import re
 import sys
@@ -13,7 +14,7 @@ import sys
 import typer
 
 from .. import __version__
-from ..errors import UserError
+from ..errors import UserError, one_line
 from . import _env, bench, distill, doctor, eval, export, sample, train, verify  # noqa: F401 (_env first)
 
 try:  # typer >= 0.22 carries its own copy of click; its errors derive from TyperException
@@ -75,7 +76,7 @@ _escape_help(app)
 def usage_error(e: ClickError) -> str:
     """Click's usage error (a bad value, an unknown option, a missing one) as the one line every
     other error is: what is wrong, then where the command's options are described."""
-    message = " ".join(e.format_message().split()).rstrip(".")
+    message = one_line(" ".join(e.format_message().split()).rstrip("."))
     ctx = getattr(e, "ctx", None)
     where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
     return f"{message}{where}"
@@ -100,4 +101,9 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except OSError as e:  # a full disk or a file-size limit in a write the library did not name: one line
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        typer.echo(f"error: {one_line(str(e))}: free space (or raise the file-size limit) and rerun", err=True)
+        sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)

@@ -32,6 +32,7 @@ from .image_manifest import (
     read_image_manifest,
     write_image_manifest,
 )
+from .state import class_folder
 from .unit_writer import write_if_changed
 
 IDENTITY = ("kind", "ipc", "seed", "classes", "source")
@@ -94,7 +95,7 @@ def random_real(data: Path, classes: list[ClassInfo], ipc: int, seed: int, out: 
     for c in classes:
         picks = pick_files(found[c.wnid], ipc, seed, c.seed_key)
         sources[c.wnid] = [p.name for p in picks]
-        (out / c.wnid).mkdir(exist_ok=True)
+        class_folder(out, c.wnid)  # a link there is refused, never written through
         for index, src in enumerate(picks):
             pixels = read_image(src)
             sizes.add(pixels.shape[:2])
