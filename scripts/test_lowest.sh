@@ -11,7 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 venv="${LOWEST_VENV:-/tmp/igds-lowest}"
 result=benchmarks/results/lowest_versions.json
-read -r -a tests <<<"${LOWEST_TESTS:-tests/test_cli_polish.py tests/test_schedule.py tests/test_distill.py}"
+read -r -a tests <<<"${LOWEST_TESTS:-tests/test_packaging.py tests/test_cli_polish.py tests/test_schedule.py tests/test_distill.py}"
 quiet() { grep -v "is ignored" || true; }
 
 rm -rf "$venv"
