@@ -21,7 +21,9 @@ def train_dit_cmd(
     ),
     out: Path = typer.Option(..., help="Output folder: denoiser.safetensors, train_state.pt, log.jsonl."),
     subset: str | None = typer.Option(None, help="Class subset (imagenette, imagewoof, ...)."),
-    classes: str | None = typer.Option(None, help="Comma-separated WNIDs instead of --subset."),
+    classes: str | None = typer.Option(
+        None, help="Comma-separated WNIDs or ImageNet class names (tench) instead of --subset."
+    ),
     resolution: int = typer.Option(32, help="Image resolution (latent models: R / the VAE factor per side)."),
     config: str = typer.Option("small", help="Model size preset: tiny, small, base."),
     vae: str | None = typer.Option(None, help="Train on this VAE's latents (a latent DiT); default: pixel space."),
@@ -75,7 +77,9 @@ def train_critics_cmd(
     ),
     out: Path = typer.Option(..., help="Output folder: critic.safetensors + critic.json (config, metrics)."),
     subset: str | None = typer.Option(None, help="Class subset (imagenette, imagewoof, imageidc, ...)."),
-    classes: str | None = typer.Option(None, help="Comma-separated WNIDs instead of --subset."),
+    classes: str | None = typer.Option(
+        None, help="Comma-separated WNIDs or ImageNet class names (tench) instead of --subset."
+    ),
     val: Path | None = typer.Option(None, help="Held-out real ImageFolder (default: every 10th image)."),
     denoiser: Path | None = typer.Option(None, help="Denoiser the critics guide (default: embedded)."),
     vae: str | None = typer.Option(None, help="VAE folder for latent denoisers, or 'none'."),
@@ -252,7 +256,9 @@ def pack_data_cmd(
     data: Path = typer.Option(..., help="ImageFolder root (<wnid>/*.jpg), e.g. imagenette-64/train."),
     out: Path = typer.Option(..., help="The pack file to write (.npz), e.g. runs/packs/imagenette-32-train.npz."),
     subset: str | None = typer.Option(None, help="Class subset (imagenette, imagewoof, ...)."),
-    classes: str | None = typer.Option(None, help="Comma-separated WNIDs instead of --subset."),
+    classes: str | None = typer.Option(
+        None, help="Comma-separated WNIDs or ImageNet class names (tench) instead of --subset."
+    ),
     resolution: int = typer.Option(32, help="Image size in px (the model's resolution)."),
 ) -> None:
     """Pack an ImageFolder at one resolution into one uint8 .npz that train-dit and train-critics read
