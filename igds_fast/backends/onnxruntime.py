@@ -49,7 +49,7 @@ def provider_list(
     if PROVIDERS[choice] not in have:
         raise UserError(
             f"onnxruntime here has no {PROVIDERS[choice]} (it has {', '.join(sorted(have))}); "
-            "install onnxruntime-gpu for cuda/tensorrt"
+            "for cuda/tensorrt replace the CPU build: pip uninstall -y onnxruntime && pip install onnxruntime-gpu"
         )
     cuda_opts: dict[str, Any] = {"device_id": device_id}
     if stream is not None:

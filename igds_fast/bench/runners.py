@@ -121,7 +121,8 @@ def unavailable_on(name: str, device: torch.device | str) -> str | None:
         if PROVIDERS["cuda"] not in have:
             return (
                 f"onnxruntime here has no {PROVIDERS['cuda']} (it has {', '.join(have)}: a CPU-only build); "
-                "--device cuda needs onnxruntime-gpu"
+                "--device cuda needs the CUDA build in its place "
+                "(pip uninstall -y onnxruntime && pip install onnxruntime-gpu)"
             )
     return None
 

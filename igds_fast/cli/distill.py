@@ -14,15 +14,17 @@ from . import options as opt
 @opt.step_options()
 def distill(
     ctx: typer.Context,
-    out: Path = typer.Option(Path("distilled"), help="Output set: <wnid>/<index>.png + metadata.parquet + README.md card + run.json."),
+    out: Path = typer.Option(
+        Path("distilled"), help="Output set: <wnid>/<index>.png + metadata.parquet + README.md card + run.json."
+    ),
     config: Path | None = typer.Option(
         None,
         help="TOML job file: keys named like these options (ipc = 2, steps = 10, classes = [...]); "
         "the options given here override it.",
     ),
     subset: str | None = typer.Option(None, help="imagenette (default), imagewoof, imageidc, imagenet100, imagenet1k."),
-    classes: str | None = typer.Option(None, help="Comma-separated WNIDs instead of --subset."),
-    classes_file: Path | None = typer.Option(None, help="File with one WNID a line instead of --subset."),
+    classes: str | None = typer.Option(None, help="Comma-separated WNIDs or class names (tench) instead of --subset."),
+    classes_file: Path | None = typer.Option(None, help="File with one WNID or class name a line instead of --subset."),
     ipc: int = typer.Option(10, help="Images per class."),
     batch_size: int | None = typer.Option(None, help="Samples per batch (one class a batch); default min(IPC, 32)."),
     seed: int = typer.Option(0, help="Global seed; each image's noise derives from (seed, class, index)."),
@@ -57,6 +59,12 @@ def distill(
     threads: int | None = typer.Option(
         None, help="CPU threads of torch and onnxruntime [all cores; 1 can be faster on a busy machine]."
     ),
+    exit_zero_when_shard_done: bool = typer.Option(
+        False,
+        "--exit-zero-when-shard-done",
+        help="Array jobs: exit 0 once this shard's classes are done, even while other shards' are not "
+        "(default: 3 until the whole set is complete).",
+    ),
     step: dict[str, Any] | None = None,
 ) -> None:
     """Distill a class subset into IPC synthetic images per class (the main job).
@@ -65,7 +73,7 @@ def distill(
     stdout, or in --log-json FILE. Exit codes: 0 complete, 3 incomplete (other shards' classes
     missing), 2 user error, 1 bug."""
     from ..api import distill as run_distill
-    from ..jobs.events import EXIT_INCOMPLETE, Events, is_stdout
+    from ..jobs.events import Events, exit_code, is_stdout
 
     options = {
         "out": out,
@@ -98,8 +106,8 @@ def distill(
     res = run_distill(config=config, step=step, print_events=True, **given)
     if res.log_json is not None and not is_stdout(res.log_json):  # the summary also reaches stdout (once)
         Events(out=res.out).emit("finished", **res.summary)
-    if not res.complete:
-        raise typer.Exit(EXIT_INCOMPLETE)
+    if code := exit_code(res.summary, exit_zero_when_shard_done):
+        raise typer.Exit(code)
 
 
 def on_command_line(ctx: typer.Context, name: str) -> bool:

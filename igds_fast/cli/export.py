@@ -1,4 +1,4 @@
-"""``igds-fast export`` (build an engine folder) and ``igds-fast doctor`` (what runs here)."""
+"""``igds-fast export``: build an engine folder."""
 
 from __future__ import annotations
 
@@ -63,13 +63,5 @@ def export(
             typer.echo(f"  {name:<5} {r['i']:>4}: {errors}")
 
 
-def doctor() -> None:
-    """Report the device, libraries and what each backend can do on this machine."""
-    from ..backends.doctor import report
-
-    typer.echo(report())
-
-
 def register(app: typer.Typer) -> None:
     app.command()(export)
-    app.command()(doctor)

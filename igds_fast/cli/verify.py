@@ -11,7 +11,9 @@ from . import options as opt
 
 
 def verify(
-    out: Path = typer.Argument(..., help="The set's folder (a distilled or random-real set, or any set with a metadata.parquet)."),
+    out: Path = typer.Argument(
+        ..., help="The set's folder (a distilled or random-real set, or any set with a metadata.parquet)."
+    ),
     repair: bool = typer.Option(
         False, help="Regenerate missing or damaged images (same bytes: needs the models the set was made with)."
     ),
