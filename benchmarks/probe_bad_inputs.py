@@ -214,6 +214,52 @@ def scribble(rel: str) -> Callable[[Path], None]:
     return lambda p: (p / rel).write_bytes(os.urandom(256))
 
 
+def link(name: str, target: str) -> Callable[[Path, Fixtures], None]:
+    """A symbolic link ``name`` -> ``target`` (relative to the link's folder)."""
+
+    def make(cwd: Path, fx: Fixtures) -> None:
+        p = cwd / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+        p.symlink_to(target)
+
+    return make
+
+
+def bomb_png(rel: str, side: int = 12000) -> Callable[[Path], None]:
+    """A PNG of side x side black pixels (a decompression bomb: ~140 kB on disk, 144 Mpx decoded)."""
+
+    def edit(root: Path) -> None:
+        import struct
+        import zlib
+
+        raw = zlib.compress(b"".join(b"\x00" + bytes(side) for _ in range(side)), 9)
+
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+        header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+        png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+        (root / rel).write_bytes(png)
+
+    return edit
+
+
+def manifest_row_outside(root: Path) -> None:
+    """The set without its records (checked by its metadata only), a row pointing outside it."""
+    from igds_fast.jobs.image_manifest import read_image_manifest, write_image_manifest
+
+    for p in [*root.glob(".unit-*"), root / ".igds-job.json"]:
+        p.unlink()
+    rows = read_image_manifest(root / "metadata.parquet")
+    shutil.copy(root / rows[0]["path"], root.parent / "secret.png")
+    rows[0]["path"] = "../secret.png"
+    write_image_manifest(rows, root / "metadata.parquet")
+
+
 def truncate_image(p: Path) -> None:
     img = next(iter(sorted(p.glob("n*/*.png"))))
     img.write_bytes(img.read_bytes()[:40])
@@ -398,6 +444,23 @@ def cases() -> list[Case]:
     add("distill-log-json-missing-folder", LOG, d(log_json="nodir/events.jsonl"))
     add("distill-log-json-dir", DIRFILE, d(log_json="ldir"), folder("ldir"))
     add("distill-engine-cache-file", DIRFILE, d(backend="onnxruntime", engine_cache="c.txt"), text("c.txt", "x"))
+    add("distill-classes-newline", CLASSES, d(classes=f"{W1}\nfoo\x1b[31m"), words=("\\n", "\\x1b"))
+    # ---- distill: links in --out (nothing is written or deleted through one)
+    add("distill-out-dangling-link", OUT, d(), link("out", "gone"), words=("dangling",))
+    add("distill-out-parent-dangling-link", OUT, d(out="gone/out"), link("gone", "nowhere"), words=("dangling",))
+    add("distill-lock-is-link", OUT, d(), both(text("mine.txt", "the user's own file\n"), folder("out"),
+        link("out/.igds-lock", "../mine.txt")), words=("symbolic link",))  # fmt: skip
+    add("distill-run-log-is-link", OUT, d(ipc="2"), both(text("mine.txt", "the user's own file\n"),
+        copy_of("distilled", "out", remove("n01440764/00001.png")), link("out/.igds-runs.jsonl", "../mine.txt")),
+        words=("symbolic link",))  # fmt: skip
+    add("distill-class-folder-is-link", OUT, d(ipc="2"), both(copy_of("distilled", "out"),
+        folder("photos", "00000.png"), link("out/n01440764", "../photos")),
+        words=("class folder", "symbolic link"))  # fmt: skip
+    add("distill-overwrite-class-folder-is-link", OUT, d(overwrite=""), both(copy_of("distilled", "out"),
+        folder("photos", "00000.png"), link("out/n01440764", "../photos")), words=("symbolic link",))  # fmt: skip
+    add("distill-image-is-link", OUT, d(ipc="2"), both(text("mine.png", "the user's own file\n"),
+        copy_of("distilled", "out"), link("out/n01440764/00001.png", "../../mine.png")),
+        words=("symbolic link",))  # fmt: skip
     # ---- distill: engines
     add("distill-engines-missing", PATH, d(backend=None, engines="noeng"))
     add("distill-engines-file", DIRFILE, d(backend=None, engines="eng.txt"), text("eng.txt", "x"))
@@ -492,22 +555,27 @@ def cases() -> list[Case]:
         words=("1 damaged", "--repair"), **rep)  # fmt: skip
     add("verify-image-deleted", DAMAGED, ["verify", "s"], copy_of("distilled", "s", remove("n01440764/00001.png")),
         words=("1 missing",), **rep)  # fmt: skip
-    add("verify-manifest-garbage", DAMAGED, ["verify", "s"], copy_of("distilled", "s", scribble("manifest.parquet")),
-        words=("manifest.parquet damaged",), **rep)  # fmt: skip
-    add("verify-manifest-missing", DAMAGED, ["verify", "s"], copy_of("distilled", "s", remove("manifest.parquet")),
-        words=("manifest.parquet missing",), **rep)  # fmt: skip
+    add("verify-manifest-garbage", DAMAGED, ["verify", "s"], copy_of("distilled", "s", scribble("metadata.parquet")),
+        words=("metadata.parquet damaged",), **rep)  # fmt: skip
+    add("verify-manifest-missing", DAMAGED, ["verify", "s"], copy_of("distilled", "s", remove("metadata.parquet")),
+        words=("metadata.parquet missing",), **rep)  # fmt: skip
     add("verify-run-json-garbage", DAMAGED, ["verify", "s"], copy_of("distilled", "s", scribble("run.json")),
         words=("run.json",), **rep)  # fmt: skip
     add("verify-unit-record-garbage", DAMAGED, ["verify", "s"],
         copy_of("distilled", "s", scribble(".unit-n01440764-0000.json")), words=("unit record",), **rep)  # fmt: skip
     add("verify-contact-sheet-garbage", DAMAGED, ["verify", "s"],
-        copy_of("distilled", "s", scribble("contact_n01440764.png")), words=("contact sheet",), **rep)  # fmt: skip
+        copy_of("distilled", "s", scribble(".igds-contact-n01440764.png")),
+        words=("contact sheet",), **rep)  # fmt: skip
     add(
         "verify-manifest-and-job-file-garbage",
         DAMAGED,
         ["verify", "s"],
-        copy_of("distilled", "s", lambda p: (scribble("manifest.parquet")(p), scribble(".igds-job.json")(p))),
+        copy_of("distilled", "s", lambda p: (scribble("metadata.parquet")(p), scribble(".igds-job.json")(p))),
     )
+    add("verify-manifest-row-outside", DAMAGED, ["verify", "s"], copy_of("distilled", "s", manifest_row_outside),
+        words=("not a file inside the set",))  # fmt: skip
+    add("verify-class-folder-is-link", DAMAGED, ["verify", "s"], both(copy_of("distilled", "s"),
+        folder("photos", "0.png"), link("s/n01440764", "../photos")), words=("symbolic link",))  # fmt: skip
     add("verify-log-json-missing-folder", LOG, ["verify", "s", "--log-json", "nodir/e.jsonl"],
         copy_of("distilled", "s"))  # fmt: skip
     add("verify-repair-engines-missing", PATH, ["verify", "s", "--repair", "--engines", "noeng"],
@@ -544,6 +612,10 @@ def cases() -> list[Case]:
     add("quality-cache-dir-file", DIRFILE, quality_args(cache_dir="c.txt"), text("c.txt", "x"))
     add("quality-samples-empty", PATH, quality_args(samples="e"), folder("e"))
     add("quality-samples-garbage-image", GARBAGE, quality_args(samples="s"), garbage("s/n01440764/0.png"))
+    add("quality-samples-decompression-bomb", GARBAGE, quality_args(samples="s"),
+        copy_of("distilled", "s", bomb_png("n01440764/00009.png")), words=("decompression bomb",))  # fmt: skip
+    add("quality-samples-bomb-resolution", GARBAGE, quality_args(samples="s", resolution="32"),
+        copy_of("distilled", "s", bomb_png("n01440764/00009.png")), words=("decompression bomb",))  # fmt: skip
     add("quality-resolution-huge", NUM, quality_args(resolution="100000"))
     add("quality-json-dir", DIRFILE, quality_args(json="jdir"), folder("jdir"))
     add("quality-device-tpu", TYPE, quality_args(device="tpu"))
