@@ -3,21 +3,31 @@
 # user takes. Installs nothing. Writes JSON under $OUT (or the folder argument) and prints one
 # summary table at the end. Each stage runs under its own `timeout`, and `igds-fast bench` rewrites
 # its JSON after every backend (a row cut by the limit says "timed out", or "running" after
-# SIGKILL), so a short GPU lease always leaves what was measured.
+# SIGKILL), so a short GPU lease always leaves what was measured. Run benchmarks/gpu_smoke.py first:
+# it checks the environment and every path in one process within a deadline.
+#
+# Every row runs the shipped default step unless it says otherwise (each JSON's "step_label":
+# "50 steps (ddpm), guided at t <= 300 (15 of 50 steps), clip guard 0.5, CFG 4 on 3 channels").
 #
 #   Stage 0 (<= 60 s)  tiny model on CUDA in bf16: a 5-step distill through the CLI, then every
-#                      backend present (eager, onnxruntime@fp16, tensorrt@fp16, compiled), parity
-#                      against the eager fp32 step. Fails fast, with the reason, when CUDA, the CLI,
-#                      the eager step or the distill does not work. The distill again with
-#                      --clip-guard 0 (the default 0.5 differentiates the decoder in the step; the
-#                      first distill and the bench run it; the second is reported, not fatal).
-#   Stage 1            DiT-XL/2 256 px (random weights, official layout) + latent critic + our
-#                      AutoencoderKL decoder, IGDS on every step, 50 steps, CFG 4 on 3 channels, bf16:
-#                      b64  eager-ref, eager, torch-compile-cg, torch-compile
-#                      b256 eager (the large-batch end of the range)
+#                      backend (eager, onnxruntime@fp16, tensorrt@fp16, compiled): one that cannot run
+#                      here (no package, ONNX Runtime without its CUDA provider, no CUDA toolkit for
+#                      AOTInductor) is skipped with its reason before any export; parity against the
+#                      eager fp32 step. Fails fast, with the reason, when CUDA, the CLI, the eager step
+#                      or the distill does not work. The distill again with --clip-guard 0 (reported,
+#                      not fatal).
+#   Stage 1            DiT-XL/2 256 px (random weights built on the GPU, official layout) + latent
+#                      critic + our AutoencoderKL decoder, 50 steps, CFG 4 on 3 channels, bf16:
+#                      b64   the default step (clip guard 0.5): eager-ref, eager, then torch-compile-cg
+#                            and torch-compile, which get what is left of the stage's limit (Inductor
+#                            compiles the whole guided step, the decoder's backward included: expect
+#                            "timed out"; gpu_smoke.py times the plain step's compile on its own budget)
+#                      b256  eager with --clip-guard 0 (the default's decoder activations, ~0.7 GiB
+#                            per image, do not fit at b256; the row says clip guard 0)
 #                      end to end img/s including decode and PNG encoding.
-#   Stage 2            the AOTInductor `compiled` engine at b64: package build (export_engine),
-#                      reload (load_engine), parity, step and end-to-end timing; its own time budget.
+#   Stage 2            the AOTInductor `compiled` engine at b64, the default step: package build
+#                      (export_engine), reload (load_engine), parity, step and end-to-end timing; its
+#                      own time budget; skipped with the reason where no CUDA toolkit is found.
 #
 # Worst case = the sum of the stage limits below + 5 s grace per command: <= 8 min by construction.
 #
@@ -28,7 +38,7 @@
 # S0_BACKENDS S1A_BACKENDS S1B_BACKENDS S2_BACKENDS (bench rows; empty skips that bench).
 set -u
 
-usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; }
 DRY=0
 OUT_ARG=""
 while [ $# -gt 0 ]; do
@@ -56,8 +66,8 @@ CLI=("$PY" -m igds_fast.cli)
 start=$(date +%s)
 
 S0_LIMIT=${S0_LIMIT:-60}
-S1A_LIMIT=${S1A_LIMIT:-185}
-S1B_LIMIT=${S1B_LIMIT:-60}
+S1A_LIMIT=${S1A_LIMIT:-200}
+S1B_LIMIT=${S1B_LIMIT:-45}
 S2_LIMIT=${S2_LIMIT:-130}
 worst=$((S0_LIMIT + S1A_LIMIT + S1B_LIMIT + S2_LIMIT + 6 * 5 + 15))
 echo "== igds-fast GPU check ($([ "$DRY" = 1 ] && echo "DRY RUN on the CPU" || echo GPU)), results in $OUT"
@@ -101,6 +111,8 @@ try:
           "|", ", ".join(torch.cuda.get_device_name(k) for k in range(torch.cuda.device_count())))
 except Exception as e:  # reported, and the check below fails with it
     print("torch: cannot import:", e)
+import os, shutil
+print("CUDA_HOME", os.environ.get("CUDA_HOME"), "| nvcc", shutil.which("nvcc"), "| g++", shutil.which("g++"))
 EOF
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
   | tee -a "$OUT/environment.txt"
@@ -117,6 +129,16 @@ if [ "$DRY" = 0 ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_
   fail "no CUDA device visible to torch (use --dry-run on a CPU)"
 fi
 "${CLI[@]}" doctor >"$OUT/doctor.txt" 2>&1 || fail "igds-fast doctor failed (see $OUT/doctor.txt)"
+# What each exported backend needs on this device (the bench skips a row that cannot run, with this
+# reason, before any export work): its package, ONNX Runtime's CUDA provider, AOTInductor's CUDA toolkit.
+"$PY" - "$DEV" <<'EOF' | tee -a "$OUT/environment.txt"
+import sys
+from igds_fast.backends.registry import EXPORT_BACKENDS
+from igds_fast.bench.runners import unavailable_on
+for name in EXPORT_BACKENDS:
+    why = unavailable_on(name, sys.argv[1])
+    print(f"backend {name} on {sys.argv[1]}: " + (f"skipped: {why}" if why else "available"))
+EOF
 
 # run NAME LIMIT CMD...: the command under its own timeout, output to NAME.log; sets RC
 run() {
@@ -158,22 +180,22 @@ if ! why=$("$PY" benchmarks/gpu_check_summary.py "$OUT" --check-stage0); then
 fi
 
 # ---- Stage 1 ---------------------------------------------------------------------------------------
-echo "== Stage 1: ${S1_MODEL[*]}, $DEV, $DTYPE, IGDS every step, $S1_STEPS steps, decode + PNG"
-# --clip-guard 0: the default clip guard differentiates the VAE decoder at 256 px in every guided step
-# (~2.6x the CFG pass in FLOPs, 0.71 GiB of bf16 activations per image kept for the gradient, counted in
-# benchmarks/results/flops/dit-xl2-256.json: b256 would not fit); stage 0 runs the default guard on the GPU,
-# and these rows stay comparable with the bench rows recorded before the guard.
-COMMON=("${S1_MODEL[@]}" --random-weights --steps "$S1_STEPS" --device "$DEV" --dtype "$DTYPE" --parity-inputs 1
-  --clip-guard 0)
+echo "== Stage 1: ${S1_MODEL[*]}, $DEV, $DTYPE, $S1_STEPS steps, decode + PNG"
+echo "   b$S1A_BATCH: the default step (guided inside its window, clip guard 0.5); b$S1B_BATCH: --clip-guard 0"
+# The default clip guard differentiates the VAE decoder at 256 px in every guided step (~2.6x the CFG pass
+# in FLOPs, 0.71 GiB of bf16 activations per image kept for the gradient, counted in
+# benchmarks/results/flops/dit-xl2-256.json): b64 runs it; at b256 it cannot fit, so that row runs
+# --clip-guard 0 and its JSON's step_label says so.
+COMMON=("${S1_MODEL[@]}" --random-weights --steps "$S1_STEPS" --device "$DEV" --dtype "$DTYPE" --parity-inputs 1)
 [ -n "$S1A_BACKENDS" ] && run stage1-b$S1A_BATCH "$S1A_LIMIT" "${CLI[@]}" bench "${COMMON[@]}" \
   --batch-size "$S1A_BATCH" --backends "$S1A_BACKENDS" --ref-images "$REF_IMAGES" "${TIMING[@]}" \
   --json "$OUT/stage1-b$S1A_BATCH.json"
-[ -n "$S1B_BACKENDS" ] && run stage1-b$S1B_BATCH "$S1B_LIMIT" "${CLI[@]}" bench "${COMMON[@]}" \
+[ -n "$S1B_BACKENDS" ] && run stage1-b$S1B_BATCH "$S1B_LIMIT" "${CLI[@]}" bench "${COMMON[@]}" --clip-guard 0 \
   --batch-size "$S1B_BATCH" --backends "$S1B_BACKENDS" "${TIMING[@]}" --json "$OUT/stage1-b$S1B_BATCH.json"
 
 # ---- Stage 2 ---------------------------------------------------------------------------------------
 if [ -n "$S2_BACKENDS" ]; then
-  echo "== Stage 2: AOTInductor package (build, reload), b$S1A_BATCH"
+  echo "== Stage 2: AOTInductor package of the default step (build, reload), b$S1A_BATCH"
   run stage2-aoti "$S2_LIMIT" "${CLI[@]}" bench "${COMMON[@]}" --batch-size "$S1A_BATCH" \
     --backends "$S2_BACKENDS" "${TIMING[@]}" --json "$OUT/stage2-aoti.json"
 fi

@@ -1,6 +1,8 @@
-"""The summary of ``benchmarks/gpu_check.sh``: one table from the bench JSON files it wrote, the
-GPU goals checked against them, and the Stage 0 fail-fast check. Standard library only (it
-runs on a GPU machine where nothing is installed, and after a stage was killed).
+"""The summary of ``benchmarks/gpu_check.sh``: one table from the bench JSON files it wrote (each
+file's step label first: how many steps were guided, the clip guard), the GPU goals checked against
+them, and the Stage 0 fail-fast check. Standard library only (it runs on a GPU machine where nothing
+is installed, and after a stage was killed). "GiB" is a row's peak (reset at its start), "held" what
+was already allocated when it started.
 
     python3 benchmarks/gpu_check_summary.py OUT [--dry-run=0|1] [--failed REASON]
     python3 benchmarks/gpu_check_summary.py OUT --check-stage0   # exit 1 and the reason when Stage 0 failed
@@ -97,6 +99,8 @@ def table_rows(out: Path) -> list[dict[str, Any]]:
                     "max_err": worst_error(r),
                     "parity": parity_verdict(name, r),
                     "peak_gib": r["peak_mem_bytes"] / 2**30 if r.get("peak_mem_bytes") else None,
+                    "resident_gib": r["resident_mem_bytes"] / 2**30 if r.get("resident_mem_bytes") else None,
+                    "step_label": d.get("step_label"),
                     "stages_ms": r.get("stages_ms"),
                     "machine": d.get("machine", {}).get("gpu") or d.get("machine", {}).get("cpu"),
                 }
@@ -143,15 +147,20 @@ def fmt(v: Any, spec: str) -> str:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     head = f"{'file':18} {'batch':>5} {'row':22} {'prec':5} {'status':9} {'build s':>8} {'ms/step':>9} {'img/s':>8} "
-    head += f"{'x ref':>7} {'x eager':>7} {'max err':>8} {'parity':6} {'GiB':>6}"
+    head += f"{'x ref':>7} {'x eager':>7} {'max err':>8} {'parity':6} {'GiB':>6} {'held':>6}"
     print(head)
     print("-" * len(head))
+    label = None
     for r in rows:
+        if r.get("step_label") and (r["file"], r["step_label"]) != label:
+            label = (r["file"], r["step_label"])
+            print(f"{r['file']}: {r['step_label']}")
         line = (
             f"{r['file']:18} {fmt(r.get('batch'), '>5')} {r['row']:22} {r.get('precision') or '-':5} "
             f"{r['status'] or '-':9} {fmt(r.get('build_s'), '8.1f')} {fmt(r.get('step_ms'), '9.1f')} "
             f"{fmt(r.get('img_s'), '8.2f')} {fmt(r.get('x_eager_ref'), '7.1f')} {fmt(r.get('x_eager_step'), '7.2f')} "
-            f"{fmt(r.get('max_err'), '8.1e')} {r.get('parity') or '':6} {fmt(r.get('peak_gib'), '6.1f')}"
+            f"{fmt(r.get('max_err'), '8.1e')} {r.get('parity') or '':6} {fmt(r.get('peak_gib'), '6.1f')} "
+            f"{fmt(r.get('resident_gib'), '6.1f')}"
         )
         print(line)
         if r["status"] not in ("ok", None) and r.get("why"):
