@@ -131,6 +131,15 @@ def parity(ctx: BenchContext, runner: Runner, n: int) -> dict[str, float]:
     return worst
 
 
+def cudagraph_counters(before: dict[str, int] | None = None) -> dict[str, int]:
+    """Inductor's CUDA graph counters (e.g. ``cudagraph_skips``: graphs it ran without CUDA graphs, and
+    why is in its log), as counted since ``before``."""
+    from torch._dynamo.utils import counters
+
+    now = {k: int(v) for k, v in counters["inductor"].items() if "cudagraph" in k}
+    return {k: v - (before or {}).get(k, 0) for k, v in now.items()}
+
+
 def clip_guard_fits(ctx: BenchContext, name: str) -> None:
     """Skip a row (before it allocates anything) whose clip guard cannot fit on the GPU: the decoder
     activations its input-gradient keeps (``decoder_grad_bytes``, a lower bound of the step's
@@ -156,6 +165,7 @@ def bench_backend(ctx: BenchContext, name: str, flops: dict[str, Any], peak: flo
     row: dict[str, Any] = {"status": "ok"}
     try:
         clip_guard_fits(ctx, name)
+        cg_before = cudagraph_counters()
         with peak_memory(dev, row):
             t0 = time.perf_counter()
             runner = make_runner(ctx, name)
@@ -178,6 +188,8 @@ def bench_backend(ctx: BenchContext, name: str, flops: dict[str, Any], peak: flo
                 row["plain_steps"] = len(at_plain)
             row["step_tflops"] = flops["per_step"] / (row["step_ms"] / 1e3) / 1e12
             row["peak_fraction"] = row["step_tflops"] * 1e12 / peak
+            if name.startswith("torch-compile-cg"):  # whether Inductor kept CUDA graphs, or skipped them
+                row["cudagraph_counters"] = cudagraph_counters(cg_before)
             row["stages_ms"] = None
             if runner.stages is not None:
                 row["stages_ms"] = {
