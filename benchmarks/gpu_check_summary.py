@@ -219,7 +219,7 @@ def main(argv: list[str]) -> int:
               f"{fmt(fin.get('img_per_s'), '.2f')} img/s ({fin.get('backend')}, {fin.get('precision')})")  # fmt: skip
     met = goals(rows, dry)
     if met:
-        print("\ngoals (issue 12):")
+        print("\ngoals (the GPU targets):")
     for g in met:
         verdict = "met" if g["met"] else "NOT met"
         print(f"  {g['goal']:45} {g['value']:8.2f}  {verdict:7}  {g['where']}{g['note']}")

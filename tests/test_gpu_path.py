@@ -288,7 +288,7 @@ def test_gpu_check_dry_run_goes_through_the_cli(tmp_path: Path) -> None:
     assert summary["dry_run"] and not summary["failed"]
     assert {r["row"] for r in summary["rows"]} >= {"eager", "eager-ref", "tensorrt@fp16"}
     assert [g["goal"].split()[0] for g in summary["goals"]] == ["best", "best", "IGDS"]
-    assert "goals (issue 12)" in res.stdout and "DRY RUN" in res.stdout
+    assert "goals (the GPU targets)" in res.stdout and "DRY RUN" in res.stdout
 
 
 def test_gpu_check_without_a_gpu_fails_fast_with_the_reason(tmp_path: Path) -> None:

@@ -16,14 +16,13 @@ from torch import nn
 
 from ..config import StepConfig, resolve_dtype
 from ..errors import UserError
-from ..guidance.step import GuidedStep
 from ..models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig, load_autoencoder_kl
 from ..models.critics import CriticConfig, NoiseCritic, load_critic, save_critic
 from ..models.dit import DiT, DiTConfig
 from ..models.embedded import resolve_models
 from ..models.loading import load_denoiser, save_denoiser
 from ..models.vae import LatentVAE, PixelSpace
-from ..sampling.pipeline import Pipeline
+from ..sampling.pipeline import Pipeline, pipeline_from_modules
 from .config import ARCHS, BenchConfig
 
 CRITIC_CLASSES = list(range(10))  # a 10-class subset (Imagenette/ImageWoof size); the head is tiny
@@ -193,16 +192,9 @@ def pipeline_of(models: BenchModels, step_cfg: StepConfig, device: torch.device,
     no parameter needs a gradient). fp32 uses the models' own weights; other precisions a copy."""
     den_dtype = resolve_dtype(dtype)
 
-    def own(module: nn.Module) -> nn.Module:
-        return module if den_dtype == torch.float32 else copy.deepcopy(module)
+    def own(module: nn.Module | None) -> nn.Module | None:
+        return module if den_dtype == torch.float32 or module is None else copy.deepcopy(module)
 
-    den = own(models.denoiser).to(device, den_dtype)
-    critic = own(models.critic) if models.critic is not None and step_cfg.guidance == "igds" else None
-    codec = own(models.codec)
-    if den_dtype == torch.bfloat16:
-        for module in (critic, codec):
-            if module is not None:
-                module.to(torch.bfloat16)
-    pixel_space = isinstance(codec, PixelSpace) and den.in_channels == 3
-    step = GuidedStep(den, step_cfg, critic, pixel_space=pixel_space, decoder=codec).to(device)
-    return Pipeline(step=step, vae=codec.to(device), device=device)
+    return pipeline_from_modules(
+        own(models.denoiser), own(models.codec), own(models.critic), step_cfg, device, den_dtype
+    )

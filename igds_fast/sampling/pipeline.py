@@ -55,16 +55,31 @@ def build_pipeline(
     if not isinstance(codec, PixelSpace) and codec.channels != model.in_channels:
         raise UserError(f"the VAE has {codec.channels} latent channels, the denoiser {model.in_channels}")
     critic = load_critic(critics) if (critics is not None and cfg.guidance == "igds") else None
-    if critic is not None:
-        critic.requires_grad_(False)
+    return pipeline_from_modules(model, codec, critic, cfg, dev, den_dtype)
+
+
+def pipeline_from_modules(
+    model: nn.Module,
+    codec: nn.Module,
+    critic: nn.Module | None,
+    cfg: StepConfig,
+    device: torch.device,
+    den_dtype: torch.dtype,
+) -> Pipeline:
+    """The pipeline of models already in memory, by ``build_pipeline``'s precision rule: the denoiser in
+    ``den_dtype``; in bf16 the critic and the VAE follow it, else they stay as they are. Moves and casts
+    the modules in place; no parameter needs a gradient (the clip guard differentiates the decoder
+    w.r.t. its input only)."""
+    critic = critic if cfg.guidance == "igds" else None
+    for module in (model, codec, critic):
+        if module is not None:
+            module.requires_grad_(False)
     if den_dtype == torch.bfloat16:  # the critic and the VAE follow the denoiser into bf16 (see above)
         for module in (critic, codec):
             if module is not None:
                 module.to(torch.bfloat16)
-    model.requires_grad_(False)
-    codec.requires_grad_(False)  # clip_guard differentiates the decoder w.r.t. its input only
     pixel_space = isinstance(codec, PixelSpace) and model.in_channels == 3
     latent_without_vae = isinstance(codec, PixelSpace) and not pixel_space
     decoder = None if latent_without_vae else codec  # --clip-guard decodes inside the step
-    step = GuidedStep(model.to(den_dtype), cfg, critic, pixel_space=pixel_space, decoder=decoder).to(dev)
-    return Pipeline(step=step, vae=codec.to(dev), device=dev)
+    step = GuidedStep(model.to(device, den_dtype), cfg, critic, pixel_space=pixel_space, decoder=decoder).to(device)
+    return Pipeline(step=step, vae=codec.to(device), device=device)
