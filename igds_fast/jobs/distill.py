@@ -22,7 +22,7 @@ from ..imageio import to_uint8
 from ..outdir import make_out_folder
 from ..sampling import StepEngine, WorkUnit, class_units, run_class, shard_classes
 from .assemble import finalize
-from .events import QUIET, Events
+from .events import QUIET, Events, Progress
 from .identity import DistillConfig, all_units
 from .job_file import JobFile, prepare_out
 from .lock import WriterLocks
@@ -39,8 +39,10 @@ def distill_class(
     writer: UnitWriter,
     states: dict[str, UnitState],
     on_images: Callable[[int], None] | None = None,
+    on_step: Callable[[WorkUnit, int, Any], None] | None = None,
 ) -> int:
-    """Run the class's units that are not done, in chunk order; returns how many images were sampled."""
+    """Run the class's units that are not done, in chunk order; returns how many images were sampled.
+    ``on_step``: called after each denoising step of a chunk (a progress bar's tick)."""
     made = 0
     t0 = time.perf_counter()
 
@@ -48,7 +50,8 @@ def distill_class(
         st = states[unit.key]
         return st.feats if st.done else None
 
-    for res in run_class(engine, cfg.seed, class_units(wnid, label, cfg.ipc, cfg.batch_size), done=done):
+    units = class_units(wnid, label, cfg.ipc, cfg.batch_size)
+    for res in run_class(engine, cfg.seed, units, done=done, on_step=on_step):
         images = to_uint8(engine.decode(res.x0)).cpu().numpy()
         writer.submit(res, images, time.perf_counter() - t0, states[res.unit.key])
         made += res.unit.count
@@ -110,8 +113,6 @@ def _run_units(
     run_info: dict[str, Any],
     request: str | None,
 ) -> dict[str, Any]:
-    from tqdm import tqdm
-
     started = timestamp()
     labels = dict(zip(cfg.wnids, cfg.labels, strict=True))
     mine = shard_classes(cfg.wnids, *shard)
@@ -127,7 +128,7 @@ def _run_units(
                 problem=st.problem,
             )
     todo = sum(st.unit.count for st in states.values() if not st.done)
-    bar = tqdm(total=todo, desc="distill", unit="img", disable=not progress or todo == 0, smoothing=0.1)
+    bar = Progress(todo, engine.num_steps, enabled=progress)
     writer = UnitWriter(out, cfg, job, events)
     t0 = time.perf_counter()
     made = sampled = 0
@@ -136,7 +137,9 @@ def _run_units(
         for wnid in mine:
             tc = time.perf_counter()
             fresh = sum(st.unit.count for st in states.values() if st.unit.wnid == wnid and st.problem == "not run yet")
-            n = distill_class(engine, cfg, out, wnid, labels[wnid], writer, states, on_images=bar.update)
+            n = distill_class(
+                engine, cfg, out, wnid, labels[wnid], writer, states, on_images=bar.images_done, on_step=bar.on_step
+            )
             sampled += n
             if n:
                 writer.drain()
