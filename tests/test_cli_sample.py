@@ -382,10 +382,10 @@ def test_cli_waits_passively_unless_the_user_chose_an_openmp_policy(given, expec
         env["OMP_WAIT_POLICY"] = given
     code = (
         "import os, sys; import igds_fast.cli; from igds_fast.cli import _env; "
-        "print(os.environ['OMP_WAIT_POLICY'], _env.TORCH_WAS_LOADED, 'torch' in sys.modules)"
+        "import torch; print(os.environ['OMP_WAIT_POLICY'], _env.TORCH_WAS_LOADED, 'torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.split() == [expected, "False", "True"]  # set before torch loaded, and torch did load
+    assert out.stdout.split() == [expected, "False", "True"]  # set before torch loaded, then torch loads
 
 
 def test_every_step_option_is_a_flag_of_sample_distill_and_export():
