@@ -72,37 +72,13 @@ def distill(
     Events (start, unit_done, class_done, damaged, repaired, finished, error) are JSON lines on
     stdout, or in --log-json FILE. Exit codes: 0 complete, 3 incomplete (other shards' classes
     missing), 2 user error, 1 bug."""
+    from ..api import DISTILL_OPTIONS
     from ..api import distill as run_distill
     from ..jobs.events import Events, exit_code, is_stdout
 
-    options = {
-        "out": out,
-        "subset": subset,
-        "classes": classes,
-        "classes_file": classes_file,
-        "ipc": ipc,
-        "batch_size": batch_size,
-        "seed": seed,
-        "engines": engines,
-        "backend": backend,
-        "engine_cache": engine_cache,
-        "denoiser": denoiser,
-        "vae": vae,
-        "critics": critics,
-        "image_format": image_format,
-        "resolution": resolution,
-        "shard": shard,
-        "ray": ray,
-        "overwrite": overwrite,
-        "wait": wait,
-        "device": device,
-        "dtype": dtype,
-        "log_json": log_json,
-        "progress": progress,
-        "threads": threads,
-    }
-    # Only the options given on the command line: the job file's keys stand where a flag is not given.
-    given = {name: value for name, value in options.items() if on_command_line(ctx, name)}
+    # Only the options given on the command line (the api's table of them): a job file's keys stand where a
+    # flag is not given.
+    given = {name: ctx.params[name] for name in DISTILL_OPTIONS if on_command_line(ctx, name)}
     res = run_distill(config=config, step=step, print_events=True, **given)
     if res.log_json is not None and not is_stdout(res.log_json):  # the summary also reaches stdout (once)
         Events(out=res.out).emit("finished", **res.summary)
