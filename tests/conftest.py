@@ -81,3 +81,34 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def save_tiny_pixel_models(root: Path, wnids: list[str]) -> dict[str, Path]:
+    """A tiny pixel-space DiT (8 px) naming ``wnids`` and a random critic for all of them, saved in ``root``:
+    the models of the distill job tests (seconds per job on one thread)."""
+    from igds_fast.models.critics import CriticConfig, NoiseCritic, save_critic
+    from igds_fast.models.loading import save_denoiser
+
+    k = len(wnids)
+    dit = DiT(
+        DiTConfig(
+            input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=k, wnids=wnids
+        )
+    )
+    randomize_(dit, 0, scale=0.5)
+    save_denoiser(dit, root / "dit.safetensors")
+    config = CriticConfig(
+        in_channels=3,
+        input_size=8,
+        patch_size=4,
+        width=16,
+        depth=1,
+        heads=2,
+        feat_dim=8,
+        class_ids=list(range(k)),
+        wnids=wnids,
+    )
+    critic = NoiseCritic(config)
+    randomize_(critic, 1)
+    save_critic(critic, root / "critic.safetensors")
+    return {"dit": root / "dit.safetensors", "critic": root / "critic.safetensors"}

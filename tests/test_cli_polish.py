@@ -282,39 +282,12 @@ def test_a_worker_that_does_not_share_out_says_so(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tiny pixel-space DiT naming two Imagenette classes, and random critics for it."""
-    from igds_fast.models.critics import CriticConfig, NoiseCritic, save_critic
-    from igds_fast.models.dit import DiT, DiTConfig
-    from igds_fast.models.loading import save_denoiser
+    """A tiny pixel-space DiT naming two Imagenette classes, and a random critic for it."""
     from igds_fast.subsets import subset
 
-    from .conftest import randomize_
+    from .conftest import save_tiny_pixel_models
 
-    wnids = [c.wnid for c in subset("imagenette")][:2]
-    root = tmp_path_factory.mktemp("models")
-    dit = DiT(
-        DiTConfig(
-            input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=2, wnids=wnids
-        )
-    )
-    randomize_(dit, 0, scale=0.5)
-    save_denoiser(dit, root / "dit.safetensors")
-    critic = NoiseCritic(
-        CriticConfig(
-            in_channels=3,
-            input_size=8,
-            patch_size=4,
-            width=16,
-            depth=1,
-            heads=2,
-            feat_dim=8,
-            class_ids=[0, 1],
-            wnids=wnids,
-        )
-    )
-    randomize_(critic, 1)
-    save_critic(critic, root / "critic.safetensors")
-    return {"dit": root / "dit.safetensors", "critic": root / "critic.safetensors"}
+    return save_tiny_pixel_models(tmp_path_factory.mktemp("models"), [c.wnid for c in subset("imagenette")][:2])
 
 
 def test_a_ray_run_records_its_provenance_and_relays_unit_events(tiny_models: dict[str, Path], tmp_path: Path) -> None:

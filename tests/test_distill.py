@@ -27,12 +27,12 @@ from igds_fast.jobs.image_manifest import NEAR_CONSTANT_STD, near_constant_class
 from igds_fast.jobs.image_manifest import read_image_manifest as read_manifest
 from igds_fast.jobs.job import DistillJob, distill_job
 from igds_fast.jobs.run import run_job as run_request
-from igds_fast.models.critics import CriticConfig, NoiseCritic, save_critic
+from igds_fast.models.critics import NoiseCritic, load_critic, save_critic
 from igds_fast.models.dit import DiT, DiTConfig
 from igds_fast.models.loading import save_denoiser
 from igds_fast.subsets import subset
 
-from .conftest import randomize_
+from .conftest import save_tiny_pixel_models
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -44,36 +44,10 @@ TWO = ",".join(WNIDS[:2])
 def models(tmp_path_factory) -> dict[str, Path]:
     """A tiny pixel-space DiT (8 px) naming the Imagenette classes, and random critics for it."""
     root = tmp_path_factory.mktemp("models")
-    dit = DiT(
-        DiTConfig(
-            input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=10, wnids=WNIDS
-        )
-    )
-    randomize_(dit, 0, scale=0.5)
-    save_denoiser(dit, root / "dit.safetensors")
-    critic = NoiseCritic(
-        CriticConfig(
-            in_channels=3,
-            input_size=8,
-            patch_size=4,
-            width=16,
-            depth=1,
-            heads=2,
-            feat_dim=8,
-            class_ids=list(range(10)),
-            wnids=WNIDS,
-        )
-    )
-    randomize_(critic, 1)
-    critic.kernel_sigma.fill_(0.5)
-    save_critic(critic, root / "critic.safetensors")
-    few = NoiseCritic(replace(critic.config, class_ids=[0, 1], wnids=WNIDS[:2]))
+    paths = save_tiny_pixel_models(root, WNIDS)
+    few = NoiseCritic(replace(load_critic(paths["critic"]).config, class_ids=[0, 1], wnids=WNIDS[:2]))
     save_critic(few, root / "critic_two.safetensors")
-    return {
-        "dit": root / "dit.safetensors",
-        "critic": root / "critic.safetensors",
-        "critic_two": root / "critic_two.safetensors",
-    }
+    return paths | {"critic_two": root / "critic_two.safetensors"}
 
 
 def request(models: dict[str, Path], out: Path, **kw) -> DistillJob:

@@ -16,12 +16,9 @@ import igds_fast
 from igds_fast.cli import app
 from igds_fast.config import read_toml
 from igds_fast.errors import UserError
-from igds_fast.models.critics import CriticConfig, NoiseCritic, save_critic
-from igds_fast.models.dit import DiT, DiTConfig
-from igds_fast.models.loading import save_denoiser
 from igds_fast.subsets import subset
 
-from .conftest import randomize_
+from .conftest import save_tiny_pixel_models
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -31,31 +28,7 @@ WNIDS = [c.wnid for c in subset("imagenette")]
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     """A tiny pixel-space DiT (8 px) naming the Imagenette classes, and random critics for it."""
-    root = tmp_path_factory.mktemp("models")
-    dit = DiT(
-        DiTConfig(
-            input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=10, wnids=WNIDS
-        )
-    )
-    randomize_(dit, 0, scale=0.5)
-    save_denoiser(dit, root / "dit.safetensors")
-    critic = NoiseCritic(
-        CriticConfig(
-            in_channels=3,
-            input_size=8,
-            patch_size=4,
-            width=16,
-            depth=1,
-            heads=2,
-            feat_dim=8,
-            class_ids=list(range(10)),
-            wnids=WNIDS,
-        )
-    )
-    randomize_(critic, 1)
-    critic.kernel_sigma.fill_(0.5)
-    save_critic(critic, root / "critic.safetensors")
-    return {"dit": root / "dit.safetensors", "critic": root / "critic.safetensors"}
+    return save_tiny_pixel_models(tmp_path_factory.mktemp("models"), WNIDS)
 
 
 def model_args(models: dict[str, Path]) -> list[str]:
