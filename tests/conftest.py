@@ -112,3 +112,25 @@ def save_tiny_pixel_models(root: Path, wnids: list[str]) -> dict[str, Path]:
     randomize_(critic, 1)
     save_critic(critic, root / "critic.safetensors")
     return {"dit": root / "dit.safetensors", "critic": root / "critic.safetensors"}
+
+
+def run_cli_in_process(*args: object) -> tuple[int, str, str]:
+    """``igds-fast ARGS`` through ``igds_fast.cli.main`` (its one-line errors and exit codes) in this
+    interpreter: (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+    import sys
+
+    from igds_fast import cli as cli_module
+
+    out, err = io.StringIO(), io.StringIO()
+    argv, sys.argv = sys.argv, ["igds-fast", *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            cli_module.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = argv
+    return code, out.getvalue(), err.getvalue()

@@ -19,11 +19,12 @@ from igds_fast.models.dit import DiT, DiTConfig
 from igds_fast.models.loading import load_denoiser, save_denoiser
 from igds_fast.sampling import run_chain
 from igds_fast.seeds import SampleNoise
-from tests.conftest import randomize_, rel_err
+from tests.conftest import randomize_, rel_err, run_cli_in_process
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 ROOT = Path(__file__).resolve().parents[1]
 PAD = 2  # grid padding between tiles (igds_fast.imageio.grid)
+
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -40,23 +41,8 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 def in_process(*args: str) -> subprocess.CompletedProcess:
     """``igds_fast.cli.main()`` (its error handling included) in this interpreter: fast."""
-    import contextlib
-    import io
-
-    from igds_fast import cli as cli_module
-
-    out, err = io.StringIO(), io.StringIO()
-    argv = sys.argv
-    sys.argv = ["igds-fast", "sample", *map(str, args)]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            cli_module.main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = argv
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+    code, out, err = run_cli_in_process("sample", *args)
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def ok(*args: str) -> subprocess.CompletedProcess:

@@ -3,8 +3,6 @@ taking the step from the engine, packaged export recipes found by name, and TOML
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import sys
 from pathlib import Path
@@ -18,7 +16,7 @@ from igds_fast.config import read_toml
 from igds_fast.errors import UserError
 from igds_fast.subsets import subset
 
-from .conftest import save_tiny_pixel_models
+from .conftest import run_cli_in_process, save_tiny_pixel_models
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -37,19 +35,7 @@ def model_args(models: dict[str, Path]) -> list[str]:
 
 def command(*args: str) -> tuple[int, str, str]:
     """``igds-fast ARGS`` through ``cli.main`` (its one-line errors and exit codes) in this interpreter."""
-    from igds_fast import cli as cli_module
-
-    out, err = io.StringIO(), io.StringIO()
-    argv, sys.argv = sys.argv, ["igds-fast", *args]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            cli_module.main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()
+    return run_cli_in_process(*args)
 
 
 def test_distill_reads_a_job_file_and_flags_override_its_keys(models, tmp_path):

@@ -4,7 +4,6 @@ the default backend. Every test here failed before the change it covers."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -21,7 +20,6 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from igds_fast import cli as cli_module
 from igds_fast import machine
 from igds_fast.backends.eager import EagerEngine
 from igds_fast.config import StepConfig
@@ -38,26 +36,17 @@ from igds_fast.models.flops import decoder_grad_bytes
 from igds_fast.models.vae import decode_unclipped
 from igds_fast.sampling.pipeline import build_pipeline
 
+from .conftest import run_cli_in_process
 from .test_distill import TWO, WNIDS, models, request, snapshot  # noqa: F401 (models is a fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+
 def main(*args: str) -> tuple[int, str, str]:
     """``igds-fast ARGS`` in this interpreter through ``cli.main`` (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    argv = sys.argv
-    sys.argv = ["igds-fast", *map(str, args)]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            cli_module.main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()
+    return run_cli_in_process(*args)
 
 
 def events(stdout: str) -> list[dict]:
