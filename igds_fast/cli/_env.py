@@ -8,9 +8,7 @@ and 23 s with ``--threads 1``. So the CLI waits passively unless the user chose 
 
 from __future__ import annotations
 
-import os
-import sys
+from ..api import wait_passively
 
 # OpenMP reads the policy once, when torch loads it: True here means the setting came too late.
-TORCH_WAS_LOADED = "torch" in sys.modules
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+TORCH_WAS_LOADED = not wait_passively()
