@@ -127,12 +127,15 @@ def judge_log_q(judge, folder: Path, wnids: list[str]) -> float:
     return float(torch.cat(lq).mean())
 
 
-def run_config(name: str, opts: dict, args: argparse.Namespace, judge, wnids: list[str]) -> dict:
+def run_config(
+    name: str, opts: dict, args: argparse.Namespace, judge, wnids: list[str], base: dict | None = BASE
+) -> dict:
+    """Sample and judge one configuration (``base``, then ``opts``, over the step's defaults); cached."""
     folder = args.out / name.replace(" ", "_")
     done = folder / "result.json"
     if done.exists():
         return json.loads(done.read_text())
-    cfg = step_config(None if name == "default" else BASE, opts)
+    cfg = step_config(None if name == "default" else base, opts)
     models = resolve_models(args.denoiser, args.vae, args.critics, cfg.guidance)
     pipe = build_pipeline(models.denoiser, models.vae, models.critics, cfg)
     labels = class_labels(pipe.step.denoiser, wnids)

@@ -26,7 +26,11 @@ def distill(
     classes: str | None = typer.Option(None, help="Comma-separated WNIDs or class names (tench) instead of --subset."),
     classes_file: Path | None = typer.Option(None, help="File with one WNID or class name a line instead of --subset."),
     ipc: int = typer.Option(10, help="Images per class."),
-    batch_size: int | None = typer.Option(None, help="Samples per batch (one class a batch); default min(IPC, 32)."),
+    batch_size: int | None = typer.Option(
+        None,
+        help="Samples per denoiser call, whatever the IPC (chunks of several classes share one); "
+        "default 50 on CPU, 64 on CUDA.",
+    ),
     seed: int = typer.Option(0, help="Global seed; each image's noise derives from (seed, class, index)."),
     engines: Path | None = typer.Option(
         None, help="Engine folder from `igds-fast export` (fixes the backend; the step is the engine's)."

@@ -63,7 +63,7 @@ def ensure_engine(engine_dir: Path, job: DistillJob, log: Callable[[str], None])
         vae=m.vae,
         critics=m.critics,
         cfg=job.step,
-        batch_size=job.batch,
+        batch_size=job.rows,
         memory_size=1,
         precision="fp32",
         backend="onnxruntime",

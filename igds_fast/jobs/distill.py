@@ -1,5 +1,5 @@
-"""The distill run: this shard's units that are not done, sampled class by class and handed to the
-unit writer; then the set is assembled if every unit of the job checks out.
+"""The distill run: this shard's units that are not done, sampled group by group (the classes that
+share a batch) and handed to the unit writer; then the set is assembled if every unit of the job checks out.
 
 A rerun checks every unit it would run (``state.unit_state``): a unit whose record is missing or
 damaged, whose features are damaged, or one of whose images is missing, truncated or altered, is run
@@ -20,7 +20,7 @@ import numpy as np
 
 from ..imageio import to_uint8
 from ..outdir import make_out_folder
-from ..sampling import StepEngine, WorkUnit, class_units, run_class, shard_classes
+from ..sampling import StepEngine, WorkUnit, class_groups, group_batches, run_group, shard_classes
 from .assemble import finalize
 from .events import QUIET, Events, Progress
 from .identity import DistillConfig, all_units
@@ -30,19 +30,18 @@ from .state import UnitState, refuse_links, timestamp, unit_state
 from .unit_writer import UnitWriter
 
 
-def distill_class(
+def distill_group(
     engine: StepEngine,
     cfg: DistillConfig,
-    out: Path,
-    wnid: str,
-    label: int,
+    wnids: list[str],
     writer: UnitWriter,
     states: dict[str, UnitState],
     on_images: Callable[[int], None] | None = None,
-    on_step: Callable[[WorkUnit, int, Any], None] | None = None,
+    on_step: Callable[[int, int, Any], None] | None = None,
 ) -> int:
-    """Run the class's units that are not done, in chunk order; returns how many images were sampled.
-    ``on_step``: called after each denoising step of a chunk (a progress bar's tick)."""
+    """Run the units of a group of classes (``sampling.class_groups``) that are not done, batch by batch
+    in chunk order; returns how many images were sampled. ``on_step``: called after each denoising
+    step of a batch (a progress bar's tick)."""
     made = 0
     t0 = time.perf_counter()
 
@@ -50,8 +49,9 @@ def distill_class(
         st = states[unit.key]
         return st.feats if st.done else None
 
-    units = class_units(wnid, label, cfg.ipc, cfg.batch_size)
-    for res in run_class(engine, cfg.seed, units, done=done, on_step=on_step):
+    labels = dict(zip(cfg.wnids, cfg.labels, strict=True))
+    batches = group_batches([(w, labels[w]) for w in wnids], cfg.ipc, cfg.batch_size)
+    for res in run_group(engine, cfg.seed, batches, done=done, on_step=on_step):
         images = to_uint8(engine.decode(res.x0)).cpu().numpy()
         writer.submit(res, images, time.perf_counter() - t0, states[res.unit.key])
         made += res.unit.count
@@ -64,7 +64,7 @@ def distill_class(
 def shard_states(out: Path, cfg: DistillConfig, job: str, shard: tuple[int, int]) -> dict[str, UnitState]:
     """The state of every unit of this shard's classes (every recorded file is checked); a link where
     the run would write (a class folder, one of its files) is refused first."""
-    mine = shard_classes(cfg.wnids, *shard)
+    mine = shard_classes(cfg.wnids, *shard, cfg.ipc, cfg.batch_size)
     refuse_links(out, mine)
     return {u.key: unit_state(out, u, job) for u in all_units(cfg, mine)}
 
@@ -114,8 +114,7 @@ def _run_units(
     request: str | None,
 ) -> dict[str, Any]:
     started = timestamp()
-    labels = dict(zip(cfg.wnids, cfg.labels, strict=True))
-    mine = shard_classes(cfg.wnids, *shard)
+    mine = shard_classes(cfg.wnids, *shard, cfg.ipc, cfg.batch_size)
     states = shard_states(out, cfg, job, shard)
     for st in states.values():
         if not st.done and st.problem != "not run yet":
@@ -134,18 +133,21 @@ def _run_units(
     made = sampled = 0
     changed: set[str] = set()
     try:
-        for wnid in mine:
+        for group in class_groups(mine, cfg.ipc, cfg.batch_size):
             tc = time.perf_counter()
-            fresh = sum(st.unit.count for st in states.values() if st.unit.wnid == wnid and st.problem == "not run yet")
-            n = distill_class(
-                engine, cfg, out, wnid, labels[wnid], writer, states, on_images=bar.images_done, on_step=bar.on_step
-            )
+            fresh = {
+                w: sum(st.unit.count for st in states.values() if st.unit.wnid == w and st.problem == "not run yet")
+                for w in group
+            }
+            n = distill_group(engine, cfg, group, writer, states, on_images=bar.images_done, on_step=bar.on_step)
             sampled += n
             if n:
                 writer.drain()
-                made += fresh
-                changed.add(wnid)
-                events.emit("class_done", wnid=wnid, images=fresh, seconds=round(time.perf_counter() - tc, 3))
+                made += sum(fresh.values())
+                seconds = round((time.perf_counter() - tc) / len(group), 3)  # the group's time, shared
+                for wnid in group:
+                    changed.add(wnid)
+                    events.emit("class_done", wnid=wnid, images=fresh[wnid], seconds=seconds)
         writer.drain()
     finally:
         writer.close()

@@ -155,11 +155,11 @@ def show_progress(progress: bool | None) -> bool:
 
 
 class Progress:
-    """A job's progress bar on stderr, in images: it moves at every denoising step (a chunk of k images
+    """A job's progress bar on stderr, in images: it moves at every denoising step (a batch of k images
     advances k / steps per step) and is set to the exact count as each chunk is written.
 
-    ``on_step`` has the signature of ``sampling.run_class``'s ``on_step``; ``images_done`` that of
-    ``distill_class``'s ``on_images``."""
+    ``on_step`` has the signature of ``sampling.run_group``'s ``on_step``; ``images_done`` that of
+    ``distill_group``'s ``on_images``."""
 
     def __init__(
         self, total: int, steps: int, enabled: bool = True, desc: str = "distill", file: IO[str] | None = None
@@ -176,8 +176,8 @@ class Progress:
             bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total_fmt} img [{elapsed}<{remaining}, {rate_fmt}]",
         )
 
-    def on_step(self, unit: Any, i: int, x: Any) -> None:
-        self.bar.update(unit.count / self.steps)
+    def on_step(self, images: int, i: int, x: Any) -> None:
+        self.bar.update(images / self.steps)
 
     def images_done(self, count: int) -> None:
         self.done += count

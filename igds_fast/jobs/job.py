@@ -32,7 +32,7 @@ from ..machine import library_versions, machine_facts
 from ..models.critics import load_critic
 from ..models.embedded import ModelPaths, resolve_models
 from ..outdir import check_out_folder
-from ..sampling import StepEngine, memory_rows
+from ..sampling import StepEngine, batch_rows, memory_rows
 from ..sampling.pipeline import build_pipeline
 from ..subsets import ClassInfo, resolve_classes
 from .engine_cache import (
@@ -51,6 +51,14 @@ from .limits import JobShape
 from .state import digest
 
 DEFAULT_FEAT_DIM = 64  # the estimate's critic feature size when the critics' file does not say
+# --batch-size when not given: rows per denoiser call, whatever the IPC (a batch holds chunks of several
+# classes). CPU: the fastest per image of the embedded default (benchmarks/results/batch_size/cpu.json);
+# CUDA: never measured here, a size every H100-class card holds for the embedded model.
+DEFAULT_BATCH = {"cpu": 50, "cuda": 64}
+
+
+def default_batch(device: str) -> int:
+    return DEFAULT_BATCH["cuda" if str(device).startswith("cuda") else "cpu"]
 
 
 @dataclass
@@ -62,7 +70,7 @@ class DistillJob:
     ipc: int
     step: StepConfig
     models: ModelPaths
-    batch_size: int | None = None  # None: min(IPC, 32)
+    batch_size: int | None = None  # rows per denoiser call; None: DEFAULT_BATCH of the device
     seed: int = 0
     engines: Path | None = None  # an exported engine folder; None: by ``backend``
     device: str = "cpu"
@@ -81,7 +89,15 @@ class DistillJob:
 
     @property
     def batch(self) -> int:
-        return check_count(self.batch_size if self.batch_size is not None else min(self.ipc, 32), "--batch-size")
+        """The batch size: what decides which samples share a denoiser call (``sampling.units``)."""
+        size = self.batch_size if self.batch_size is not None else default_batch(self.device)
+        return check_count(size, "--batch-size")
+
+    @property
+    def rows(self) -> int:
+        """Rows of the job's fullest batch: an exported engine's static batch (no padding to --batch-size
+        when the job has fewer samples than it holds)."""
+        return batch_rows(self.ipc, self.batch, len(self.classes))
 
     def validate(self) -> DistillJob:
         check_count(self.ipc, "--ipc")
@@ -220,7 +236,7 @@ def choose(job: DistillJob, hashes: dict[str, str | None] | None = None, have: J
     if choice.backend not in EXPORT_BACKENDS:
         return choice
     hashes = hashes if hashes is not None else model_hashes(job.models, job.step.guidance)
-    key = cache_key(hashes, job.step, job.batch, engine_memory(job), choice.backend, choice.precision, job.device)
+    key = cache_key(hashes, job.step, job.rows, engine_memory(job), choice.backend, choice.precision, job.device)
     entry = cache_entry(job.engine_cache or default_cache_dir(), choice.backend, choice.precision, key)
     return Choice(choice.backend, choice.precision, choice.reason, engines=entry, cache_key=key)
 
@@ -318,8 +334,8 @@ def build_engine(job: DistillJob, choice: Choice | None = None, log: Any = None)
     choice = choice or choose(job)
     if job.threads is not None:
         torch.set_num_threads(job.threads)
-    m, cfg, batch = job.models, job.step, job.batch
-    rows_needed = memory_rows(job.ipc, batch)
+    m, cfg, batch = job.models, job.step, job.rows
+    rows_needed = memory_rows(job.ipc, job.batch)
     if choice.engines is not None:
         if choice.cache_key is not None:
             ensure_cached_engine(
@@ -353,7 +369,7 @@ def build_engine(job: DistillJob, choice: Choice | None = None, log: Any = None)
             engine = load_engine(choice.engines, expect, LoadOptions(device=job.device, threads=job.threads))
         if rows_needed > engine.memory_size:
             raise UserError(
-                f"IPC {job.ipc} with batch {batch} needs {rows_needed} memory rows, the engine takes "
+                f"IPC {job.ipc} with batch {job.batch} needs {rows_needed} memory rows, the engine takes "
                 f"{engine.memory_size}; re-export with --memory-size {rows_needed}"
             )
         return engine

@@ -63,7 +63,7 @@ def run_job(job: DistillJob, events: Events = QUIET) -> dict[str, Any]:
     engine = build_engine(job, choice, log=log)
     dcfg = distill_config(job, engine, choice, hashes)
     check_limits(job_shape(job, engine), job.out)
-    check_clip_guard_memory(engine, min(job.batch, job.ipc))  # a chunk never mixes classes
+    check_clip_guard_memory(engine, job.rows)
     if job.ray is not None:
         return base | run_on_ray(job, dcfg, request=request, events=events)
     make_out_folder(job.out)  # the locks live in it

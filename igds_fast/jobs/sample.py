@@ -17,7 +17,7 @@ from ..imageio import grid, save_picture, write_atomic
 from ..memory import check_memory
 from ..models.embedded import resolve_models
 from ..models.labels import model_labels
-from ..sampling import class_units, run_class
+from ..sampling import batch_rows, class_groups, group_batches, run_group
 from ..sampling.pipeline import Pipeline, build_pipeline
 from .limits import check_clip_guard_memory
 from .state import npy_bytes
@@ -131,8 +131,9 @@ def sample_classes(
     """Samples in class-major order: (final latents (N, C, H, W), images in [-1, 1] (None without
     ``images_too``), log q, H2).
 
-    Batches never mix classes and later chunks of a class see the earlier ones' features (the
-    entropy term's memory), exactly as in a distill run with the same batch size.
+    Batches hold a chunk of several classes when the batch size allows, and later chunks of a class see
+    the earlier ones' features (the diversity term's memory), exactly as in a distill run with the same
+    classes and batch size.
     """
     check_count(n_per_class, "--n-per-class")
     check_count(batch_size, "--batch-size")
@@ -151,23 +152,26 @@ def sample_classes(
     if init_noise is not None and not np.isfinite(init_noise).all():
         raise UserError("--init-noise holds NaN or infinite values")
     engine = EagerEngine(pipe.step, pipe.vae)
-    check_clip_guard_memory(engine, min(batch_size, n_per_class))  # a chunk never mixes classes
+    check_clip_guard_memory(engine, batch_rows(n_per_class, batch_size, len(labels)))
     bar = tqdm(total=total * engine.num_steps, desc="sampling", unit="step", disable=not progress, leave=False)
-    latents, images, log_q, h2 = [], [], [], []
-    for k, label in enumerate(labels):
+    names = [str(k) for k in range(len(labels))]  # a class's position: the same label may be asked twice
+    label_of = dict(zip(names, labels, strict=True))
+    done: dict[str, list] = {name: [] for name in names}
 
-        def x_init(unit, k=k):  # the user's x_T rows of this chunk
-            if init_noise is None:
-                return None
-            first = k * n_per_class + unit.start
-            return torch.from_numpy(init_noise[first : first + unit.count]).float()
+    def x_init(unit):  # the user's x_T rows of this chunk
+        if init_noise is None:
+            return None
+        first = int(unit.wnid) * n_per_class + unit.start
+        return torch.from_numpy(init_noise[first : first + unit.count]).float()
 
-        units = class_units(str(label), label, n_per_class, batch_size)
-        for res in run_class(engine, seed, units, x_init=x_init, on_step=lambda u, _i, _x: bar.update(u.count)):
-            latents.append(res.x0.cpu())
-            if images_too:
-                images.append(pipe.decode(res.x0).cpu())
-            log_q.append(torch.from_numpy(res.log_q))
-            h2.append(torch.from_numpy(res.h2))
+    for group in class_groups(names, n_per_class, batch_size):
+        batches = group_batches([(w, label_of[w]) for w in group], n_per_class, batch_size)
+        for res in run_group(engine, seed, batches, x_init=x_init, on_step=lambda n, _i, _x: bar.update(n)):
+            done[res.unit.wnid].append(res)
     bar.close()
-    return torch.cat(latents), torch.cat(images) if images_too else None, torch.cat(log_q), torch.cat(h2)
+    results = [res for name in names for res in done[name]]  # class-major, chunk order
+    latents = torch.cat([res.x0.cpu() for res in results])
+    images = torch.cat([pipe.decode(res.x0).cpu() for res in results]) if images_too else None
+    log_q = torch.cat([torch.from_numpy(res.log_q) for res in results])
+    h2 = torch.cat([torch.from_numpy(res.h2) for res in results])
+    return latents, images, log_q, h2

@@ -1,6 +1,6 @@
-"""Run a guided step over a whole schedule: one batch (``run_chain``), one chunk of a class with the
-memory of its earlier chunks (``run_chunk``), or all chunks of a class in order (``run_class``).
-Every command samples through these."""
+"""Run a guided step over a whole schedule: one batch of rows (``run_chain``), one batch of work units
+with the memory of their classes' earlier chunks (``run_batch``), or a group's batches in chunk order
+(``run_group``). Every command samples through these."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from ..errors import UserError
 from ..seeds import SampleNoise, sample_seed
 from .engine import StepEngine, plain_path
-from .units import WorkUnit
+from .units import Batch, WorkUnit
 
 # (x, i, y, noise, memory, memory_mask) -> (x_prev, feats, log_q, h2): a GuidedStep or engine.step.
 StepFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -78,103 +78,128 @@ def run_chain(
 
 
 def memory_tensors(
-    memory: list[np.ndarray], num_steps: int, batch: int, rows: int, feat_dim: int, device: torch.device | str
+    memory: Sequence[list[np.ndarray]],
+    counts: Sequence[int],
+    batch: int,
+    rows: int,
+    feat_dim: int,
+    device: torch.device | str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Memory (N steps, M, D) and mask (B, M) for a chunk: the earlier chunks' features at every
-    step, zero-padded to M rows; moved to the device once per chunk, indexed per step."""
-    have = np.concatenate(memory, axis=1) if memory else np.zeros((num_steps, 0, feat_dim), np.float32)
-    if have.shape[1] > rows:
+    """Memory (M, D) and mask (B, M) for a batch: class k's rows (``memory[k]``: the final features
+    of its earlier chunks, each (n, D)) visible only to class k's ``counts[k]`` rows of the batch;
+    zero-padded to M rows and moved to the device once per batch."""
+    blocks = [np.concatenate(m, axis=0) if m else np.zeros((0, feat_dim), np.float32) for m in memory]
+    have = sum(len(b) for b in blocks)
+    if have > rows:
         raise UserError(
-            f"the class needs {have.shape[1]} memory rows, the engine takes {rows}; "
-            "re-export with a larger --memory-size"
+            f"the batch needs {have} memory rows, the engine takes {rows}; re-export with a larger --memory-size"
         )
-    mem = np.zeros((num_steps, rows, feat_dim), np.float32)
-    mem[:, : have.shape[1]] = have
+    mem = np.zeros((rows, feat_dim), np.float32)
     mask = np.zeros((batch, rows), np.float32)
-    mask[:, : have.shape[1]] = 1.0
+    r = b = 0
+    for block, count in zip(blocks, counts, strict=True):
+        mem[r : r + len(block)] = block
+        mask[b : b + count, r : r + len(block)] = 1.0
+        r, b = r + len(block), b + count
     return torch.from_numpy(mem).to(device), torch.from_numpy(mask).to(device)
 
 
-def run_chunk(
+def run_batch(
     engine: StepEngine,
     seed: int,
-    unit: WorkUnit,
-    memory: list[np.ndarray],
-    x_init: torch.Tensor | None = None,
-    on_step: Callable[[int, torch.Tensor], None] | None = None,
-) -> ChunkResult:
-    """Denoise one chunk of a class. ``memory`` holds the features of the class's earlier chunks;
-    pads to the engine's static batch; refuses non-finite samples."""
+    units: Batch,
+    memory: Sequence[list[np.ndarray]],
+    x_init: Sequence[torch.Tensor | None] | None = None,
+    on_step: Callable[[int, int, torch.Tensor], None] | None = None,
+) -> list[ChunkResult]:
+    """Denoise one batch: a chunk of each class of ``units``, side by side. ``memory[k]`` holds the
+    final features of unit k's class's earlier chunks (each unit sees only its own class's; the
+    batch's other classes never enter its diversity term); pads to the engine's static batch;
+    refuses non-finite samples. ``on_step(images, i, x)`` sees each step."""
     device = engine.device
-    batch = engine.batch_size or unit.count
-    if unit.count > batch:
-        raise UserError(f"--batch-size {unit.count} exceeds the engine's static batch {batch}")
-    seeds = [sample_seed(seed, unit.label, i) for i in unit.indices]
+    counts = [u.count for u in units]
+    real = sum(counts)
+    batch = engine.batch_size or real
+    if real > batch:
+        raise UserError(f"--batch-size {real} exceeds the engine's static batch {batch}")
+    seeds = [sample_seed(seed, u.label, i) for u in units for i in u.indices]
     # Padding rows get their own (unused) streams so real rows never depend on the padding.
-    seeds += [sample_seed(seed, -1 - unit.label, i) for i in range(batch - unit.count)]
+    first = units[0].label
+    seeds += [sample_seed(seed, -1 - first, i) for i in range(batch - real)]
     noise = SampleNoise(seeds, engine.shape, device)
-    y = torch.full((batch,), unit.label, dtype=torch.int32)
-    n_mem = sum(m.shape[1] for m in memory)
+    y = torch.tensor([u.label for u in units for _ in u.indices], dtype=torch.int32)
+    # Padding rows must not enter the diversity term of the real rows: they get a label no real row
+    # has (at most the null class, a valid embedding row) and no memory.
+    y = torch.cat([y, torch.full((batch - real,), max(u.label for u in units) + 1, dtype=torch.int32)])
+    n_mem = sum(m.shape[0] for block in memory for m in block)
     rows = max(engine.memory_size, 1) if engine.batch_size is not None else max(n_mem, 1)
-    # Padding rows must not enter the entropy term of the real rows: they get the next label (at
-    # most the null class, a valid embedding row) and no memory.
-    y[unit.count :] = unit.label + 1
-    # The diversity term repels from the class's final samples: every step sees their last-step features.
-    memory = [np.broadcast_to(m[:1], m.shape) for m in memory]
-    mem_all, mask = memory_tensors(memory, engine.num_steps, batch, rows, engine.feat_dim, device)
-    mask[unit.count :] = 0
-    finite: list[torch.Tensor] = []  # one device flag per step; read once at the end (no per-step sync)
+    mem, mask = memory_tensors(memory, counts, batch, rows, engine.feat_dim, device)
+    finite: list[torch.Tensor] = []  # per step, per real row; read once at the end (no per-step sync)
 
     def watch(i: int, x: torch.Tensor) -> None:
-        finite.append(torch.isfinite(x[: unit.count]).all())
+        finite.append(torch.isfinite(x[:real]).flatten(1).all(1))
         if on_step is not None:
-            on_step(i, x)
+            on_step(real, i, x)
 
-    if x_init is not None and batch > unit.count:
-        x_init = torch.cat([x_init, torch.zeros(batch - unit.count, *engine.shape)])
+    x0 = None
+    if x_init is not None and any(x is not None for x in x_init):
+        if any(x is None for x in x_init):
+            raise UserError("give the initial noise of every class of a batch, or of none")
+        x0 = torch.cat([*x_init, torch.zeros(batch - real, *engine.shape)])
     plain, plain_steps = plain_path(engine)
     res = run_chain(
         engine.step,
         engine.num_steps,
         y,
         noise,
-        x_init=x_init,
-        memory=lambda i: (mem_all[i], mask),
+        x_init=x0,
+        memory=lambda i: (mem, mask),
         on_step=watch,
         plain=plain,
         plain_steps=plain_steps,
     )
-    ok = torch.stack(finite).cpu()
+    ok = torch.stack(finite).cpu()  # (steps run N-1 .. 0, rows)
     if not ok.all():
-        first = engine.num_steps - 1 - int(torch.nonzero(~ok)[0])  # steps run N-1 .. 0
+        k, row = (int(v) for v in torch.nonzero(~ok)[0])
+        unit = units[int(np.searchsorted(np.cumsum(counts), row, side="right"))]
         raise UserError(
-            f"non-finite values at step {first} for class {unit.wnid}, "
+            f"non-finite values at step {engine.num_steps - 1 - k} for class {unit.wnid}, "
             f"samples {unit.start}..{unit.start + unit.count - 1}; "
             "nothing was written for them (lower --guidance-scale or check the model)"
         )
-    n = unit.count
-    feats = np.stack([f[:n].float().cpu().numpy() for f in res.feats])
-    return ChunkResult(unit, res.x0[:n], feats, res.log_q[:n].float().cpu().numpy(), res.h2[:n].float().cpu().numpy())
+    feats = np.stack([f[:real].float().cpu().numpy() for f in res.feats])
+    log_q, h2 = res.log_q[:real].float().cpu().numpy(), res.h2[:real].float().cpu().numpy()
+    out, r = [], 0
+    for u in units:
+        rs = slice(r, r + u.count)
+        out.append(ChunkResult(u, res.x0[rs], feats[:, rs], log_q[rs], h2[rs]))
+        r += u.count
+    return out
 
 
-def run_class(
+def run_group(
     engine: StepEngine,
     seed: int,
-    units: Sequence[WorkUnit],
+    batches: Sequence[Batch],
     done: Callable[[WorkUnit], np.ndarray | None] = lambda unit: None,
     x_init: Callable[[WorkUnit], torch.Tensor | None] = lambda unit: None,
-    on_step: Callable[[WorkUnit, int, torch.Tensor], None] | None = None,
+    on_step: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> Iterator[ChunkResult]:
-    """The chunks of one class in order, each seeing the features of all earlier ones (the entropy
-    term's memory). ``done(unit)`` returns the stored features of a chunk finished earlier (it is
-    then skipped, its features still enter the memory), or None to run it."""
-    memory: list[np.ndarray] = []
-    for unit in units:
-        stored = done(unit)
-        if stored is not None:
-            memory.append(stored)
-            continue
-        step_cb = None if on_step is None else (lambda i, x, u=unit: on_step(u, i, x))
-        res = run_chunk(engine, seed, unit, memory, x_init=x_init(unit), on_step=step_cb)
-        memory.append(res.feats)
-        yield res
+    """A group's batches in chunk order (``units.group_batches``), each class seeing the final features
+    of its own earlier chunks (the diversity term's memory). ``done(unit)`` returns the stored
+    features of a unit finished earlier, or None to make it: a batch all of whose units are done is
+    skipped (their features still enter the memory); any other runs whole, so each unit comes out
+    exactly as it would in an uninterrupted run, and only its units not done are yielded."""
+    memory: dict[str, list[np.ndarray]] = {}
+    for units in batches:
+        stored = [done(u) for u in units]
+        if all(s is not None for s in stored):
+            results = None
+        else:
+            mem = [memory.get(u.wnid, []) for u in units]
+            results = run_batch(engine, seed, units, mem, x_init=[x_init(u) for u in units], on_step=on_step)
+        for k, u in enumerate(units):
+            feats = stored[k] if stored[k] is not None else results[k].feats
+            memory.setdefault(u.wnid, []).append(feats[0])  # the diversity term reads the final samples' features
+            if stored[k] is None:
+                yield results[k]
