@@ -83,6 +83,8 @@ def machine_facts(device: torch.device | str = "cpu") -> dict[str, Any]:
     device = torch.device(device)
     out: dict[str, Any] = {
         "cpu": cpu_model(),
+        # what decides the fast CPU path: vector width, bf16 dot products, AMX tiles
+        "cpu_flags": sorted(f for f in cpu_flags() if f in ("avx2", "avx512f") or "bf16" in f or f.startswith("amx")),
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "torch_threads": torch.get_num_threads(),

@@ -66,6 +66,15 @@ def test_cli_bench_writes_every_field(tmp_path):
     assert d["command"].startswith("igds-fast bench --model tiny")
     assert d["peak"]["tflops"] == 1.0
     assert all(positive(d["flops"][k]) for k in ("denoiser_forward_per_image", "critic_grad_per_image", "per_step"))
+    # per image over the chain: 2 steps x CFG = 4 denoiser passes; the parts add up; the critic is the extra
+    cost, f = d["flops"]["per_image"], d["flops"]
+    assert cost["steps"] == 2 and cost["denoiser_passes"] == 4
+    assert cost["flops"]["denoiser"] == 2 * f["denoiser_cfg_per_image"]
+    assert cost["flops"]["critic"] == cost["guided_steps"] * f["critic_grad_per_image"]
+    parts = cost["flops"]["denoiser"] + cost["flops"]["critic"] + cost["flops"]["decoder"]
+    assert cost["flops"]["total"] == parts
+    assert cost["over_unguided"] == pytest.approx(parts / cost["unguided_flops"]) and cost["over_unguided"] >= 1
+    assert isinstance(d["machine"]["cpu_flags"], list)
     assert set(d["results"]) == {"eager", "onnxruntime"}
     for name, row in d["results"].items():
         assert row["status"] == "ok", row

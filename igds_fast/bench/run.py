@@ -73,7 +73,30 @@ def step_flops(models: BenchModels, cfg: BenchConfig, step: GuidedStep, step_cfg
         if step.decoder is not None:  # the clip guard: the decoder's forward and input-gradient (~ a forward)
             out["clip_guard_decoder_per_image"] = 2 * out["decode_per_image"]
             out["per_step"] += b * out["clip_guard_decoder_per_image"]
+    out["per_image"] = chain_cost(step, out)
     return out
+
+
+def chain_cost(step: GuidedStep, flops: dict[str, Any]) -> dict[str, Any]:
+    """What one image costs over the whole chain: denoiser passes, and FLOPs split into denoiser,
+    critic and decoder (the clip guard's and the final decode), beside the unguided sampler's at the
+    same steps. The critic and clip guard run only at the guided steps (inside the window)."""
+    steps = len(step.schedule)
+    guided = int(step.guide_on.sum()) if step.critic is not None else 0
+    passes = steps * (flops["denoiser_cfg_per_image"] // flops["denoiser_forward_per_image"])
+    denoiser = steps * flops["denoiser_cfg_per_image"]
+    critic = guided * flops["critic_grad_per_image"]
+    decode = flops.get("decode_per_image", 0)
+    decoder = guided * flops.get("clip_guard_decoder_per_image", 0) + decode
+    total = denoiser + critic + decoder
+    return {
+        "steps": steps,
+        "guided_steps": guided,
+        "denoiser_passes": int(passes),
+        "flops": {"denoiser": denoiser, "critic": critic, "decoder": decoder, "total": total},
+        "unguided_flops": denoiser + decode,
+        "over_unguided": total / (denoiser + decode),
+    }
 
 
 def run_e2e(ctx: BenchContext, runner: Runner) -> dict[str, float]:
@@ -301,6 +324,12 @@ def _run_bench(
             f"{'on' if torch.backends.cudnn.allow_tf32 else 'off'}",
         }
         result["flops"] = step_flops(models, cfg, ctx.pipeline("fp32").step, ctx.step_cfg)
+        cost = result["flops"]["per_image"]
+        log(
+            f"bench: per image {cost['denoiser_passes']} denoiser passes, {cost['flops']['total'] / 1e9:.1f} GFLOP "
+            + "(" + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in cost["flops"].items() if k != "total") + "), "
+            + f"{cost['over_unguided']:.3f}x the unguided sampler's at {cost['steps']} steps"
+        )
         if cfg.peak_tflops is not None:
             peak, how = cfg.peak_tflops * 1e12, "given (--peak-tflops)"
         else:
