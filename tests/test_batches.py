@@ -92,7 +92,8 @@ def test_a_class_guidance_is_unchanged_by_other_classes_in_its_batch():
 
 def test_ipc_1_over_ten_classes_runs_one_batch_per_step(monkeypatch):
     dit, critic = small_dit(), random_critic()
-    engine = EagerEngine(GuidedStep(dit, StepConfig(steps="3", clip_guard=0.0, window_hi=999), critic), torch.nn.Identity())
+    step = GuidedStep(dit, StepConfig(steps="3", clip_guard=0.0, window_hi=999), critic)
+    engine = EagerEngine(step, torch.nn.Identity())
     rows: list[int] = []
     real_step = engine.step
     monkeypatch.setattr(engine, "step", lambda x, *a: rows.append(len(x)) or real_step(x, *a))
