@@ -222,18 +222,16 @@ def test_a_set_recorded_with_a_retired_option_on_is_refused_naming_it(models, re
     assert "\n" not in str(e.value) and snapshot(out) == before
 
 
-def test_a_set_begun_before_a_default_changed_is_refused_naming_the_field(models, reference, tmp_path):
-    """An interrupted set of the release before --clip-guard's default became 0.5, resumed without
-    options: refused, the message names the field and both values; --clip-guard 0 finishes it."""
-    import shutil
-
+def test_a_set_begun_before_a_default_changed_is_refused_naming_the_field(models, tmp_path):
+    """An interrupted set of a release whose --clip-guard default was 0.5, resumed without options:
+    refused, the message names the field and both values; --clip-guard 0.5 finishes it."""
     out = tmp_path / "set"
-    shutil.copytree(reference[0], out)
+    assert run_request(request(models, out, clip_guard=0.5))["complete"]
     (out / "metadata.parquet").unlink()
     (out / WNIDS[1] / "00004.png").unlink()
-    with pytest.raises(UserError, match=r"step\.clip_guard: 0\.0 there, 0\.5 here.*a default may have changed"):
+    with pytest.raises(UserError, match=r"step\.clip_guard: 0\.5 there, 0\.0 here.*a default may have changed"):
         run_request(request(models, out, clip_guard=None))  # None: not given, the default
-    summary = run_request(request(models, out, clip_guard=0.0))
+    summary = run_request(request(models, out, clip_guard=0.5))
     assert summary["complete"] and summary["repaired"] == [f"{WNIDS[1]}/00004.png"]
 
 

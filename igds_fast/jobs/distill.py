@@ -26,7 +26,7 @@ from .events import QUIET, Events, Progress
 from .identity import DistillConfig, all_units
 from .job_file import JobFile, prepare_out
 from .lock import WriterLocks
-from .state import UnitState, refuse_links, timestamp, unit_state
+from .state import UnitState, refuse_links, remove_stale_temps, timestamp, unit_state
 from .unit_writer import UnitWriter
 
 
@@ -43,7 +43,6 @@ def distill_group(
     in chunk order; returns how many images were sampled. ``on_step``: called after each denoising
     step of a batch (a progress bar's tick)."""
     made = 0
-    t0 = time.perf_counter()
 
     def done(unit: WorkUnit) -> np.ndarray | None:  # a finished chunk: its stored features join the memory
         st = states[unit.key]
@@ -52,12 +51,12 @@ def distill_group(
     labels = dict(zip(cfg.wnids, cfg.labels, strict=True))
     batches = group_batches([(w, labels[w]) for w in wnids], cfg.ipc, cfg.batch_size)
     for res in run_group(engine, cfg.seed, batches, done=done, on_step=on_step):
+        t0 = time.perf_counter()
         images = to_uint8(engine.decode(res.x0)).cpu().numpy()
-        writer.submit(res, images, time.perf_counter() - t0, states[res.unit.key])
+        writer.submit(res, images, res.seconds + time.perf_counter() - t0, states[res.unit.key])
         made += res.unit.count
         if on_images is not None:
             on_images(res.unit.count)
-        t0 = time.perf_counter()
     return made
 
 
@@ -116,6 +115,7 @@ def _run_units(
     started = timestamp()
     mine = shard_classes(cfg.wnids, *shard, cfg.ipc, cfg.batch_size)
     states = shard_states(out, cfg, job, shard)
+    remove_stale_temps(out, mine)  # a killed run's half-written images: this shard's lock is held
     for st in states.values():
         if not st.done and st.problem != "not run yet":
             events.emit(

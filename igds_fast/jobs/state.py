@@ -108,6 +108,23 @@ def refuse_links(out: Path, wnids: list[str]) -> None:
                 raise LinkRefused(out / entry.name)
 
 
+def remove_stale_temps(out: Path, wnids: list[str]) -> list[str]:
+    """Remove the half-written files (``OUR_TEMP``) a killed run left in the class folders of ``wnids``;
+    the caller holds the writer lock of the shard those classes belong to, so no live writer owns one.
+    Returns what was removed, relative to ``out``."""
+    gone = []
+    for wnid in wnids:
+        folder = out / wnid
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if OUR_TEMP.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    gone.append(f"{wnid}/{p.name}")
+    return gone
+
+
 def class_folder(out: Path, wnid: str) -> Path:
     """``out/<wnid>``, created; a link there is refused (images are never written through one)."""
     folder = out / wnid

@@ -4,6 +4,7 @@ with the memory of their classes' earlier chunks (``run_batch``), or a group's b
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ class ChunkResult:
     feats: np.ndarray  # (N steps, n, D) critic features: the memory of the class's later chunks
     log_q: np.ndarray  # (n,)
     h2: np.ndarray  # (n,)
+    seconds: float = 0.0  # this unit's share (by its images) of its batch's sampling time
 
 
 def run_chain(
@@ -147,6 +149,7 @@ def run_batch(
             raise UserError("give the initial noise of every class of a batch, or of none")
         x0 = torch.cat([*x_init, torch.zeros(batch - real, *engine.shape)])
     plain, plain_steps = plain_path(engine)
+    t0 = time.perf_counter()
     res = run_chain(
         engine.step,
         engine.num_steps,
@@ -169,10 +172,11 @@ def run_batch(
         )
     feats = np.stack([f[:real].float().cpu().numpy() for f in res.feats])
     log_q, h2 = res.log_q[:real].float().cpu().numpy(), res.h2[:real].float().cpu().numpy()
+    seconds = time.perf_counter() - t0  # after the reads back to the host: the device has finished
     out, r = [], 0
     for u in units:
         rs = slice(r, r + u.count)
-        out.append(ChunkResult(u, res.x0[rs], feats[:, rs], log_q[rs], h2[rs]))
+        out.append(ChunkResult(u, res.x0[rs], feats[:, rs], log_q[rs], h2[rs], seconds * u.count / real))
         r += u.count
     return out
 
