@@ -6,8 +6,9 @@ Counted, not timed: no GPU has run this model. The DiT forward by ``dit_forward_
 --model dit-xl2` by its ``flops_per_image``, the clip guard's per-image activation bytes by
 ``decoder_grad_bytes`` in fp32 and bf16. Per step, as the bench counts it: CFG denoiser pass
 (2 forwards) + critic forward and input-gradient (3 forwards) + under the clip guard the decoder's
-forward and input-gradient (2 decodes). The chain: --steps respaced steps (default 50), of which the
-guided ones are those at t <= --window-hi (default 300); the others run the denoiser alone.
+forward and input-gradient (2 decodes). The chain: --steps respaced steps, of which the guided ones are
+those at t <= --window-hi; the others run the denoiser alone (defaults: the shipped step's). The default
+step's chain is compared with the unguided sampler's at the same steps (CFG passes and one decode).
 
     python benchmarks/flop_counts.py --out benchmarks/results/flops/dit-xl2-256.json
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 
 from igds_fast.bench.models import CRITIC_CLASSES, random_sd_vae
+from igds_fast.config import StepConfig
 from igds_fast.diffusion.schedule import respaced_timesteps
 from igds_fast.machine import library_versions
 from igds_fast.models.critics import CriticConfig, NoiseCritic
@@ -35,8 +37,12 @@ from igds_fast.models.vae import LatentVAE
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--steps", default="50", help="respaced steps [50, the default step's]")
-    ap.add_argument("--window-hi", type=int, default=300, help="guided at t <= this [300, the default step's]")
+    default = StepConfig()
+    ap.add_argument("--steps", default=default.steps, help=f"respaced steps [{default.steps}, the default step's]")
+    ap.add_argument("--window-hi", type=int, default=default.window_hi, help="guided at t <= this [the default's]")
+    ap.add_argument(
+        "--clip-guard", type=float, default=default.clip_guard, help="the default step's clip guard (0 = off)"
+    )
     args = ap.parse_args()
     latent = 32  # 256 px / 8
     dit = dit_forward_flops(DiTConfig.from_arch("DiT-XL/2", input_size=latent, in_channels=4, num_classes=1000))
@@ -69,8 +75,13 @@ def main() -> None:
         "clip_guard_decoder_gflops": 2 * decode / 1e9,
         "guided_step_over_plain_step": step_clip / plain,
         "guided_step_without_clip_guard_over_plain_step": step_no_clip / plain,
-        "default_chain_over_chain_without_clip_guard": (
+        "chain_with_clip_guard_over_chain_without": (
             (steps - guided) * plain + guided * step_clip) / ((steps - guided) * plain + guided * step_no_clip),
+        "default_step": {"steps": args.steps, "window_hi": args.window_hi, "clip_guard": args.clip_guard},
+        # per image: the default step's chain + one decode over the unguided sampler's at the same steps
+        "default_chain_over_unguided": (
+            (steps - guided) * plain + guided * (step_clip if args.clip_guard > 0 else step_no_clip) + decode
+        ) / (steps * plain + decode),
         "clip_guard_activation_gib_per_image": {"fp32": grad_fp32 / 2**30, "bf16": grad_bf16 / 2**30},
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

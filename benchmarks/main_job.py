@@ -36,7 +36,15 @@ from igds_fast.machine import BF16_FLAGS, cpu_flags, cpu_model, library_versions
 
 REPO = Path(__file__).resolve().parents[1]
 CODE = Path(igds_fast.__file__).resolve().parents[1]  # the tree whose igds_fast runs (PYTHONPATH may pick another)
-IMAGES = 100  # Imagenette (10 classes) x IPC 10
+# name -> (distill options after `--out <folder>`, images made). igds/off: the main job and its unguided
+# twin; ipc1 / one-class: the same 10 images as IPC 1 over the 10 classes (one batch across classes) and
+# as IPC 10 of one class (one batch of one class), whose sampling img/s the JSON compares.
+CASES: dict[str, tuple[list[str], int]] = {
+    "igds": (["--ipc", "10"], 100),
+    "off": (["--ipc", "10", "--guidance", "off"], 100),
+    "ipc1": (["--ipc", "1"], 10),
+    "one-class": (["--ipc", "10", "--classes", "n01440764"], 10),
+}
 
 
 def git_state() -> dict:
@@ -50,9 +58,10 @@ def git_state() -> dict:
     }
 
 
-def run_once(extra: list[str], workdir: Path, name: str) -> dict:
+def run_once(case: str, workdir: Path, name: str) -> dict:
     out = workdir / name
-    cmd = ["igds-fast", "distill", "--ipc", "10", "--out", str(out), *extra]
+    extra, images = CASES[case]
+    cmd = ["igds-fast", "distill", "--out", str(out), *extra]
     load = os.getloadavg()
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -62,10 +71,11 @@ def run_once(extra: list[str], workdir: Path, name: str) -> dict:
     run = json.loads((out / "run.json").read_text())
     last = (run.get("runs") or [{}])[-1]  # this run's entry: backend, precision, sampling seconds, img/s
     record = {
-        "command": shlex.join(["igds-fast", "distill", "--ipc", "10", "--out", "<fresh folder>", *extra]),
+        "command": shlex.join(["igds-fast", "distill", "--out", "<fresh folder>", *extra]),
         "loadavg_before": [round(v, 2) for v in load],
         "seconds": round(seconds, 2),
-        "img_per_s": round(IMAGES / seconds, 3),
+        "images": images,
+        "img_per_s": round(images / seconds, 3),
         "run_json_backend": last.get("backend"),
         "run_json_precision": last.get("precision"),
         "run_json_seconds": last.get("seconds"),
@@ -78,12 +88,14 @@ def run_once(extra: list[str], workdir: Path, name: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks/results/main_job/cpu.json")
-    ap.add_argument("--repeats", type=int, default=3, help="rounds of (IGDS, guidance off) [3]")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of the cases [3]")
+    ap.add_argument("--cases", default=",".join(CASES), help=f"comma list of {', '.join(CASES)}")
     ap.add_argument("--not-quiet", action="store_true", help="record quiet: false (other work shares the machine)")
     args = ap.parse_args()
     flags = cpu_flags()
     result: dict = {
-        "what": "wall-clock seconds of `igds-fast distill --ipc 10` (100 images, 50 steps) from a fresh output folder",
+        "what": "wall-clock seconds of `igds-fast distill` (the main job: --ipc 10, 100 images) from a fresh output "
+        "folder, the default step",
         "command": shlex.join(["python", "benchmarks/main_job.py", *sys.argv[1:]]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "quiet": not args.not_quiet,
@@ -99,18 +111,37 @@ def main() -> None:
         "git": git_state(),
         "runs": [],
     }
+    cases = args.cases.split(",")
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        sys.exit(f"error: unknown case {unknown[0]}; use {', '.join(CASES)}")
+    result["step"] = "the default (`igds-fast distill --help`; run.json of each run records it)"
     with tempfile.TemporaryDirectory(prefix="main-job-") as tmp:
         for r in range(args.repeats):
-            for guidance, extra in (("igds", []), ("off", ["--guidance", "off"])):
-                rec = run_once(extra, Path(tmp), f"{guidance}-{r}")
-                result["runs"].append({"round": r, "guidance": guidance, **rec})
-    med = {g: statistics.median(x["seconds"] for x in result["runs"] if x["guidance"] == g) for g in ("igds", "off")}
-    result["median_seconds"] = {g: round(s, 2) for g, s in med.items()}
-    result["median_img_per_s"] = {g: round(IMAGES / s, 3) for g, s in med.items()}
-    result["guided_over_unguided"] = round(med["igds"] / med["off"], 3)
+            for case in cases:
+                rec = run_once(case, Path(tmp), f"{case}-{r}")
+                result["runs"].append({"round": r, "case": case, **rec})
+    runs = result["runs"]
+    med = {c: statistics.median(x["seconds"] for x in runs if x["case"] == c) for c in cases}
+    sampling = {c: statistics.median(x["run_json_img_per_s"] for x in runs if x["case"] == c) for c in cases}
+    result["median_seconds"] = {c: round(s, 2) for c, s in med.items()}
+    result["median_img_per_s"] = {c: round(CASES[c][1] / s, 3) for c, s in med.items()}
+    result["median_sampling_img_per_s"] = sampling
+    if {"igds", "off"} <= set(cases):
+        result["guided_over_unguided"] = round(med["igds"] / med["off"], 3)
+    if {"ipc1", "one-class"} <= set(cases):
+        # time per image of IPC 1 over ten classes relative to IPC 10 of one class (sampling, then wall clock)
+        result["ipc1_over_one_class_per_image"] = {
+            "sampling": round(sampling["one-class"] / sampling["ipc1"], 3),
+            "wall": round(med["ipc1"] / med["one-class"], 3),
+        }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}: IGDS {med['igds']:.1f} s, off {med['off']:.1f} s, ratio {result['guided_over_unguided']}")
+    print(
+        json.dumps(
+            {k: result.get(k) for k in ("median_seconds", "guided_over_unguided", "ipc1_over_one_class_per_image")}
+        )
+    )
 
 
 if __name__ == "__main__":
