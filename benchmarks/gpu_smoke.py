@@ -762,7 +762,7 @@ def row_estimate_s(s: Smoke, kind: str, b: int) -> float:
         return reps * plain + 1
     if kind == "guided":
         return reps * guided + 2
-    n_plain, n_guided = (xl["n_plain"], xl["n_guided"]) if xl else (35, 15)
+    n_plain, n_guided = (xl["n_plain"], xl["n_guided"]) if xl else (17, 8)  # the default step: 8 of 25 steps guided
     return 1.3 * (n_plain * plain + n_guided * guided) + 2
 
 
@@ -770,7 +770,7 @@ def check_xl_row(s: Smoke, kind: str, b: int, _budget: float) -> dict[str, Any]:
     xl, dev = s.state["xl"], s.device
     step, f = xl["step"], xl["flops"]
     n: dict[str, Any] = {"batch": b, "step_label": xl["label"]}
-    predicted = xl["grad_bytes"] * b
+    predicted = xl["grad_bytes"] * b if step.cfg.clip_guard > 0 else 0  # the decoder's gradient, when guarded
     if kind != "plain":
         n["predicted_clip_guard_bytes"] = predicted
     if kind != "plain" and dev.type == "cuda":

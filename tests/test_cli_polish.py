@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -137,10 +136,9 @@ def test_events_are_printed_above_the_progress_bar(monkeypatch: pytest.MonkeyPat
     bar = Progress(total=4, steps=2, enabled=True)
     bar.bar.mininterval = 0  # draw at every update
     events = Events(out=Path("set"))
-    unit = SimpleNamespace(count=2)
     for i in range(2):
         for step in range(2):
-            bar.on_step(unit, step, None)
+            bar.on_step(2, step, None)  # a batch of 2 images
         events.emit("unit_done", chunk=i)
         bar.images_done(2)
     bar.close()
@@ -154,10 +152,9 @@ def test_progress_moves_at_every_step() -> None:
     from igds_fast.jobs.events import Progress
 
     bar = Progress(total=6, steps=4, file=io.StringIO())
-    unit = SimpleNamespace(count=3)
     seen = []
     for step in range(4):
-        bar.on_step(unit, step, None)
+        bar.on_step(3, step, None)
         seen.append(bar.bar.n)
     assert seen == pytest.approx([0.75, 1.5, 2.25, 3.0])  # a chunk of 3 images over 4 steps
     bar.images_done(3)

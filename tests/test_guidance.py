@@ -435,7 +435,7 @@ def test_clip_guard_through_a_vae_shrinks_what_the_decoder_clips():
         left.append(excess(step, kept))
     assert left[0] > 0 and left[2] < left[1] < left[0], left
     with pytest.raises(UserError, match="--clip-guard"):
-        GuidedStep(small_dit(8), StepConfig(), random_critic(8))
+        GuidedStep(small_dit(8), StepConfig(clip_guard=0.5), random_critic(8))
 
 
 def test_critic_augmentation_translates_each_sample_with_reflection():

@@ -159,6 +159,8 @@ def distill_job(
         raise UserError(f"--classes-file '{classes_file}' is a folder; give a text file with one WNID a line")
     check_count(ipc, "--ipc")
     cfg = job_step(step, engines)
+    if batch_size is None and engines is not None and Path(engines).is_dir():
+        batch_size = manifest_view(read_engine_manifest(Path(engines)))["batch_size"]  # the engine's static batch
     return DistillJob(
         out=Path(out),
         classes=resolve_classes(subset, classes, classes_file),
@@ -345,6 +347,8 @@ def build_engine(job: DistillJob, choice: Choice | None = None, log: Any = None)
         # and precision/backend are the engine's own choice.
         have = manifest_view(read_engine_manifest(choice.engines))
         explain_beta_mismatch(job, have["step"] or {})
+        if choice.cache_key is None and batch <= int(have["batch_size"]):
+            batch = int(have["batch_size"])  # a given engine's static batch may exceed the job's rows: padded
         expect = expect_for(
             m.denoiser, m.vae, m.critics, cfg, batch, have["memory_size"], have["precision"], have["backend"]
         )
