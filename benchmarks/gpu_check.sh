@@ -7,22 +7,22 @@
 # it checks the environment and every path in one process within a deadline.
 #
 # Every row runs the shipped default step unless it says otherwise (each JSON's "step_label":
-# "50 steps (ddpm), guided at t <= 300 (15 of 50 steps), clip guard 0.5, CFG 4 on 3 channels").
+# "25 steps (ddpm), guided at t <= 300 (8 of 25 steps), clip guard 0, CFG 4 on 3 channels").
 #
 #   Stage 0 (<= 60 s)  tiny model on CUDA in bf16: a 5-step distill through the CLI, then every
 #                      backend (eager, onnxruntime@fp16, tensorrt@fp16, compiled): one that cannot run
 #                      here (no package, ONNX Runtime without its CUDA provider, no CUDA toolkit for
 #                      AOTInductor) is skipped with its reason before any export; parity against the
 #                      eager fp32 step. Fails fast, with the reason, when CUDA, the CLI, the eager step
-#                      or the distill does not work. The distill again with --clip-guard 0 (reported,
+#                      or the distill does not work. The distill again with --clip-guard 0.5 (reported,
 #                      not fatal).
 #   Stage 1            DiT-XL/2 256 px (random weights built on the GPU, official layout) + latent
-#                      critic + our AutoencoderKL decoder, 50 steps, CFG 4 on 3 channels, bf16:
-#                      b64   the default step (clip guard 0.5): eager-ref, eager, then torch-compile-cg
+#                      critic + our AutoencoderKL decoder, 25 steps, CFG 4 on 3 channels, bf16:
+#                      b64   the step with --clip-guard 0.5: eager-ref, eager, then torch-compile-cg
 #                            and torch-compile, which get what is left of the stage's limit (Inductor
 #                            compiles the whole guided step, the decoder's backward included: expect
 #                            "timed out"; gpu_smoke.py times the plain step's compile on its own budget)
-#                      b256  eager with --clip-guard 0 (the default's decoder activations, ~0.7 GiB
+#                      b256  eager, the default step (the guard's decoder activations, ~0.7 GiB
 #                            per image, do not fit at b256; the row says clip guard 0)
 #                      end to end img/s including decode and PNG encoding.
 #   Stage 2            the AOTInductor `compiled` engine at b64, the default step: package build
@@ -83,7 +83,7 @@ if [ "$DRY" = 1 ]; then
 else
   DEV=cuda
   S0_STEPS=5 S0_BATCH=4 DISTILL_CLASSES=n01440764,n02102040 DISTILL_IPC=2
-  S1_MODEL=(--model dit-xl2 --resolution 256) S1_STEPS=50 S1A_BATCH=64 S1B_BATCH=256 REF_IMAGES=4
+  S1_MODEL=(--model dit-xl2 --resolution 256) S1_STEPS=25 S1A_BATCH=64 S1B_BATCH=256 REF_IMAGES=4
   TIMING=(--warmup 1 --repeats 3)
 fi
 DTYPE=bf16
@@ -167,11 +167,11 @@ run stage0-distill "$(left "$S0_LIMIT" "$s0")" "${CLI[@]}" distill --out "$OUT/s
   --classes "$DISTILL_CLASSES" --ipc "$DISTILL_IPC" --steps "$S0_STEPS" --backend eager --device "$DEV" \
   --dtype "$DTYPE" --log-json "$OUT/stage0/distill.jsonl" --overwrite
 [ "$RC" = 0 ] || fail "Stage 0: the ${S0_STEPS}-step distill failed (exit $RC): $(tail -n 1 "$OUT/stage0-distill.log")"
-# the default differentiates the VAE decoder inside the step (--clip-guard 0.5): the same distill without it
+# the optional clip guard differentiates the VAE decoder inside the step: the same distill with it
 run stage0-distill-noclip "$(left "$S0_LIMIT" "$s0")" "${CLI[@]}" distill --out "$OUT/stage0/distill-noclip" \
   --classes "$DISTILL_CLASSES" --ipc "$DISTILL_IPC" --steps "$S0_STEPS" --backend eager --device "$DEV" \
-  --dtype "$DTYPE" --clip-guard 0 --log-json "$OUT/stage0/distill-noclip.jsonl" --overwrite
-[ "$RC" = 0 ] || echo "   Stage 0: the distill with --clip-guard 0 failed (exit $RC): $(tail -n 1 "$OUT/stage0-distill-noclip.log")"
+  --dtype "$DTYPE" --clip-guard 0.5 --log-json "$OUT/stage0/distill-noclip.jsonl" --overwrite
+[ "$RC" = 0 ] || echo "   Stage 0: the distill with --clip-guard 0.5 failed (exit $RC): $(tail -n 1 "$OUT/stage0-distill-noclip.log")"
 run stage0-bench "$(left "$S0_LIMIT" "$s0")" "${CLI[@]}" bench --model tiny --batch-size "$S0_BATCH" \
   --steps "$S0_STEPS" --device "$DEV" --dtype "$DTYPE" --backends "$S0_BACKENDS" --parity-inputs 2 \
   "${TIMING[@]}" --json "$OUT/stage0.json"
@@ -181,14 +181,14 @@ fi
 
 # ---- Stage 1 ---------------------------------------------------------------------------------------
 echo "== Stage 1: ${S1_MODEL[*]}, $DEV, $DTYPE, $S1_STEPS steps, decode + PNG"
-echo "   b$S1A_BATCH: the default step (guided inside its window, clip guard 0.5); b$S1B_BATCH: --clip-guard 0"
-# The default clip guard differentiates the VAE decoder at 256 px in every guided step (~2.6x the CFG pass
+echo "   b$S1A_BATCH: the step with --clip-guard 0.5 (guided inside its window); b$S1B_BATCH: the default step"
+# The optional clip guard differentiates the VAE decoder at 256 px in every guided step (~2.6x the CFG pass
 # in FLOPs, 0.71 GiB of bf16 activations per image kept for the gradient, counted in
 # benchmarks/results/flops/dit-xl2-256.json): b64 runs it; at b256 it cannot fit, so that row runs
-# --clip-guard 0 and its JSON's step_label says so.
+# the default step (no clip guard) and its JSON's step_label says so.
 COMMON=("${S1_MODEL[@]}" --random-weights --steps "$S1_STEPS" --device "$DEV" --dtype "$DTYPE" --parity-inputs 1)
 [ -n "$S1A_BACKENDS" ] && run stage1-b$S1A_BATCH "$S1A_LIMIT" "${CLI[@]}" bench "${COMMON[@]}" \
-  --batch-size "$S1A_BATCH" --backends "$S1A_BACKENDS" --ref-images "$REF_IMAGES" "${TIMING[@]}" \
+  --clip-guard 0.5 --batch-size "$S1A_BATCH" --backends "$S1A_BACKENDS" --ref-images "$REF_IMAGES" "${TIMING[@]}" \
   --json "$OUT/stage1-b$S1A_BATCH.json"
 [ -n "$S1B_BACKENDS" ] && run stage1-b$S1B_BATCH "$S1B_LIMIT" "${CLI[@]}" bench "${COMMON[@]}" --clip-guard 0 \
   --batch-size "$S1B_BATCH" --backends "$S1B_BACKENDS" "${TIMING[@]}" --json "$OUT/stage1-b$S1B_BATCH.json"

@@ -40,9 +40,9 @@ from igds_fast.models.loading import save_denoiser
 from igds_fast.sampling.pipeline import build_pipeline
 
 CLASSES = [1, 3, 5, 7]
-# 1 eps RMS (2.5x the default) at every t: a missing gradient would show
-GUIDED = StepConfig(beta=0.5, guidance_scale=1.0, window_hi=999, clip_guard=0.0)
-OFF = StepConfig(guidance="off")
+# 1 eps RMS (2.5x the default) at every t of a 50-step schedule: a missing gradient would show
+GUIDED = StepConfig(steps="50", beta=0.5, guidance_scale=1.0, window_hi=999, clip_guard=0.0)
+OFF = StepConfig(steps="50", guidance="off")
 
 
 def tiny_dit(seed: int = 0) -> DiT:
@@ -180,7 +180,7 @@ def test_trajectory_50_steps(models, tmp_path: Path) -> None:
     from igds_fast.sampling import run_chain
     from igds_fast.seeds import SampleNoise
 
-    cfg = StepConfig()
+    cfg = StepConfig(steps="50")
     step = eager_step(models, cfg)
     engine = load_engine(export_engine(spec(models, tmp_path / "traj", cfg, 8)))
     y = torch.tensor([1, 3, 5, 7, 1, 3, 5, 7])
