@@ -117,8 +117,10 @@ def engines(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -
         "1",
         "--window-hi",  # GUIDED's window (the command line's default guides only t <= 300)
         "999",
-        "--clip-guard",  # GUIDED's (the command line's default is 0.5)
+        "--clip-guard",  # GUIDED's
         "0",
+        "--steps",  # GUIDED's 50-step schedule
+        "50",
         "--out",
         str(cli),
     ]
