@@ -7,7 +7,7 @@
 # it checks the environment and every path in one process within a deadline.
 #
 # Every row runs the shipped default step unless it says otherwise (each JSON's "step_label":
-# "25 steps (ddpm), guided at t <= 300 (8 of 25 steps), clip guard 0, CFG 4 on 3 channels").
+# "20 steps (ddpm), guided at t <= 300 (6 of 20 steps), clip guard 0, CFG 4 on 3 channels").
 #
 #   Stage 0 (<= 60 s)  tiny model on CUDA in bf16: a 5-step distill through the CLI, then every
 #                      backend (eager, onnxruntime@fp16, tensorrt@fp16, compiled): one that cannot run
@@ -17,7 +17,7 @@
 #                      or the distill does not work. The distill again with --clip-guard 0.5 (reported,
 #                      not fatal).
 #   Stage 1            DiT-XL/2 256 px (random weights built on the GPU, official layout) + latent
-#                      critic + our AutoencoderKL decoder, 25 steps, CFG 4 on 3 channels, bf16:
+#                      critic + our AutoencoderKL decoder, 20 steps, CFG 4 on 3 channels, bf16:
 #                      b64   the step with --clip-guard 0.5: eager-ref, eager, then torch-compile-cg
 #                            and torch-compile, which get what is left of the stage's limit (Inductor
 #                            compiles the whole guided step, the decoder's backward included: expect
@@ -83,7 +83,7 @@ if [ "$DRY" = 1 ]; then
 else
   DEV=cuda
   S0_STEPS=5 S0_BATCH=4 DISTILL_CLASSES=n01440764,n02102040 DISTILL_IPC=2
-  S1_MODEL=(--model dit-xl2 --resolution 256) S1_STEPS=25 S1A_BATCH=64 S1B_BATCH=256 REF_IMAGES=4
+  S1_MODEL=(--model dit-xl2 --resolution 256) S1_STEPS=20 S1A_BATCH=64 S1B_BATCH=256 REF_IMAGES=4
   TIMING=(--warmup 1 --repeats 3)
 fi
 DTYPE=bf16

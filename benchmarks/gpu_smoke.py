@@ -762,7 +762,7 @@ def row_estimate_s(s: Smoke, kind: str, b: int) -> float:
         return reps * plain + 1
     if kind == "guided":
         return reps * guided + 2
-    n_plain, n_guided = (xl["n_plain"], xl["n_guided"]) if xl else (17, 8)  # the default step: 8 of 25 steps guided
+    n_plain, n_guided = (xl["n_plain"], xl["n_guided"]) if xl else (14, 6)  # the default step: 6 of 20 steps guided
     return 1.3 * (n_plain * plain + n_guided * guided) + 2
 
 

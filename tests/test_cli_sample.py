@@ -401,6 +401,6 @@ def test_step_flags_reach_the_step_and_the_help_names_the_shipped_defaults(tmp_p
     assert res.exit_code == 0
     for gone in ("--moment-guard", "--spread-guard", "--envelope-guard", "--diversity"):
         assert gone not in res.output
-    assert all(f"(default {v})" in res.output for v in ("0.4", "0.3", "300", "ba", "25"))
+    assert all(f"(default {v})" in res.output for v in ("0.4", "0.3", "300", "ba", "20"))
     res = CliRunner().invoke(app, ["distill", "--moment-guard", "--out", str(tmp_path / "x")])
     assert res.exit_code != 0 and not (tmp_path / "x").exists()

@@ -207,7 +207,7 @@ def test_step_label_says_what_the_default_step_runs() -> None:
     vae = LatentVAE(AutoencoderKL(AutoencoderKLConfig(block_out_channels=(32,), latent_channels=4)))
     step = GuidedStep(den, StepConfig(), critic, decoder=vae)
     assert runners.step_label(step) == (
-        "25 steps (ddpm), guided at t <= 300 (8 of 25 steps), clip guard 0, CFG 4 on 3 channels"
+        "20 steps (ddpm), guided at t <= 300 (6 of 20 steps), clip guard 0, CFG 4 on 3 channels"
     )
     step = GuidedStep(den, StepConfig(steps="50", clip_guard=0.5), critic, decoder=vae)
     assert runners.step_label(step) == (
