@@ -30,7 +30,7 @@
 #   README [README.md]: whose results block gets the tables too (empty: none)
 #   REPORT_ONLY [empty]: set to run nothing but the report, over the results files that exist
 #   NOTE [empty]: a markdown paragraph printed under the tables (e.g. where carried-over results came from)
-#   STEPS [50]   GUIDANCE_SCALE, BETA [CLI defaults: igds_fast/config.py]   BATCH [min(IPC, 25)]
+#   STEPS [20]   GUIDANCE_SCALE, BETA [CLI defaults: igds_fast/config.py]   BATCH [min(IPC, 25)]
 #   BACKEND [onnxruntime | eager]   DENOISER, CRITICS [embedded]   DEVICE [cpu]
 #   NET [convnet3]   RESOLUTION [32]   IGDS_ORT_THREADS (ONNX Runtime threads, 0 = all cores)
 set -euo pipefail
@@ -59,7 +59,7 @@ README=${README-README.md}
 REPORT_ONLY=${REPORT_ONLY:-}
 NOTE=${NOTE:-}
 EPOCHS=${EPOCHS:-}
-STEPS=${STEPS:-50}
+STEPS=${STEPS:-20}
 GUIDANCE_SCALE=${GUIDANCE_SCALE:-}
 BETA=${BETA:-}
 BATCH=${BATCH:-}
