@@ -211,9 +211,10 @@ def table(rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("runs/sweep"))
+def sweep_arguments(description: str, out: str) -> argparse.ArgumentParser:
+    """The options every judge sweep takes (``prepare`` reads them)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", type=Path, default=Path(out))
     ap.add_argument("--table", type=Path, default=None, help="Write the markdown table here too.")
     ap.add_argument("--data", type=Path, default=Path("../shared/data/imagenette-64"))
     ap.add_argument("--denoiser", type=Path, default=None)
@@ -224,11 +225,20 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=32, help="The judge's resolution (samples are resized to it).")
     ap.add_argument("--only", default=None, help="Comma list of config names to run.")
     ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
+    return ap
+
+
+def prepare(args: argparse.Namespace) -> tuple[list[str], object]:
+    """(the Imagenette WNIDs, the cached judge) for a sweep's parsed options."""
     torch.set_num_threads(args.threads)
     args.real_train, args.real_val = args.data / "train", args.data / "val"
     wnids = [c.wnid for c in subset("imagenette")]
-    judge = load_or_train_judge(args.real_train, args.resolution, progress=False)
+    return wnids, load_or_train_judge(args.real_train, args.resolution, progress=False)
+
+
+def main() -> None:
+    args = sweep_arguments(__doc__.splitlines()[0], "runs/sweep").parse_args()
+    wnids, judge = prepare(args)
     names = args.only.split(",") if args.only else ORDER
     rows = []
     off_folder, off = args.out / "off", None

@@ -10,15 +10,9 @@ Resumable (a finished row's JSON is kept); the reading: docs/experiments/sweep_s
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
-import torch
-from sweep_guidance import KEYS, image_stats, paired_saturation, run_config, table
-
-from igds_fast.evaluation.judge import load_or_train_judge
-from igds_fast.subsets import subset
+from sweep_guidance import KEYS, image_stats, paired_saturation, prepare, run_config, sweep_arguments, table
 
 # name -> options on top of the shipped step (each row spells out what it tests, so a name keeps its meaning
 # as defaults move; the whole step is recorded with the row)
@@ -38,24 +32,10 @@ ORDER = ["ddpm25 clip0", "off ddpm25", "ddim25 clip0", "ddpm25", "ddpm25 clip0 s
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("runs/sweep_solver"))
-    ap.add_argument("--table", type=Path, default=None)
-    ap.add_argument("--data", type=Path, default=Path("../shared/data/imagenette-64"))
-    ap.add_argument("--denoiser", type=Path, default=None)
-    ap.add_argument("--critics", type=Path, default=None)
-    ap.add_argument("--vae", default=None)
-    ap.add_argument("--ipc", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--resolution", type=int, default=32)
-    ap.add_argument("--only", default=None, help="Comma list of config names to run.")
+    ap = sweep_arguments(__doc__.splitlines()[0], "runs/sweep_solver")
     ap.add_argument("--off", default="off ddpm25", help="The row whose images the saturation is paired against.")
-    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    args.real_train, args.real_val = args.data / "train", args.data / "val"
-    wnids = [c.wnid for c in subset("imagenette")]
-    judge = load_or_train_judge(args.real_train, args.resolution, progress=False)
+    wnids, judge = prepare(args)
     rows = []
     for name in args.only.split(",") if args.only else ORDER:
         row = run_config(name, CONFIGS[name], args, judge, wnids, base={})
