@@ -27,6 +27,7 @@ CONFIGS: dict[str, dict] = {
     "ddim25 eta1 clip0": {"sampler": "ddim", "steps": "ddim25", "eta": 1.0, "clip_guard": 0.0},
     "ddpm25 clip0 s0.6 b0.45": {"steps": "25", "clip_guard": 0.0, "guidance_scale": 0.6, "beta": 0.45},
     "ddpm20 clip0": {"steps": "20", "clip_guard": 0.0},
+    "off ddpm20": {"guidance": "off", "steps": "20"},
 }
 ORDER = ["ddpm25 clip0", "off ddpm25", "ddim25 clip0", "ddpm25", "ddpm25 clip0 s0.6 b0.45", "ddpm20 clip0"]
 

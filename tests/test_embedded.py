@@ -171,16 +171,19 @@ def test_sample_by_wnid_maps_through_the_models_class_names(tmp_path):
 JUDGE_DATA = DATA_ROOT / "imagenette-64"
 
 
+PER_CLASS = 10  # images per class the judge test samples
+
+
 @pytest.mark.slow
 def test_default_guidance_beats_guidance_off_under_an_independent_judge(tmp_path):
     """Judged by a classifier trained on real images (never by the guiding critic): the default IGDS
-    (guidance at t <= 300 only, the clip guard at 0.5) raises accuracy over guidance off, keeps coverage
-    and the within-class spread at least at guidance off's, and clips fewer pixels: per image (the same
-    noise in both sets) the mean difference of the share of values at 0 or 255 is below zero by more
-    than two paired standard errors. Without the clip guard (the default of earlier releases) it is level
-    with off (within two paired standard errors; the full-window guidance of earlier releases, s 0.1
-    beta 0.05: +0.021 against 2 x 0.009, which fails). No image is near-constant.
-    5 images per class, seed 0; a 2-epoch judge (~60% on val)."""
+    (20 steps, guidance at t <= 300 only, no clip guard) makes each image more recognisable than the
+    unguided image of the same noise (the judge's log-probability of its class, higher on average by
+    more than two paired standard errors), its accuracy no lower and its coverage at least guidance
+    off's; it clips as many pixels as off does (per image, the same noise in both sets: the mean
+    difference of the share of values at 0 or 255 within two paired standard errors), and the optional
+    clip guard (0.5) clips fewer, by more than two paired standard errors. No image is near-constant. 10 images per class, seed 0; a 2-epoch judge (~60%
+    on val; the 6-epoch judge of the solver sweep reads accuracy 0.70 off, 0.93 guided)."""
     if not JUDGE_DATA.is_dir():
         pytest.skip(f"real data not found at {JUDGE_DATA} (set IGDS_DATA)")
     from igds_fast.config import step_config
@@ -196,38 +199,45 @@ def test_default_guidance_beats_guidance_off_under_an_independent_judge(tmp_path
     wnids = [c.wnid for c in subset("imagenette")]
     from igds_fast.jobs.image_manifest import NEAR_CONSTANT_STD, pixel_stats
 
-    scores, clipped, flatness = {}, {}, {}
+    scores, clipped, flatness, log_q = {}, {}, {}, {}
     variants = {
         "off": {"guidance": "off"},
         "igds": {},
-        "no_clip": {"clip_guard": 0.0},
+        "clip": {"clip_guard": 0.5},
     }
     for name, opts in variants.items():
         cfg = step_config(opts)
         m = resolve_models(None, None, None, cfg.guidance)
         pipe = build_pipeline(m.denoiser, m.vae, m.critics, cfg)
-        _, images, _, _ = sample_classes(pipe, class_labels(pipe.step.denoiser, wnids), 5, 0, 5, progress=False)
+        labels = class_labels(pipe.step.denoiser, wnids)
+        _, images, _, _ = sample_classes(pipe, labels, PER_CLASS, 0, 50, progress=False)
         arr = to_uint8(images).numpy()
         stats = [pixel_stats(a) for a in arr]  # what distill's manifest records per image
         clipped[name] = np.array([st["saturation"] for st in stats])
         flatness[name] = np.array([st["pixel_std"] for st in stats])
+        own = torch.tensor([judge.classes.index(w) for w in wnids for _ in range(PER_CLASS)])
+        with torch.no_grad():
+            logits = judge.logits(torch.from_numpy(arr).permute(0, 3, 1, 2))
+        log_q[name] = torch.log_softmax(logits.float(), -1)[torch.arange(len(own)), own].numpy()
         for k, w in enumerate(wnids):
             (tmp_path / name / w).mkdir(parents=True)
-            for j in range(5):
-                (tmp_path / name / w / f"{j:05d}.png").write_bytes(encode_image(arr[5 * k + j], "png"))
+            for j in range(PER_CLASS):
+                (tmp_path / name / w / f"{j:05d}.png").write_bytes(encode_image(arr[PER_CLASS * k + j], "png"))
         scores[name] = judge_samples(
             tmp_path / name, JUDGE_DATA / "train", JUDGE_DATA / "val", judge=judge, cache_dir=tmp_path / "judge",
             progress=False,
         )  # fmt: skip
     off, igds = scores["off"], scores["igds"]
-    assert igds["accuracy"] >= off["accuracy"] + 0.1, (off["accuracy"], igds["accuracy"])
-    assert igds["coverage"] >= off["coverage"], (off["coverage"], igds["coverage"])
-    assert igds["within_class_distance"] >= off["within_class_distance"], (off, igds)
-    diff = clipped["no_clip"] - clipped["off"]
-    paired_se = diff.std(ddof=1) / len(diff) ** 0.5
-    assert diff.mean() <= 2 * paired_se, (off["saturation"], scores["no_clip"]["saturation"], paired_se)
+    keys = ("accuracy", "coverage", "within_class_distance", "saturation")
+    seen = {name: {k: round(v[k], 4) for k in keys} for name, v in scores.items()}
+    gain = log_q["igds"] - log_q["off"]
+    assert gain.mean() > 2 * gain.std(ddof=1) / len(gain) ** 0.5, (gain.mean(), seen)
+    assert igds["accuracy"] >= off["accuracy"] and igds["coverage"] >= off["coverage"], seen
     diff = clipped["igds"] - clipped["off"]
-    assert diff.mean() < -2 * diff.std(ddof=1) / len(diff) ** 0.5, (off["saturation"], igds["saturation"])
-    for name in ("igds", "no_clip"):
+    paired_se = diff.std(ddof=1) / len(diff) ** 0.5
+    assert abs(diff.mean()) <= 2 * paired_se, (off["saturation"], igds["saturation"], paired_se)
+    diff = clipped["clip"] - clipped["off"]
+    assert diff.mean() < -2 * diff.std(ddof=1) / len(diff) ** 0.5, (off["saturation"], scores["clip"]["saturation"])
+    for name in ("igds", "clip"):
         assert flatness[name].min() >= NEAR_CONSTANT_STD, (name, flatness[name].min())
-    assert scores["no_clip"]["accuracy"] >= off["accuracy"] + 0.1, (off["accuracy"], scores["no_clip"]["accuracy"])
+    assert scores["clip"]["accuracy"] >= off["accuracy"], seen
