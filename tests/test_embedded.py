@@ -182,8 +182,9 @@ def test_default_guidance_beats_guidance_off_under_an_independent_judge(tmp_path
     more than two paired standard errors), its accuracy no lower and its coverage at least guidance
     off's; it clips as many pixels as off does (per image, the same noise in both sets: the mean
     difference of the share of values at 0 or 255 within two paired standard errors), and the optional
-    clip guard (0.5) clips fewer, by more than two paired standard errors. No image is near-constant. 10 images per class, seed 0; a 2-epoch judge (~60%
-    on val; the 6-epoch judge of the solver sweep reads accuracy 0.70 off, 0.93 guided)."""
+    clip guard (0.5) clips fewer, by more than two paired standard errors. No image is near-constant.
+    10 images per class, seed 0; a 2-epoch judge (~60% on val; the 6-epoch judge of the solver sweep
+    reads accuracy 0.70 off, 0.93 guided)."""
     if not JUDGE_DATA.is_dir():
         pytest.skip(f"real data not found at {JUDGE_DATA} (set IGDS_DATA)")
     from igds_fast.config import step_config

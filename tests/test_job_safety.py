@@ -324,8 +324,8 @@ def test_the_issues_huge_ipc_is_refused_at_once_with_the_embedded_model(tmp_path
 
 
 def test_a_batch_the_clip_guard_cannot_hold_is_refused_before_sampling(tmp_path, monkeypatch):
-    """The clip guard differentiates the decoder for the whole batch 35 steps into the first chunk: a
-    batch whose activations do not fit is refused once the engine is built, before any sampling."""
+    """The clip guard (an option) differentiates the decoder for the whole batch at the first guided step:
+    a batch whose activations do not fit is refused once the engine is built, before any sampling."""
     seen = []
 
     def free(device):
@@ -335,7 +335,8 @@ def test_a_batch_the_clip_guard_cannot_hold_is_refused_before_sampling(tmp_path,
     monkeypatch.setattr(limits, "device_free_memory", free)
     monkeypatch.setattr(limits, "available_memory", lambda: 128 * 2**30)  # the host checks pass
     out = tmp_path / "x"
-    code, _, stderr = main("distill", "--ipc", "20", "--batch-size", "20", "--classes", "n01440764", "--out", out)
+    args = ["--ipc", "20", "--batch-size", "20", "--classes", "n01440764", "--clip-guard", "0.5", "--out", out]
+    code, _, stderr = main("distill", *args)
     assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
     for words in ("clip guard", "a batch of 20", "per image", "64 MiB", "lower --batch-size", "--clip-guard 0", "fits"):
         assert words in stderr, stderr
@@ -345,7 +346,7 @@ def test_a_batch_the_clip_guard_cannot_hold_is_refused_before_sampling(tmp_path,
 def test_sample_checks_the_clip_guards_memory_too(tmp_path, monkeypatch):
     monkeypatch.setattr(limits, "device_free_memory", lambda device: 32 * 2**20)
     out = tmp_path / "grid.png"
-    args = ["--classes", "0", "--n-per-class", "12", "--batch-size", "12", "--guidance", "igds", "--out", out]
+    args = ["--classes", "0", "--n-per-class", "12", "--batch-size", "12", "--clip-guard", "0.5", "--out", out]
     code, _, stderr = main("sample", *args)
     assert code == 2 and "a batch of 12" in stderr and "--clip-guard 0" in stderr, stderr
     assert not out.exists()

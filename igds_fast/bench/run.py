@@ -327,7 +327,9 @@ def _run_bench(
         cost = result["flops"]["per_image"]
         log(
             f"bench: per image {cost['denoiser_passes']} denoiser passes, {cost['flops']['total'] / 1e9:.1f} GFLOP "
-            + "(" + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in cost["flops"].items() if k != "total") + "), "
+            + "("
+            + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in cost["flops"].items() if k != "total")
+            + "), "
             + f"{cost['over_unguided']:.3f}x the unguided sampler's at {cost['steps']} steps"
         )
         if cfg.peak_tflops is not None:
