@@ -346,7 +346,8 @@ def test_a_batch_the_clip_guard_cannot_hold_is_refused_before_sampling(tmp_path,
 def test_sample_checks_the_clip_guards_memory_too(tmp_path, monkeypatch):
     monkeypatch.setattr(limits, "device_free_memory", lambda device: 32 * 2**20)
     out = tmp_path / "grid.png"
-    args = ["--classes", "0", "--n-per-class", "12", "--batch-size", "12", "--clip-guard", "0.5", "--out", out]
+    args = ["--classes", "0", "--n-per-class", "12", "--batch-size", "12", "--guidance", "igds", "--clip-guard", "0.5"]
+    args += ["--out", out]
     code, _, stderr = main("sample", *args)
     assert code == 2 and "a batch of 12" in stderr and "--clip-guard 0" in stderr, stderr
     assert not out.exists()
