@@ -168,11 +168,11 @@ def test_every_table_number_is_in_the_json_it_cites():
         ("| 25.86 |", "| 15.86 |"),  # the main job's seconds
         ("<= 4.3e-6", "<= 3.3e-6"),  # a parity bound
         ("6.2e-7 to", "5.2e-7 to"),  # the DiTPipeline range
-        ("42.5 ± 0.7", "43.5 ± 0.7"),  # a results mean
-        ("25.2 ± 0.6", "25.2 ± 0.9"),  # a results std
-        ("(48.5)", "(49.5)"),  # a best-of-readings mean
-        ("[1 seed, bf16]", "[bf16]"),  # a seed count dropped
-        ("(42.7) [fp32]", "(42.7) [bf16]"),  # the wrong precision
+        ("44.1 ± 0.2", "45.1 ± 0.2"),  # a results mean
+        ("25.1 ± 0.2", "25.1 ± 0.9"),  # a results std
+        ("(44.4)", "(45.4)"),  # a best-of-readings mean
+        ("48.8 (48.8) [1 seed]", "48.8 (48.8)"),  # a seed count dropped
+        ("| 20.1 ± 0.7 (20.5) |", "| 20.1 ± 0.7 (20.5) [fp32] |"),  # the wrong precision
     ],
 )
 def test_an_edited_number_fails(old: str, new: str):
