@@ -502,7 +502,7 @@ def test_an_edited_engine_manifest_is_refused(ort_engine, tmp_path):
 
 
 def test_a_distill_with_an_edited_engine_manifest_is_refused_before_any_output(models, ort_engine, tmp_path):
-    """The issue's reproduction through distill: swapped class WNIDs (would write class-1 images under
+    """A reported failure, through distill: swapped class WNIDs (would write class-1 images under
     class 0) and an edited shapes.batch_size (was a traceback, and left .igds-job.json)."""
     import shutil
 

@@ -81,7 +81,7 @@ def fresh_copy(src: Path, dst: Path) -> Path:
 
 
 def damage(out: Path) -> dict[str, str]:
-    """Delete one image, truncate one, flip a byte in one: the issue's three cases."""
+    """Delete one image, truncate one, flip a byte in one: the three kinds of damage a rerun must repair."""
     a, b, c = out / WNIDS[0] / "00001.png", out / WNIDS[0] / "00004.png", out / WNIDS[1] / "00002.png"
     a.unlink()
     b.write_bytes(b.read_bytes()[:40])
@@ -315,7 +315,7 @@ def test_jobs_this_machine_cannot_hold_are_refused_with_numbers(models, tmp_path
     assert not out.exists()
 
 
-def test_the_issues_huge_ipc_is_refused_at_once_with_the_embedded_model(tmp_path, monkeypatch):
+def test_a_huge_ipc_is_refused_at_once_with_the_embedded_model(tmp_path, monkeypatch):
     monkeypatch.setattr(limits, "available_memory", lambda: 128 * 2**30)
     t0 = time.perf_counter()
     code, _, stderr = main("distill", "--ipc", "10000000", "--out", tmp_path / "x", "--backend", "eager")
@@ -417,7 +417,7 @@ def test_noop_rerun_loads_no_weights_rewrites_nothing_and_keeps_history(models, 
 
 
 def test_export_overwrite_refuses_a_folder_that_is_not_an_engine(tmp_path):
-    """The issue's reproduction: ``important.txt`` must survive."""
+    """A user's file in the folder (``important.txt``) must survive."""
     (tmp_path / "u" / "sub").mkdir(parents=True)
     (tmp_path / "u" / "sub" / "important.txt").write_text("x\n")
     code, _, stderr = main(
