@@ -73,17 +73,17 @@ def step_flops(models: BenchModels, cfg: BenchConfig, step: GuidedStep, step_cfg
         if step.decoder is not None:  # the clip guard: the decoder's forward and input-gradient (~ a forward)
             out["clip_guard_decoder_per_image"] = 2 * out["decode_per_image"]
             out["per_step"] += b * out["clip_guard_decoder_per_image"]
-    out["per_image"] = chain_cost(step, out)
+    out["per_image"] = chain_cost(step, out, passes)
     return out
 
 
-def chain_cost(step: GuidedStep, flops: dict[str, Any]) -> dict[str, Any]:
-    """What one image costs over the whole chain: denoiser passes, and FLOPs split into denoiser,
-    critic and decoder (the clip guard's and the final decode), beside the unguided sampler's at the
-    same steps. The critic and clip guard run only at the guided steps (inside the window)."""
+def chain_cost(step: GuidedStep, flops: dict[str, Any], passes: int) -> dict[str, Any]:
+    """What one image costs over the whole chain: denoiser passes (``passes`` a step), and FLOPs split
+    into denoiser, critic and decoder (the clip guard's and the final decode), beside the unguided
+    sampler's at the same steps. The critic and the clip guard run at the steps that are not the
+    step's ``plain_steps`` (the guided ones)."""
     steps = len(step.schedule)
-    guided = int(step.guide_on.sum()) if step.critic is not None else 0
-    passes = steps * (flops["denoiser_cfg_per_image"] // flops["denoiser_forward_per_image"])
+    guided = steps - len(step.plain_steps) if step.critic is not None else 0
     denoiser = steps * flops["denoiser_cfg_per_image"]
     critic = guided * flops["critic_grad_per_image"]
     decode = flops.get("decode_per_image", 0)
@@ -92,7 +92,7 @@ def chain_cost(step: GuidedStep, flops: dict[str, Any]) -> dict[str, Any]:
     return {
         "steps": steps,
         "guided_steps": guided,
-        "denoiser_passes": int(passes),
+        "denoiser_passes": steps * passes,
         "flops": {"denoiser": denoiser, "critic": critic, "decoder": decoder, "total": total},
         "unguided_flops": denoiser + decode,
         "over_unguided": total / (denoiser + decode),

@@ -69,9 +69,9 @@ def batch_rows(ipc: int, batch_size: int, num_classes: int) -> int:
 
 
 def memory_rows(ipc: int, batch_size: int) -> int:
-    """Memory rows the last batch of a group needs: every class's features of its earlier chunks."""
-    size = chunk_size(ipc, batch_size)
-    return classes_per_batch(ipc, batch_size) * max(0, (ipc - 1) // size) * size
+    """Memory rows the last batch of a class needs: the features of its earlier chunks. Only a class
+    that fills batches alone has earlier chunks, so a batch never needs more."""
+    return max(0, (ipc - 1) // batch_size) * batch_size
 
 
 def shard_classes(wnids: list[str], shard: int, num_shards: int, ipc: int, batch_size: int) -> list[str]:
